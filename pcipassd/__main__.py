@@ -1,0 +1,3 @@
+from pcipassd.cli import main
+
+raise SystemExit(main())

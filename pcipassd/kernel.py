@@ -1,0 +1,61 @@
+"""The only door through which pcipassd changes the host: sysfs writes and module loads.
+
+`apply` talks to the kernel through a `Kernel`. `LiveKernel` writes real files and runs modprobe;
+the test suite passes a simulated kernel that reacts to the same writes as Linux does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from pcipassd.errors import KernelError
+from pcipassd.host import Host
+
+log = logging.getLogger(__name__)
+
+
+class Kernel(Protocol):
+    def write(self, path: Path, data: str) -> None:
+        """Write `data` to the sysfs attribute `path`; raise OSError (with errno) on failure."""
+
+    def modprobe(self, module: str) -> None:
+        """Load a kernel module; raise KernelError when it cannot be loaded."""
+
+
+class LiveKernel:
+    """The real kernel under `host.root`. modprobe runs only when the root is `/`."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def write(self, path: Path, data: str) -> None:
+        # One write(2) per attribute, as sysfs expects; O_NOFOLLOW keeps a planted symlink from
+        # redirecting the write. O_CREAT is never given: sysfs attributes exist or the write fails.
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+
+    def modprobe(self, module: str) -> None:
+        if not self.host.is_live:
+            raise KernelError(
+                f"module {module} is not loaded under {self.host.root}",
+                "with --root other than /, pcipassd never runs modprobe; load it yourself",
+            )
+        exe = shutil.which("modprobe") or "/sbin/modprobe"
+        log.debug("running %s %s", exe, module)
+        proc = subprocess.run(
+            [exe, "--", module], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise KernelError(
+                f"modprobe {module} failed: {detail[0]}",
+                f"check that the module exists for this kernel: modinfo {module}",
+            )
