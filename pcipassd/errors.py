@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class PcipassError(Exception):
     """An error the admin can act on: `message` says what, `hint` says how to fix it."""
@@ -26,3 +28,35 @@ class StateError(PcipassError):
 
 class KernelError(PcipassError):
     """A sysfs write or a module load failed."""
+
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, at FILE:LINE:COL and a path inside the document."""
+
+    file: str
+    line: int  # 1-based; 0 when the problem is the file as a whole
+    col: int
+    path: str  # e.g. devices[2].address; "" for the whole document
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file, "line": self.line, "column": self.col,
+            "path": self.path, "message": self.message, "hint": self.hint,
+        }
+
+class InvalidConfig(ConfigError):
+    """The configuration has problems; all of them are listed, nothing was changed."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{first}{more}", first.hint)
+        self.problems = problems

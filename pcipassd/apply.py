@@ -1,0 +1,211 @@
+"""Carry out a plan: the only module that changes the host.
+
+Bind (the kernel documentation's and libvirt's sequence): record the device in the state file,
+write the target to driver_override, unbind from the current driver, write the BDF to
+drivers_probe, verify the `driver` link. new_id is never written: it would grab every device
+with the same ID. A device that does not end up on its target is rolled back.
+
+Restore: reset driver_override, unbind from the stub, re-probe, verify the original driver, and
+bind it explicitly (loading its module) when the probe picked nothing. A device that was unbound
+before stays unbound.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from pcipassd.errors import KernelError
+from pcipassd.host import Host
+from pcipassd.inventory import Device, driver_loaded, read_device
+from pcipassd.kernel import Kernel
+from pcipassd.plan import Action, Plan, Step
+from pcipassd.state import Record, State
+
+log = logging.getLogger(__name__)
+
+
+class StepFailed(Exception):
+    """One device could not be moved; the message says what the kernel answered."""
+
+
+@dataclass
+class Outcome:
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return self.counts["failed"]
+
+    def line(self, *kinds: str) -> str:
+        return ", ".join(f"{self.counts[k]} {k}" for k in kinds)
+
+
+def module_of(host: Host, driver: str) -> str:
+    """The module that provides `driver` (e.g. xhci_hcd comes from xhci_pci)."""
+    try:
+        return os.path.basename(os.readlink(host.pci_drivers / driver / "module"))
+    except OSError:
+        return driver.replace("-", "_")
+
+
+class Applier:
+    def __init__(self, host: Host, kernel: Kernel, state: State) -> None:
+        self.host = host
+        self.kernel = kernel
+        self.state = state
+        self.outcome = Outcome()
+
+    # -- the writes ----------------------------------------------------------------------
+    def _write(self, path: str, data: str) -> None:
+        full = self.host.path(path)
+        log.debug("write %r to %s", data, path)
+        try:
+            self.kernel.write(full, data)
+        except OSError as e:
+            name = errno.errorcode.get(e.errno or 0, str(e.errno))
+            raise StepFailed(f"writing {data.strip() or 'an empty line'} to {path} failed: "
+                             f"{name} ({e.strerror})") from e
+
+    def _set_override(self, bdf: str, driver: str | None) -> None:
+        self._write(f"/sys/bus/pci/devices/{bdf}/driver_override", (driver or "") + "\n")
+
+    def _unbind(self, bdf: str, driver: str) -> None:
+        self._write(f"/sys/bus/pci/drivers/{driver}/unbind", bdf)
+
+    def _probe(self, bdf: str) -> None:
+        self._write("/sys/bus/pci/drivers_probe", bdf)
+
+    def _bind(self, bdf: str, driver: str) -> None:
+        self._write(f"/sys/bus/pci/drivers/{driver}/bind", bdf)
+
+    def _device(self, bdf: str) -> Device:
+        dev = read_device(self.host, bdf)
+        if dev is None:
+            raise StepFailed(f"{bdf} disappeared")
+        return dev
+
+    def ensure_driver(self, driver: str, module: str | None = None) -> None:
+        """Load the module behind `driver` unless its driver directory exists."""
+        if driver_loaded(self.host, driver):
+            return
+        module = module or driver.replace("-", "_")
+        log.info("loading module %s for driver %s", module, driver)
+        self.kernel.modprobe(module)
+        if not driver_loaded(self.host, driver):
+            raise KernelError(f"module {module} loaded, but no PCI driver {driver} appeared",
+                              f"is {driver} the driver's name? see /sys/bus/pci/drivers/")
+
+    # -- per device ----------------------------------------------------------------------
+    def bind(self, step: Step) -> None:
+        assert step.target is not None
+        dev = self._device(step.bdf)
+        record = self.state.records.get(step.bdf) or Record(
+            bdf=step.bdf, id=str(dev.id), original_driver=dev.driver,
+            original_override=dev.override,
+            original_module=module_of(self.host, dev.driver) if dev.driver else None,
+            target=step.target, entry=step.entry or "",
+        )
+        self.state.put(replace(record, target=step.target, entry=step.entry or ""))
+        try:
+            self._set_override(step.bdf, step.target)
+            if dev.driver is not None:
+                self._unbind(step.bdf, dev.driver)
+            self._probe(step.bdf)
+            now = self._device(step.bdf).driver
+            if now != step.target:
+                raise StepFailed(f"the kernel bound it to {now or 'no driver'}, not to "
+                                 f"{step.target} (see `dmesg` for the probe error)")
+        except StepFailed as e:
+            self._report(step, Action.FAIL, f"{step.summary}: {e}", logging.ERROR)
+            self._rollback(step, record)
+            return
+        self._report(step, Action.BIND, step.summary)
+
+    def _rollback(self, step: Step, record: Record) -> None:
+        back = replace(step, action=Action.RESTORE, current=self._device(step.bdf).driver,
+                       target=record.original_driver)
+        try:
+            self._restore_device(record)
+        except StepFailed as e:
+            log.error("%s: rollback failed: %s", step.bdf, e,
+                      extra={"journal": back.journal_fields})
+            return
+        self.state.drop(step.bdf)
+        log.warning("%s: rolled back to %s", step.bdf, record.original_driver or "no driver",
+                    extra={"journal": back.journal_fields})
+
+    def _restore_device(self, record: Record) -> None:
+        bdf, stub, original = record.bdf, record.target, record.original_driver
+        dev = self._device(bdf)
+        self._set_override(bdf, record.original_override)
+        if dev.driver == stub or (dev.driver is not None and dev.driver != original):
+            self._unbind(bdf, dev.driver)
+        if original is None:
+            return
+        self._probe(bdf)
+        now = self._device(bdf).driver
+        if now == original:
+            return
+        if now is not None:  # the re-probe chose another driver: move it to the recorded one
+            self._unbind(bdf, now)
+        try:
+            self.ensure_driver(original, record.original_module)
+        except KernelError as e:
+            raise StepFailed(e.message) from e
+        self._bind(bdf, original)
+        now = self._device(bdf).driver
+        if now != original:
+            raise StepFailed(f"it is on {now or 'no driver'}, not back on {original}")
+
+    def restore(self, step: Step) -> None:
+        record = self.state.records[step.bdf]
+        try:
+            self._restore_device(record)
+        except StepFailed as e:
+            self._report(step, Action.FAIL, f"{step.summary}: restore failed: {e}",
+                         logging.ERROR)
+            return
+        self.state.drop(step.bdf)
+        self._report(step, Action.RESTORE, step.summary)
+
+    def _report(self, step: Step, action: Action, message: str,
+                level: int = logging.INFO) -> None:
+        kind = {Action.BIND: "bound", Action.RESTORE: "restored", Action.FAIL: "failed",
+                Action.UNCHANGED: "unchanged", Action.KEEP: "kept"}[action]
+        self.outcome.counts[kind] += 1
+        log.log(level, message, extra={"journal": replace(step, action=action).journal_fields})
+
+    # -- the whole plan ------------------------------------------------------------------
+    def run(self, plan: Plan) -> Outcome:
+        wanted = sorted({s.target for s in plan.steps if s.action is Action.BIND and s.target})
+        missing: dict[str, str] = {}
+        for driver in wanted:
+            try:
+                self.ensure_driver(driver)
+            except KernelError as e:
+                missing[driver] = e.message
+        for step in plan.steps:
+            if step.action is Action.BIND and step.target in missing:
+                self._report(step, Action.FAIL,
+                             f"{step.summary}: {missing[step.target]}", logging.ERROR)
+            elif step.action is Action.BIND:
+                self.bind(step)
+            elif step.action is Action.RESTORE:
+                self.restore(step)
+            elif step.action is Action.FAIL:
+                self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] {step.reason}",
+                             logging.ERROR)
+                if step.forget:
+                    self.state.drop(step.bdf)
+            elif step.action is Action.KEEP:
+                self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
+                             logging.WARNING)
+            else:
+                src = f" ({step.entry})" if step.entry else ""
+                self._report(step, Action.UNCHANGED,
+                             f"{step.bdf} [{step.id}] already on {step.target}{src}")
+        return self.outcome

@@ -1,0 +1,275 @@
+"""The command line: `pcipassd VERB`. Errors are caught here, once, as one line plus a hint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pcipassd import __version__
+from pcipassd import log as logsetup
+from pcipassd.apply import Applier
+from pcipassd.config import Config, config_files, load_config, schema_text
+from pcipassd.errors import InvalidConfig, PcipassError, Problem
+from pcipassd.guard import critical_devices, describe
+from pcipassd.host import Host
+from pcipassd.inventory import Inventory, scan
+from pcipassd.iommu import Level, check, iommu_active, passthrough_possible
+from pcipassd.kernel import Kernel, LiveKernel
+from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
+from pcipassd.policy import enforce
+from pcipassd.selection import Selection, select
+from pcipassd.state import Record, State
+
+log = logging.getLogger("pcipassd")
+
+EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, kernel: Kernel | None) -> None:
+        self.args = args
+        self.host = Host(Path(args.root))
+        self._kernel = kernel
+
+    @property
+    def kernel(self) -> Kernel:
+        return self._kernel or LiveKernel(self.host)
+
+    def config_paths(self) -> list[Path] | None:
+        files = getattr(self.args, "files", None)
+        if files:
+            return [Path(f) for f in files]
+        if self.args.config:
+            return config_files(self.host, Path(self.args.config))
+        return None
+
+    def load_config(self) -> Config:
+        return load_config(self.host, self.config_paths())
+
+    def selection(self, config: Config) -> tuple[Inventory, Selection]:
+        """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
+        inventory = scan(self.host)
+        critical = {bdf: describe(r) for bdf, r in critical_devices(self.host).items()}
+        return inventory, enforce(select(config, inventory), inventory, critical)
+
+
+def _problem_lines(problems: Sequence[Problem]) -> list[str]:
+    out = []
+    for p in problems:
+        out.append(str(p))
+        if p.hint:
+            out.append(f"    hint: {p.hint}")
+    return out
+
+
+def _log_problems(problems: Sequence[Problem]) -> None:
+    for p in problems:
+        log.error("%s%s", p, f" (hint: {p.hint})" if p.hint else "")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+# -- verbs -------------------------------------------------------------------------------
+def cmd_schema(ctx: Context) -> int:
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def cmd_validate(ctx: Context) -> int:
+    summary = ""
+    try:
+        config = ctx.load_config()
+        problems: list[Problem] = []
+        if not ctx.args.offline:
+            _, selection = ctx.selection(config)
+            problems = list(selection.problems)
+        n = len(config.entries)
+        summary = f"{', '.join(config.files)}: valid, {n} entr{'y' if n == 1 else 'ies'}"
+    except InvalidConfig as e:
+        problems = e.problems
+    if ctx.args.json:
+        print(json.dumps([p.as_dict() for p in problems], indent=2))
+    elif problems:
+        print("\n".join(_problem_lines(problems)))
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+    else:
+        print(summary)
+    return EXIT_INVALID if problems else EXIT_OK
+
+
+def cmd_check(ctx: Context) -> int:
+    findings = check(ctx.host)
+    if ctx.args.json:
+        print(json.dumps([{"level": str(f.level), "what": f.what, "fix": f.fix}
+                          for f in findings], indent=2))
+    else:
+        for f in findings:
+            print(f"{f.level:<4}  {f.what}")
+            if f.fix:
+                print(f"      fix: {f.fix}")
+    ok = passthrough_possible(findings)
+    if not ctx.args.json:
+        print("passthrough can work" if ok else "passthrough cannot work until the FAILs are fixed")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _require_iommu(ctx: Context, policy: str) -> None:
+    if iommu_active(ctx.host):
+        return
+    findings = [f for f in check(ctx.host) if f.level is Level.FAIL]
+    fixes = "; ".join(f.fix for f in findings if f.fix)
+    if policy == "warn":
+        log.warning("the IOMMU is off (iommu: warn): binding anyway; vfio-pci will fail. "
+                    "Fix: %s", fixes)
+        return
+    for f in findings:
+        log.error("%s%s", f.what, f" (fix: {f.fix})" if f.fix else "")
+    raise PcipassError("the IOMMU is off: nothing was bound (iommu: required)",
+                       fixes or "run `pcipassd check`")
+
+
+def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> Plan:
+    inventory, selection = ctx.selection(config)
+    return make_plan(selection, inventory, records)
+
+
+def cmd_plan(ctx: Context) -> int:
+    config = ctx.load_config()
+    plan = _planned(ctx, config, State(ctx.host).load().records)
+    if ctx.args.json:
+        print(json.dumps({"steps": [_step_dict(s) for s in plan.steps],
+                          "problems": [p.as_dict() for p in plan.problems]}, indent=2))
+    else:
+        rows = [[s.bdf, s.id, s.current or "-", s.target or "-", s.group or "-", str(s.action),
+                 s.entry or "-", s.reason] for s in plan.steps]
+        print(_table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION", "ENTRY",
+                            "NOTE"]))
+        if plan.problems:
+            print("\n".join(["", *_problem_lines(plan.problems)]))
+    return EXIT_OK if not plan.problems else EXIT_FAIL
+
+
+def _step_dict(step: Step) -> dict[str, Any]:
+    return {"device": step.bdf, "id": step.id, "action": str(step.action),
+            "driver": step.current, "target": step.target, "group": step.group,
+            "entry": step.entry, "name": step.name, "via": step.via, "note": step.reason}
+
+
+def cmd_apply(ctx: Context) -> int:
+    config = ctx.load_config()
+    _require_iommu(ctx, config.iommu)
+    with State(ctx.host).locked() as state:
+        plan = _planned(ctx, config, state.records)
+        _log_problems(plan.problems)
+        outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+    log.info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
+    return EXIT_OK if not plan.problems and not outcome.failed else EXIT_FAIL
+
+
+def cmd_restore(ctx: Context) -> int:
+    # Restore needs no config: a broken config must never keep devices from coming back.
+    with State(ctx.host).locked() as state:
+        plan = restore_plan(scan(ctx.host), state.records)
+        outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+    log.info("%s", outcome.line("restored", "failed"))
+    return EXIT_OK if not outcome.failed else EXIT_FAIL
+
+
+def cmd_status(ctx: Context) -> int:
+    config = ctx.load_config()
+    plan = _planned(ctx, config, State(ctx.host).load().records)
+    status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
+              Action.KEEP: "held", Action.FAIL: "failed"}
+    if ctx.args.json:
+        print(json.dumps({"converged": plan.converged,
+                          "devices": [{**_step_dict(s), "status": status[s.action]}
+                                      for s in plan.steps],
+                          "problems": [p.as_dict() for p in plan.problems]}, indent=2))
+    else:
+        rows = [[s.bdf, s.id, s.current or "-",
+                 (s.target or "-") if s.action is not Action.RESTORE else "-",
+                 s.group or "-", status[s.action], s.name or s.entry or "-"]
+                for s in plan.steps]
+        print(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "STATUS", "ENTRY"]))
+        if plan.problems:
+            print("\n".join(["", *_problem_lines(plan.problems)]))
+        print("converged" if plan.converged else "not converged: run `pcipassd apply`"
+              if not plan.problems else "not converged: fix the problems above")
+    return EXIT_OK if plan.converged else EXIT_FAIL
+
+
+VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
+    "validate": (cmd_validate, "check the configuration files (all problems at once)"),
+    "check": (cmd_check, "check that the IOMMU is on and passthrough can work"),
+    "plan": (cmd_plan, "show what apply would do, changing nothing"),
+    "apply": (cmd_apply, "bind the configured devices; restore those no longer configured"),
+    "restore": (cmd_restore, "give every device pcipassd bound back to its original driver"),
+    "status": (cmd_status, "show each configured device and whether it is where it should be"),
+    "schema": (cmd_schema, "print the configuration's JSON schema"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                        help="resolve every host path (sys, proc, etc, run) under DIR; "
+                        "modprobe never runs unless DIR is /")
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="main config file (default: ROOT/etc/pcipass.yaml, with drop-ins "
+                        "from pcipass.d/ next to it)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="log every sysfs write; show tracebacks")
+    p = argparse.ArgumentParser(
+        prog="pcipassd", parents=[common],
+        description="Hand PCI devices to virtual machines: bind them to pci-stub or vfio-pci "
+        "as /etc/pcipass.yaml says, and give them back on restore.",
+        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed, 2 invalid config.",
+    )
+    p.add_argument("--version", action="version", version=f"pcipassd {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (_, help_text) in VERBS.items():
+        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if name in ("validate", "check", "plan", "status"):
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "validate":
+            sp.add_argument("files", nargs="*", metavar="FILE",
+                            help="files to validate (default: the configuration)")
+            sp.add_argument("--offline", action="store_true",
+                            help="check the files only, not against this host's devices")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> int:
+    args = parser().parse_args(argv)
+    for name, default in (("root", "/"), ("config", None), ("debug", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    logsetup.setup(debug=args.debug)
+    ctx = Context(args, kernel)
+    try:
+        return VERBS[args.verb][0](ctx)
+    except InvalidConfig as e:
+        _log_problems(e.problems)
+        log.error("invalid configuration: nothing was changed")
+        return e.exit_code
+    except PcipassError as e:
+        log.error("%s%s", e.message, f" (hint: {e.hint})" if e.hint else "")
+        if args.debug:
+            raise
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

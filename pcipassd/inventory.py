@@ -1,0 +1,93 @@
+"""A snapshot of the host's PCI devices, read once from sysfs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pcipassd.address import BDF_RE, PciId
+from pcipassd.host import Host
+
+CLASS_BRIDGE_HOST = 0x0600
+CLASS_BRIDGE_PCI = 0x0604
+
+
+@dataclass(frozen=True)
+class Device:
+    bdf: str
+    id: PciId
+    cls: int  # 24-bit class code, e.g. 0x020000
+    driver: str | None
+    override: str | None
+    group: str | None  # IOMMU group number, None without an IOMMU
+    boot_vga: bool = False
+
+    @property
+    def is_bridge(self) -> bool:
+        """Host and PCI-to-PCI bridges are never bound, whatever the config says."""
+        return self.cls >> 16 == 0x06 and (self.cls >> 8) in (CLASS_BRIDGE_HOST, CLASS_BRIDGE_PCI)
+
+    @property
+    def driver_label(self) -> str:
+        return self.driver or "(none)"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _link_name(path: Path) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def read_device(host: Host, bdf: str) -> Device | None:
+    """The device's current state, or None when it is not present."""
+    d = host.pci_devices / bdf
+    vendor, device, cls = _read(d / "vendor"), _read(d / "device"), _read(d / "class")
+    if vendor is None or device is None:
+        return None
+    override = _read(d / "driver_override")
+    return Device(
+        bdf=bdf,
+        id=PciId(int(vendor, 16), int(device, 16)),
+        cls=int(cls, 16) if cls else 0,
+        driver=_link_name(d / "driver"),
+        override=None if override in (None, "", "(null)") else override,
+        group=_link_name(d / "iommu_group"),
+        boot_vga=_read(d / "boot_vga") == "1",
+    )
+
+
+@dataclass(frozen=True)
+class Inventory:
+    devices: Mapping[str, Device]  # by BDF, sorted
+
+    def group_members(self, group: str | None) -> list[Device]:
+        if group is None:
+            return []
+        return [d for d in self.devices.values() if d.group == group]
+
+
+def scan(host: Host) -> Inventory:
+    try:
+        names = sorted(n for n in os.listdir(host.pci_devices) if BDF_RE.match(n))
+    except FileNotFoundError:
+        names = []
+    devices = {}
+    for bdf in names:
+        dev = read_device(host, bdf)
+        if dev is not None:
+            devices[bdf] = dev
+    return Inventory(devices)
+
+
+def driver_loaded(host: Host, driver: str) -> bool:
+    return (host.pci_drivers / driver).is_dir()

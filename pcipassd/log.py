@@ -1,0 +1,89 @@
+"""Logging: to journald with structured fields under systemd, to stderr otherwise.
+
+Library code logs through `logging` only. Per-device messages carry their journal fields in
+`extra={"journal": {...}}`; `JournalHandler` sends them as PCIPASS_* fields.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+IDENTIFIER = "pcipassd"
+
+Sender = Callable[..., Any]
+
+
+class JournalHandler(logging.Handler):
+    """Sends each record to journald: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER and the
+    record's PCIPASS_* fields. `send` is systemd.journal.send (a stand-in in tests)."""
+
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def __init__(self, send: Sender) -> None:
+        super().__init__()
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: Mapping[str, str] = getattr(record, "journal", {})
+            self.send(
+                self.format(record),
+                PRIORITY=str(self._PRIORITY.get(record.levelno, 6)),
+                SYSLOG_IDENTIFIER=IDENTIFIER,
+                CODE_FILE=record.pathname,
+                CODE_LINE=str(record.lineno),
+                CODE_FUNC=record.funcName,
+                **fields,
+            )
+        except Exception:  # logging must never take the service down
+            self.handleError(record)
+
+
+def under_systemd(environ: Mapping[str, str]) -> bool:
+    return "JOURNAL_STREAM" in environ or "INVOCATION_ID" in environ
+
+
+def _journal_send() -> Sender | None:
+    try:  # imported only under systemd: most runs never need it
+        journal = importlib.import_module("systemd.journal")
+    except ImportError:
+        return None
+    send: Sender = journal.send
+    return send
+
+
+def setup(debug: bool = False, environ: Mapping[str, str] | None = None,
+          send: Sender | None = None) -> logging.Handler:
+    """Route the `pcipassd` loggers to journald or stderr. Returns the handler installed."""
+    environ = os.environ if environ is None else environ
+    handler: logging.Handler
+    if send is None and under_systemd(environ):
+        send = _journal_send()
+    if send is not None:
+        handler = JournalHandler(send)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_StderrFormatter())
+    logger = logging.getLogger("pcipassd")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    return handler
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = {logging.WARNING: "warning: ", logging.ERROR: "error: ",
+                  logging.CRITICAL: "error: "}.get(record.levelno, "")
+        return f"{IDENTIFIER}: {prefix}{record.getMessage()}"

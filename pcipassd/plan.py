@@ -1,0 +1,125 @@
+"""What apply would do to each device, decided without touching anything.
+
+A Plan joins the selection (what the config wants) with the state file (what pcipassd did
+before) and the inventory (what the kernel has now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pcipassd.errors import Problem
+from pcipassd.inventory import Device, Inventory
+from pcipassd.selection import Selection
+from pcipassd.state import Record
+
+
+class Action(StrEnum):
+    BIND = "bind"  # move the device to its target driver
+    UNCHANGED = "unchanged"  # already where the config wants it
+    RESTORE = "restore"  # no longer configured: back to its original driver
+    KEEP = "keep"  # bound by pcipassd, but its entry has a problem: left as it is
+    FAIL = "fail"  # cannot be done; says why
+
+
+@dataclass(frozen=True)
+class Step:
+    bdf: str
+    id: str
+    action: Action
+    current: str | None  # driver now
+    target: str | None  # driver after the step (the original driver, for restore)
+    group: str | None
+    entry: str | None  # FILE:LINE that selected it
+    name: str | None = None
+    via: str | None = None  # pulled in by `group: bind` from this BDF
+    reason: str = ""
+    forget: bool = False  # drop it from the state file: there is nothing left to undo
+
+    @property
+    def journal_fields(self) -> dict[str, str]:
+        fields = {
+            "PCIPASS_DEVICE": self.bdf,
+            "PCIPASS_ID": self.id,
+            "PCIPASS_DRIVER_FROM": self.current or "none",
+            "PCIPASS_DRIVER_TO": self.target or "none",
+            "PCIPASS_ACTION": str(self.action),
+        }
+        if self.entry:
+            fields["PCIPASS_ENTRY"] = self.entry
+        if self.name:
+            fields["PCIPASS_NAME"] = self.name
+        return fields
+
+    @property
+    def summary(self) -> str:
+        """`0000:02:00.0 [14e4:1639] bnx2 -> pci-stub (/etc/pcipass.yaml:7)`"""
+        src = f" ({self.entry})" if self.entry else ""
+        moves = f"{self.current or '(none)'} -> {self.target or '(none)'}"
+        return f"{self.bdf} [{self.id}] {moves}{src}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    problems: tuple[Problem, ...]
+
+    def count(self, action: Action) -> int:
+        return sum(1 for s in self.steps if s.action is action)
+
+    @property
+    def converged(self) -> bool:
+        return not self.problems and all(s.action is Action.UNCHANGED for s in self.steps)
+
+
+def _hardware_changed(device: Device, record: Record) -> str:
+    return (f"is now {device.id} but was {record.id} when pcipassd bound it: "
+            "the hardware changed; not touching it")
+
+
+def _restore_step(record: Record, device: Device | None, reason: str = "") -> Step:
+    """Restore, unless the device is gone or is no longer the device pcipassd bound."""
+    if device is None:
+        return Step(record.bdf, record.id, Action.FAIL, None, record.original_driver, None,
+                    record.entry, reason="device is gone (hot-removed?); forgetting it",
+                    forget=True)
+    if str(device.id) != record.id:
+        return Step(record.bdf, str(device.id), Action.FAIL, device.driver,
+                    record.original_driver, device.group, record.entry,
+                    reason=_hardware_changed(device, record), forget=True)
+    return Step(record.bdf, record.id, Action.RESTORE, device.driver, record.original_driver,
+                device.group, record.entry, reason=reason)
+
+
+def make_plan(
+    selection: Selection, inventory: Inventory, records: dict[str, Record]
+) -> Plan:
+    steps: list[Step] = []
+    for bdf, sel in selection.chosen.items():
+        dev, record = sel.device, records.get(bdf)
+        reason = "; ".join(sel.notes)
+        if record is not None and record.id != str(dev.id):
+            action = Action.FAIL
+            reason = _hardware_changed(dev, record)
+        else:
+            action = Action.UNCHANGED if dev.driver == sel.target else Action.BIND
+        steps.append(Step(bdf, str(dev.id), action, dev.driver, sel.target, dev.group,
+                          sel.entry.source, sel.entry.name, sel.via, reason))
+    for bdf, record in records.items():
+        if bdf in selection.chosen:
+            continue
+        device = inventory.devices.get(bdf)
+        if bdf in selection.held and device is not None:
+            steps.append(Step(bdf, record.id, Action.KEEP, device.driver, device.driver,
+                              device.group, record.entry,
+                              reason="its entry has a problem; left as it is"))
+            continue
+        steps.append(_restore_step(record, device, "no longer configured"))
+    return Plan(tuple(sorted(steps, key=lambda s: s.bdf)), selection.problems)
+
+
+def restore_plan(inventory: Inventory, records: dict[str, Record]) -> Plan:
+    """Everything pcipassd changed, back to where it was."""
+    steps = [_restore_step(r, inventory.devices.get(bdf)) for bdf, r in sorted(records.items())]
+    return Plan(tuple(steps), ())

@@ -1,0 +1,97 @@
+"""IOMMU-group policy and the host-critical guard, applied to a selection. Pure.
+
+- `group: isolated` (default): every other endpoint in a selected device's IOMMU group must be
+  selected too, or be unbound or on a stub driver; otherwise the entry is refused.
+- `group: bind`: the other endpoints are bound with it (bridges never are).
+- `group: ignore`: bind what was selected, with a warning that VFIO will not accept the group.
+- A device that is host-critical (root disk controller, NIC with the default route, boot VGA),
+  or that shares an IOMMU group with one, is refused unless its entry says `force: true`.
+A refused entry binds nothing; the devices it matched are held as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pcipassd.config import STUB_DRIVERS, Entry
+from pcipassd.errors import Problem
+from pcipassd.inventory import Device, Inventory
+from pcipassd.selection import Selected, Selection
+
+
+def _busy(devices: list[Device]) -> str:
+    return ", ".join(f"{d.bdf} [{d.id}] on {d.driver_label}" for d in devices)
+
+
+def _group_mates(dev: Device, inventory: Inventory) -> list[Device]:
+    return [d for d in inventory.group_members(dev.group) if d.bdf != dev.bdf and not d.is_bridge]
+
+
+def _apply_group_policy(
+    entry: Entry, items: list[Selected], inventory: Inventory, selected: set[str]
+) -> tuple[list[Selected], Problem | None]:
+    out = list(items)
+    for sel in items:
+        dev = sel.device
+        mates = _group_mates(dev, inventory)
+        loose = [d for d in mates
+                 if d.bdf not in selected and d.driver not in (None, *STUB_DRIVERS)]
+        if not loose:
+            continue
+        if entry.group == "isolated":
+            return [], entry.problem(
+                f"IOMMU group {dev.group} of {dev.bdf} also holds {_busy(loose)}",
+                "select those devices too, or set `group: bind` to bind them with it, "
+                "or `group: ignore`",
+            )
+        if entry.group == "bind":
+            for mate in mates:
+                if mate.bdf not in selected:
+                    selected.add(mate.bdf)
+                    out.append(Selected(mate, entry, via=dev.bdf,
+                                        notes=(f"in IOMMU group {dev.group} with {dev.bdf}",)))
+        else:
+            note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
+                    f"{_busy(loose)}")
+            out[out.index(sel)] = Selected(dev, entry, sel.via, (*sel.notes, note))
+    return out, None
+
+
+def _guard(
+    entry: Entry, items: list[Selected], inventory: Inventory, critical: Mapping[str, str]
+) -> Problem | None:
+    if entry.force:
+        return None
+    for sel in items:
+        dev = sel.device
+        for other in [dev, *_group_mates(dev, inventory)]:
+            why = critical.get(other.bdf)
+            if why is None:
+                continue
+            shared = "" if other is dev else f", and shares IOMMU group {dev.group} with {dev.bdf}"
+            return entry.problem(
+                f"refusing {dev.bdf}: {other.bdf} {why}{shared}",
+                "unbinding it would cut the host off; add `force: true` to the entry if you "
+                "really mean it",
+            )
+    return None
+
+
+def enforce(selection: Selection, inventory: Inventory, critical: Mapping[str, str]) -> Selection:
+    """The selection with group members added and refused entries taken out."""
+    by_entry: dict[Entry, list[Selected]] = {}
+    for sel in selection.chosen.values():
+        by_entry.setdefault(sel.entry, []).append(sel)
+    selected = set(selection.chosen)
+    problems = list(selection.problems)
+    held = set(selection.held)
+    chosen: dict[str, Selected] = {}
+    for entry, items in by_entry.items():
+        grown, problem = _apply_group_policy(entry, items, inventory, selected)
+        problem = problem or _guard(entry, grown, inventory, critical)
+        if problem:
+            problems.append(problem)
+            held.update(s.device.bdf for s in items)
+            continue
+        chosen.update((s.device.bdf, s) for s in grown)
+    return Selection(dict(sorted(chosen.items())), tuple(problems), frozenset(held))

@@ -1,0 +1,107 @@
+"""Which present devices each config entry selects, and which entries must be refused.
+
+Pure: works on a Config and an Inventory. An entry with a problem selects nothing (it is
+refused whole), but the devices it matched are `held`: if pcipassd bound them earlier they stay
+as they are rather than being restored by a config mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pcipassd.config import Config, Entry
+from pcipassd.errors import Problem
+from pcipassd.inventory import Device, Inventory
+
+LSPCI_HINT = "list the devices with `lspci -Dnn`; addresses change after hardware or BIOS changes"
+
+
+@dataclass(frozen=True)
+class Selected:
+    device: Device
+    entry: Entry
+    via: str | None = None  # set when the device was pulled in by `group: bind`, the BDF that did
+    notes: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        return self.entry.driver
+
+
+@dataclass(frozen=True)
+class Selection:
+    chosen: Mapping[str, Selected]
+    problems: tuple[Problem, ...] = ()
+    held: frozenset[str] = field(default_factory=frozenset)
+
+
+def _describe(devices: list[Device]) -> str:
+    shown = ", ".join(f"{d.bdf} [{d.id}]" for d in devices[:4])
+    return shown + (f" and {len(devices) - 4} more" if len(devices) > 4 else "")
+
+
+def match(entry: Entry, inventory: Inventory) -> tuple[list[Device], Problem | None]:
+    """The devices `entry` selects, or the problem that refuses it."""
+    if entry.address is not None:
+        address = entry.address
+        devices = [d for d in inventory.devices.values() if address.matches(d.bdf)]
+        if not devices:
+            return [], entry.problem(f"no device at {address}", LSPCI_HINT)
+    else:
+        assert entry.id is not None  # the schema requires address or id
+        devices = [d for d in inventory.devices.values() if d.id == entry.id]
+        if not devices:
+            return [], entry.problem(f"no device with ID {entry.id} is present", LSPCI_HINT)
+    if entry.expect is not None:
+        wrong = [d for d in devices if d.id != entry.expect]
+        if wrong:
+            return devices, entry.problem(
+                f"{_describe(wrong)} is not the expected {entry.expect}; nothing bound",
+                "the hardware changed, or the address is wrong: " + LSPCI_HINT,
+            )
+    if entry.count is not None and len(devices) != entry.count:
+        return devices, entry.problem(
+            f"count: {entry.count}, but {len(devices)} present: {_describe(devices)}",
+            "a card was added or removed? fix the hardware or the count",
+        )
+    bridges = [d for d in devices if d.is_bridge]
+    if bridges:
+        return devices, entry.problem(
+            f"{_describe(bridges)} is a PCI bridge; bridges are never bound",
+            "select the devices behind the bridge instead",
+        )
+    return devices, None
+
+
+def select(config: Config, inventory: Inventory) -> Selection:
+    chosen: dict[str, Selected] = {}
+    problems: list[Problem] = []
+    held: set[str] = set()
+    refused: set[int] = set()
+    owner: dict[str, int] = {}
+    matches: list[list[Device]] = []
+    for i, entry in enumerate(config.entries):
+        devices, problem = match(entry, inventory)
+        matches.append(devices)
+        held.update(d.bdf for d in devices)
+        if problem:
+            problems.append(problem)
+            refused.add(i)
+            continue
+        for dev in devices:
+            j = owner.setdefault(dev.bdf, i)
+            other = config.entries[j]
+            if j != i and other.driver != entry.driver:
+                problems.append(entry.problem(
+                    f"{dev.bdf} is also selected by {other.source} with driver {other.driver}, "
+                    f"here with {entry.driver}",
+                    "give both entries the same driver, or remove one",
+                ))
+                refused.update((i, j))
+    for i, entry in enumerate(config.entries):
+        if i in refused:
+            continue
+        for dev in matches[i]:
+            chosen.setdefault(dev.bdf, Selected(dev, entry))
+    return Selection(chosen, tuple(problems), frozenset(held))
