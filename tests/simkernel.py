@@ -1,0 +1,449 @@
+"""A simulated Linux PCI core for the test suite.
+
+`SimKernel` keeps a real sysfs-shaped tree under `root` (a tmp dir standing for `/`). pcipassd
+reads that tree with ordinary file reads and changes it only through `write()` / `modprobe()`,
+which react as Linux does (see /work/shared/notes/kernel-pci-binding.md): same files, same
+relative symlinks, same errno. The tree is the state: who is bound to what and each device's
+driver_override are read back from the files, so tests check exactly what pcipassd would see.
+Only what cannot be read from sysfs (id tables, probe failures, loadable modules) lives in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcipassd.errors import KernelError
+
+RELEASE = "6.1.0-sim"
+BDF_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
+_MODULE_DIR = "kernel/drivers/pci"  # where the sim's .ko files live under lib/modules/<release>
+
+# The typical machine built by `build_typical_machine` (the `sim_host` fixture).
+HOST_BRIDGE = "0000:00:00.0"  # 8086:29c0 host bridge, class 0x060000, no driver, group 0
+BOOT_VGA = "0000:00:01.0"  # 1234:1111 QEMU VGA, class 0x030000, boot_vga=1, no driver, group 1
+NIC_A = "0000:00:02.0"  # 8086:10d3 e1000e, group 2
+NIC_B = "0000:00:03.0"  # 8086:10d3 e1000e (identical to NIC_A), group 3
+NIC_E1000 = "0000:00:04.0"  # 8086:100e e1000, group 4
+PCIE_BRIDGE = "0000:00:1c.0"  # 1b36:000c PCIe root port, class 0x060400, pcieport, group 5
+DISK = "0000:01:00.0"  # 1af4:1001 virtio-blk behind PCIE_BRIDGE, class 0x010000, virtio-pci, g6
+TYPICAL_DEVICES = (HOST_BRIDGE, BOOT_VGA, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, DISK)
+
+
+def _oserror(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _hexfile(value: int, width: int = 4) -> str:
+    return f"0x{value:0{width}x}\n"
+
+
+@dataclass
+class _Driver:
+    name: str
+    module: str
+    ids: list[tuple[int, int]]
+    builtin: bool
+    probe_error: int | None
+    needs_iommu: bool
+    dynamic_ids: list[tuple[int, int]] = field(default_factory=list)
+    device_errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Device:
+    bdf: str
+    vendor: int
+    device: int
+    path: Path
+    iommu_group: int | None
+
+
+class SimKernel:
+    """A model of the PCI core over the directory tree at `root`; implements pcipassd's Kernel."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sys = root / "sys"
+        self.pci = self.sys / "bus" / "pci"
+        self.modules_dir = root / "lib" / "modules" / RELEASE
+        self.writes: list[tuple[str, str]] = []  # every write attempt: (path under root, data)
+        self.modprobes: list[str] = []  # every modprobe call, the module as given
+        self._drivers: dict[str, _Driver] = {}
+        self._registered: list[str] = []  # registration order = the order probing tries drivers
+        self._devices: dict[str, _Device] = {}  # insertion order = the bus's device list
+        for d in ("devices", "drivers"):
+            (self.pci / d).mkdir(parents=True, exist_ok=True)
+        for d in ("devices", "kernel/iommu_groups", "module", "class/iommu"):
+            (self.sys / d).mkdir(parents=True, exist_ok=True)
+        (self.pci / "drivers_probe").write_text("")
+        (self.pci / "rescan").write_text("")
+        self.modules_dir.mkdir(parents=True, exist_ok=True)
+        (self.modules_dir / "modules.builtin").write_text("")
+        (self.modules_dir / "modules.dep").write_text("")
+        (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
+        (root / "proc/sys/kernel/osrelease").write_text(RELEASE + "\n")
+        self._real_root = Path(os.path.realpath(root))
+
+    # ---- building the machine ------------------------------------------------------------
+
+    def add_driver(
+        self,
+        name: str,
+        ids: Iterable[tuple[int, int]] = (),
+        *,
+        module: str | None = None,
+        loaded: bool = True,
+        builtin: bool = False,
+        probe_error: int | None = None,
+        needs_iommu: bool = False,
+    ) -> None:
+        """Declare a PCI driver. Built in or loaded: registered now, which (like
+        pci_register_driver) probes every unbound device it matches. Otherwise it is only a
+        loadable module listed in modules.dep, with no driver dir until `modprobe`."""
+        if name in self._drivers:
+            raise ValueError(f"driver {name} already declared")
+        mod = (module or name).replace("-", "_")
+        drv = _Driver(name, mod, list(ids), builtin, probe_error, needs_iommu)
+        self._drivers[name] = drv
+        if builtin:
+            self._list_module("modules.builtin", f"{_MODULE_DIR}/{mod}.ko\n")
+        else:
+            self._list_module("modules.dep", f"{_MODULE_DIR}/{mod}.ko:\n")
+            ko = self.modules_dir / _MODULE_DIR / f"{mod}.ko"
+            ko.parent.mkdir(parents=True, exist_ok=True)
+            ko.touch()
+        if builtin or loaded:
+            self._register(drv)
+
+    def set_probe_error(self, driver: str, bdf: str, error: int | None) -> None:
+        """Make `driver`'s probe of `bdf` fail with errno `error` (None: back to the default)."""
+        if error is None:
+            self._drivers[driver].device_errors.pop(bdf, None)
+        else:
+            self._drivers[driver].device_errors[bdf] = error
+
+    def add_device(
+        self,
+        bdf: str,
+        vendor: int,
+        device: int,
+        *,
+        cls: int = 0x020000,
+        subsystem: tuple[int, int] | None = None,
+        driver: str | None = "auto",
+        iommu_group: int | None = None,
+        parent: str | None = None,
+        boot_vga: bool | None = None,
+    ) -> Path:
+        """Hot-plug a device and return its dir. driver="auto" probes it like hotplug does,
+        None leaves it unbound, a name binds it to that (registered) driver whatever its ids.
+        `subsystem` defaults to (vendor, device)."""
+        if not BDF_RE.fullmatch(bdf) or bdf in self._devices:
+            raise ValueError(f"bad or duplicate BDF {bdf!r}")
+        if boot_vga is not None and cls >> 8 != 0x0300:
+            raise ValueError("boot_vga exists only for VGA-class (0x0300xx) devices")
+        base = self.sys / "devices" / f"pci{bdf[:7]}" if parent is None else self.device_dir(parent)
+        path = base / bdf
+        path.mkdir(parents=True)
+        sv, sd = subsystem or (vendor, device)
+        files = {
+            "vendor": _hexfile(vendor),
+            "device": _hexfile(device),
+            "subsystem_vendor": _hexfile(sv),
+            "subsystem_device": _hexfile(sd),
+            "class": _hexfile(cls, 6),
+            "driver_override": "(null)\n",
+            "modalias": f"pci:v{vendor:08X}d{device:08X}sv{sv:08X}sd{sd:08X}"
+            f"bc{cls >> 16:02X}sc{(cls >> 8) & 0xFF:02X}i{cls & 0xFF:02X}\n",
+            "numa_node": "-1\n",
+            "enable": "0\n",
+        }
+        if boot_vga is not None:
+            files["boot_vga"] = f"{int(boot_vga)}\n"
+        for fname, text in files.items():
+            (path / fname).write_text(text)
+        self._link(path / "subsystem", self.pci)
+        self._link(self.pci / "devices" / bdf, path)
+        if iommu_group is not None:
+            group = self.sys / "kernel" / "iommu_groups" / str(iommu_group)
+            (group / "devices").mkdir(parents=True, exist_ok=True)
+            self._link(group / "devices" / bdf, path)
+            self._link(path / "iommu_group", group)
+        self._devices[bdf] = _Device(bdf, vendor, device, path, iommu_group)
+        if driver == "auto":
+            self._device_attach(bdf)
+        elif driver is not None:
+            if driver not in self._registered:
+                raise ValueError(f"driver {driver} is not registered")
+            self._attach(self._drivers[driver], bdf)
+        return path
+
+    def enable_iommu(self, kind: str = "intel") -> None:
+        """What an active IOMMU shows besides groups: /sys/class/iommu/<unit> and the ACPI table."""
+        unit, table = {"intel": ("dmar0", "DMAR"), "amd": ("ivhd0", "IVRS")}[kind]
+        target = self.sys / "devices" / "virtual" / "iommu" / unit
+        target.mkdir(parents=True, exist_ok=True)
+        self._link(self.sys / "class" / "iommu" / unit, target)
+        (self.sys / "firmware/acpi/tables").mkdir(parents=True, exist_ok=True)
+        (self.sys / "firmware/acpi/tables" / table).write_bytes(table.encode())
+
+    def unload(self, driver: str) -> None:
+        """rmmod: unbind the driver's devices, unregister it (its dynamic ids are freed with it)."""
+        drv = self._drivers[driver]
+        if drv.builtin or driver not in self._registered:
+            raise ValueError(f"driver {driver} is built in or not loaded")
+        for bdf in self._devices:
+            if self.driver_of(bdf) == driver:
+                self._detach(bdf)
+        self._registered.remove(driver)
+        drv.dynamic_ids.clear()
+        shutil.rmtree(self.driver_dir(driver))
+        if not any(self._drivers[n].module == drv.module for n in self._registered):
+            shutil.rmtree(self.sys / "module" / drv.module)
+
+    # ---- the Kernel protocol ---------------------------------------------------------------
+
+    def write(self, path: Path, data: str) -> None:
+        """One sysfs write, as LiveKernel does it (open O_WRONLY|O_NOFOLLOW, no O_CREAT)."""
+        path = Path(path)
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))
+        self.writes.append((rel, data))
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(self._real_root):
+            raise RuntimeError(f"SimKernel: write outside the simulated root: {path}")
+        if path.is_symlink():
+            raise _oserror(errno.ELOOP)  # O_NOFOLLOW on a symlink
+        if not real.exists():
+            raise _oserror(errno.ENOENT)  # includes attributes of an unregistered driver
+        if real.is_dir():
+            raise _oserror(errno.EISDIR)
+        if real.parent == self._real_root / "sys/bus/pci":
+            if real.name == "drivers_probe":
+                return self._device_attach(self._bdf_arg(data))
+            if real.name == "rescan":
+                return None  # no device ever appears on its own in the model
+        if real.parent.parent == self._real_root / "sys/bus/pci/drivers":
+            handlers: dict[str, Callable[[_Driver, str], None]] = {
+                "bind": self._bind,
+                "unbind": self._unbind,
+                "new_id": self._new_id,
+                "remove_id": self._remove_id,
+            }
+            handler = handlers.get(real.name)
+            if handler is not None:
+                return handler(self._drivers[real.parent.name], data)
+        dev = self._devices.get(real.parent.name)
+        if dev and real.name == "driver_override" and self._realdir(dev) == real.parent:
+            return self._set_override(dev.bdf, data)
+        real.write_text(data)  # any other attribute: stored as is
+        return None
+
+    def modprobe(self, module: str) -> None:
+        """Load a module ('-' and '_' are the same, as for modprobe): register its drivers, which
+        probes the unbound devices they match (honouring driver_override). Already loaded or
+        built in: nothing to do."""
+        self.modprobes.append(module)
+        mod = module.replace("-", "_")
+        drivers = [d for d in self._drivers.values() if d.module == mod]
+        if not drivers:
+            raise KernelError(
+                f"modprobe {module} failed: Module {module} not found",
+                f"check that the module exists for this kernel: modinfo {module}",
+            )
+        for drv in drivers:
+            if drv.name not in self._registered:
+                self._register(drv)
+
+    # ---- inspection (reads the tree, as pcipassd does) --------------------------------------
+
+    def device_dir(self, bdf: str) -> Path:
+        return self._devices[bdf].path
+
+    def driver_dir(self, name: str) -> Path:
+        return self.pci / "drivers" / name
+
+    def driver_of(self, bdf: str) -> str | None:
+        """The driver the `driver` symlink names, or None when unbound."""
+        link = self.device_dir(bdf) / "driver"
+        return Path(os.readlink(link)).name if link.is_symlink() else None
+
+    def override_of(self, bdf: str) -> str | None:
+        text = (self.device_dir(bdf) / "driver_override").read_text().rstrip("\n")
+        return None if text == "(null)" else text
+
+    def dynamic_ids(self, driver: str) -> list[tuple[int, int]]:
+        """The ids added by new_id (not visible in sysfs)."""
+        return list(self._drivers[driver].dynamic_ids)
+
+    def is_registered(self, driver: str) -> bool:
+        return self.driver_dir(driver).is_dir()
+
+    # ---- the PCI core ------------------------------------------------------------------------
+
+    def _matches(self, drv: _Driver, bdf: str) -> bool:
+        """pci_match_device: a driver_override names the only driver allowed (ids or not);
+        otherwise the dynamic ids, then the static id table."""
+        override = self.override_of(bdf)
+        if override is not None:
+            return override == drv.name
+        dev = self._devices[bdf]
+        return (dev.vendor, dev.device) in drv.dynamic_ids + drv.ids
+
+    def _probe(self, drv: _Driver, bdf: str) -> int | None:
+        """The driver's probe(): binds, or returns an errno and leaves the device unbound.
+        needs_iommu models vfio-pci refusing a device without an IOMMU group (EINVAL)."""
+        err = drv.device_errors.get(bdf, drv.probe_error)
+        if err is None and drv.needs_iommu and self._devices[bdf].iommu_group is None:
+            err = errno.EINVAL
+        if err is None:
+            self._attach(drv, bdf)
+        return err
+
+    def _device_attach(self, bdf: str) -> None:
+        """device_attach (hotplug, drivers_probe): an unbound device gets the first registered
+        driver that matches and whose probe succeeds; a failed probe lets the next one try."""
+        if self.driver_of(bdf) is not None:
+            return
+        for name in self._registered:
+            drv = self._drivers[name]
+            if self._matches(drv, bdf) and self._probe(drv, bdf) is None:
+                return
+
+    def _driver_attach(self, drv: _Driver) -> None:
+        """driver_attach (driver registration, new_id): probe every unbound device the driver
+        matches; probe errors are only logged by the kernel."""
+        for bdf in self._devices:
+            if self.driver_of(bdf) is None and self._matches(drv, bdf):
+                self._probe(drv, bdf)
+
+    def _bind(self, drv: _Driver, data: str) -> None:
+        """drivers/X/bind: ENODEV unless X matches (ids or override), EBUSY if already bound
+        (checked after the match, as bind_store does), else probe errors pass through."""
+        bdf = self._bdf_arg(data)
+        if not self._matches(drv, bdf):
+            raise _oserror(errno.ENODEV)
+        if self.driver_of(bdf) is not None:
+            raise _oserror(errno.EBUSY)
+        err = self._probe(drv, bdf)
+        if err is not None:
+            raise _oserror(err)
+
+    def _unbind(self, drv: _Driver, data: str) -> None:
+        """drivers/X/unbind: ENODEV if the device is not bound to X."""
+        bdf = self._bdf_arg(data)
+        if self.driver_of(bdf) != drv.name:
+            raise _oserror(errno.ENODEV)
+        self._detach(bdf)
+
+    def _new_id(self, drv: _Driver, data: str) -> None:
+        """drivers/X/new_id "vvvv dddd [...]": EEXIST if X already matches the id (kernels
+        >= 5.12), then driver_attach binds every unbound device X now matches."""
+        new = self._id_arg(data)
+        if new in drv.dynamic_ids or new in drv.ids:
+            raise _oserror(errno.EEXIST)
+        drv.dynamic_ids.append(new)
+        self._driver_attach(drv)
+
+    def _remove_id(self, drv: _Driver, data: str) -> None:
+        """drivers/X/remove_id: ENODEV for an id new_id never added; bound devices stay bound."""
+        old = self._id_arg(data)
+        if old not in drv.dynamic_ids:
+            raise _oserror(errno.ENODEV)
+        drv.dynamic_ids.remove(old)
+
+    def _set_override(self, bdf: str, data: str) -> None:
+        """driver_override: cut at the first newline; empty clears (reads back "(null)"). Only
+        recorded: it takes effect at the next probe and unbinds nothing."""
+        name = data.split("\n", 1)[0]
+        if len(data) >= 4096:
+            raise _oserror(errno.EINVAL)
+        (self.device_dir(bdf) / "driver_override").write_text(f"{name or '(null)'}\n")
+
+    # ---- tree plumbing -------------------------------------------------------------------------
+
+    def _register(self, drv: _Driver) -> None:
+        """pci_register_driver: the driver dir and /sys/module entry appear, then driver_attach."""
+        ddir = self.driver_dir(drv.name)
+        ddir.mkdir()
+        for attr in ("bind", "unbind", "new_id", "remove_id"):
+            (ddir / attr).write_text("")
+        mdir = self.sys / "module" / drv.module
+        mdir.mkdir(exist_ok=True)
+        self._link(ddir / "module", mdir)
+        self._registered.append(drv.name)
+        self._driver_attach(drv)
+
+    def _attach(self, drv: _Driver, bdf: str) -> None:
+        dev = self._devices[bdf]
+        self._link(dev.path / "driver", self.driver_dir(drv.name))
+        self._link(self.driver_dir(drv.name) / bdf, dev.path)
+        (dev.path / "enable").write_text("1\n")
+
+    def _detach(self, bdf: str) -> None:
+        dev = self._devices[bdf]
+        driver = self.driver_of(bdf)
+        assert driver is not None
+        (self.driver_dir(driver) / bdf).unlink()
+        (dev.path / "driver").unlink()
+        (dev.path / "enable").write_text("0\n")
+
+    def _link(self, link: Path, target: Path) -> None:
+        """A relative symlink, as sysfs makes them, so resolving never leaves the root."""
+        link.symlink_to(os.path.relpath(target, link.parent))
+
+    def _realdir(self, dev: _Device) -> Path:
+        return Path(os.path.realpath(dev.path))
+
+    def _list_module(self, listing: str, line: str) -> None:
+        path = self.modules_dir / listing
+        if line not in path.read_text().splitlines(keepends=True):
+            with path.open("a") as f:
+                f.write(line)
+
+    def _bdf_arg(self, data: str) -> str:
+        """A BDF written to bind/unbind/drivers_probe (sysfs_streq: one trailing newline is ok);
+        no such device: ENODEV."""
+        bdf = data[:-1] if data.endswith("\n") else data
+        if bdf not in self._devices:
+            raise _oserror(errno.ENODEV)
+        return bdf
+
+    def _id_arg(self, data: str) -> tuple[int, int]:
+        """ "vvvv dddd [more fields]" in hex, as new_id/remove_id sscanf it; else EINVAL."""
+        fields = data.split()
+        if len(fields) < 2:
+            raise _oserror(errno.EINVAL)
+        try:
+            vendor, device = int(fields[0], 16), int(fields[1], 16)
+        except ValueError:
+            raise _oserror(errno.EINVAL) from None
+        if not (0 <= vendor <= 0xFFFFFFFF and 0 <= device <= 0xFFFFFFFF):
+            raise _oserror(errno.EINVAL)
+        return vendor, device
+
+
+def build_typical_machine(sim: SimKernel) -> SimKernel:
+    """A small q35-like host (the BDF constants above): native drivers e1000e, e1000,
+    virtio-pci loaded, pcieport built in, pci-stub and vfio-pci (needs an IOMMU group) loadable.
+    Intel IOMMU on, every device in its own group."""
+    sim.enable_iommu("intel")
+    sim.add_driver("e1000e", [(0x8086, 0x10D3)])
+    sim.add_driver("e1000", [(0x8086, 0x100E)])
+    sim.add_driver("virtio-pci", [(0x1AF4, 0x1001)])
+    sim.add_driver("pcieport", [(0x1B36, 0x000C)], builtin=True)
+    sim.add_driver("pci-stub", loaded=False)
+    sim.add_driver("vfio-pci", loaded=False, needs_iommu=True)
+    sim.add_device(HOST_BRIDGE, 0x8086, 0x29C0, cls=0x060000, driver=None, iommu_group=0)
+    sim.add_device(BOOT_VGA, 0x1234, 0x1111, cls=0x030000, iommu_group=1, boot_vga=True)
+    sim.add_device(NIC_A, 0x8086, 0x10D3, subsystem=(0x8086, 0xA01F), iommu_group=2)
+    sim.add_device(NIC_B, 0x8086, 0x10D3, subsystem=(0x8086, 0xA01F), iommu_group=3)
+    sim.add_device(NIC_E1000, 0x8086, 0x100E, iommu_group=4)
+    sim.add_device(PCIE_BRIDGE, 0x1B36, 0x000C, cls=0x060400, iommu_group=5)
+    sim.add_device(DISK, 0x1AF4, 0x1001, cls=0x010000, iommu_group=6, parent=PCIE_BRIDGE)
+    return sim
