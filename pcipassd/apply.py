@@ -156,7 +156,8 @@ class Applier:
             self.ensure_driver(original, record.original_module)
         except KernelError as e:
             raise StepFailed(e.message) from e
-        self._bind(bdf, original)
+        if self._device(bdf).driver is None:  # loading the module may have bound it already
+            self._bind(bdf, original)
         now = self._device(bdf).driver
         if now != original:
             raise StepFailed(f"it is on {now or 'no driver'}, not back on {original}")

@@ -4,6 +4,7 @@ fails any test touching this machine's real /sys or running modprobe/rmmod/insmo
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import threading
@@ -188,3 +189,14 @@ def _no_real_sys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def sys_guard() -> SysGuard:
     """The session's guard, for the tests that prove it works."""
     return GUARD
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """main() points the `pcipassd` logger at this test's stderr; undo that afterwards."""
+    logger = logging.getLogger("pcipassd")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

@@ -207,6 +207,18 @@ class SimKernel:
         if not any(self._drivers[n].module == drv.module for n in self._registered):
             shutil.rmtree(self.sys / "module" / drv.module)
 
+    def remove_device(self, bdf: str) -> None:
+        """Hot-unplug: detach from its driver, then the device and its links disappear."""
+        dev = self._devices.pop(bdf)
+        if (dev.path / "driver").is_symlink():
+            self._devices[bdf] = dev
+            self._detach(bdf)
+            del self._devices[bdf]
+        (self.pci / "devices" / bdf).unlink()
+        if dev.iommu_group is not None:
+            (self.sys / "kernel/iommu_groups" / str(dev.iommu_group) / "devices" / bdf).unlink()
+        shutil.rmtree(dev.path)
+
     # ---- the Kernel protocol ---------------------------------------------------------------
 
     def write(self, path: Path, data: str) -> None:

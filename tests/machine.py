@@ -1,0 +1,61 @@
+"""A test's view of a host: the simulated kernel, its config files, and the CLI run in-process
+the way an admin runs it (exit code, stdout, stderr)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from simkernel import SimKernel
+
+from pcipassd.cli import main
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+class Machine:
+    def __init__(self, sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> None:
+        self.sim = sim
+        self.root = sim.root
+        self.capsys = capsys
+
+    def config(self, text: str, name: str = "pcipass.yaml") -> Path:
+        path = self.root / "etc" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def dropin(self, name: str, text: str) -> Path:
+        return self.config(text, f"pcipass.d/{name}")
+
+    def run(self, *argv: str) -> Result:
+        self.capsys.readouterr()
+        rc = main(["--root", str(self.root), *argv], kernel=self.sim)
+        captured = self.capsys.readouterr()
+        return Result(rc, captured.out, captured.err)
+
+    def driver(self, bdf: str) -> str | None:
+        return self.sim.driver_of(bdf)
+
+    def override(self, bdf: str) -> str | None:
+        return self.sim.override_of(bdf)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        path = self.root / "run/pcipass/state.json"
+        if not path.exists():
+            return {}
+        data: dict[str, Any] = json.loads(path.read_text())
+        return {r["bdf"]: r for r in data["devices"]}
+
+    def writes_to(self, suffix: str) -> list[tuple[str, str]]:
+        return [w for w in self.sim.writes if w[0].endswith(suffix)]

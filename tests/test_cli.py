@@ -1,0 +1,188 @@
+"""The verbs as an admin runs them: output, exit codes, and errors as one line plus a hint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from machine import Machine
+from simkernel import NIC_A, NIC_B, SimKernel
+
+from pcipassd.cli import main
+
+
+@pytest.fixture
+def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    machine = Machine(sim_host, capsys)
+    machine.config(f"""\
+        version: 1
+        devices:
+          - address: "{NIC_A}"
+            name: guest-nic
+        """)
+    return machine
+
+
+def test_plan_shows_what_apply_would_do_and_changes_nothing(m: Machine) -> None:
+    r = m.run("plan")
+    assert r.rc == 0
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION", "ENTRY",
+                                "NOTE"]
+    assert lines[1].split() == [NIC_A, "8086:10d3", "e1000e", "pci-stub", "2", "bind",
+                                "/etc/pcipass.yaml:3"]
+    assert not m.sim.writes and not m.sim.modprobes
+
+
+def test_plan_json(m: Machine) -> None:
+    data = json.loads(m.run("plan", "--json").out)
+    assert data["problems"] == []
+    assert data["steps"] == [{
+        "device": NIC_A, "id": "8086:10d3", "action": "bind", "driver": "e1000e",
+        "target": "pci-stub", "group": "2", "entry": "/etc/pcipass.yaml:3", "name": "guest-nic",
+        "via": None, "note": "",
+    }]
+
+
+def test_status_exit_code_follows_convergence(m: Machine) -> None:
+    r = m.run("status")
+    assert r.rc == 1
+    assert "pending" in r.out and "not converged: run `pcipassd apply`" in r.out
+    m.run("apply")
+    r = m.run("status")
+    assert r.rc == 0
+    assert r.out.splitlines()[1].split() == [NIC_A, "8086:10d3", "pci-stub", "pci-stub", "2",
+                                             "ok", "guest-nic"]
+    assert r.out.splitlines()[-1] == "converged"
+    data = json.loads(m.run("status", "--json").out)
+    assert data["converged"] is True
+    assert data["devices"][0]["status"] == "ok"
+
+
+def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> None:
+    m.run("apply")
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_B}"\n')
+    r = m.run("status")
+    assert r.rc == 1
+    rows = {line.split()[0]: line.split() for line in r.out.splitlines()[1:3]}
+    assert rows[NIC_A][5] == "stale"
+    assert rows[NIC_B][5] == "pending"
+
+
+def test_validate_ok_and_invalid(m: Machine) -> None:
+    r = m.run("validate")
+    assert (r.rc, r.out.strip()) == (0, "/etc/pcipass.yaml: valid, 1 entry")
+    m.config('version: 2\ndevices:\n  - adress: "02:00.0"\n')
+    r = m.run("validate")
+    assert r.rc == 2
+    assert r.out.splitlines() == [
+        "/etc/pcipass.yaml:1:10: version: version must be 1, not 2",
+        "    hint: this pcipassd reads format version 1",
+        "/etc/pcipass.yaml:3:5: devices[0].adress: unknown key 'adress'",
+        "    hint: did you mean 'address'?",
+        "/etc/pcipass.yaml:3:5: devices[0]: an entry needs `address` or `id`",
+        '    hint: e.g. - address: "0000:02:00.0"  or  - id: "8086:10d3"',
+        "3 problems found",
+    ]
+
+
+def test_schema_is_the_packaged_json_schema(m: Machine) -> None:
+    r = m.run("schema")
+    schema = json.loads(r.out)
+    assert schema["properties"]["version"] == {
+        "description": "Format version of this file; must be 1.", "const": 1}
+    assert "vfio-pci" in schema["$defs"]["driver"]["enum"]
+
+
+def test_check_on_an_intel_host_without_the_kernel_argument(sim: SimKernel,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    sim.add_driver("pci-stub", loaded=False)
+    (sim.root / "proc/cpuinfo").write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n")
+    (sim.root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet\n")
+    (sim.root / "sys/firmware/acpi/tables").mkdir(parents=True)
+    (sim.root / "sys/firmware/acpi/tables/DMAR").write_bytes(b"DMAR")
+    r = Machine(sim, capsys).run("check")
+    assert r.rc == 1
+    assert "OK    ACPI DMAR table present: the firmware offers an IOMMU" in r.out
+    assert "FAIL  kernel command line lacks intel_iommu=on" in r.out
+    assert ("      fix: add intel_iommu=on to GRUB_CMDLINE_LINUX in /etc/default/grub, run "
+            "update-grub") in r.out
+    assert "FAIL  IOMMU off: /sys/kernel/iommu_groups is empty" in r.out
+    assert "OK    pci-stub: module" in r.out
+    assert "WARN  vfio-pci: not available in this kernel" in r.out
+    assert r.out.splitlines()[-1] == "passthrough cannot work until the FAILs are fixed"
+
+
+def test_check_on_an_intel_host_without_vtd_in_firmware(sim: SimKernel,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    (sim.root / "proc/cpuinfo").write_text("vendor_id\t: GenuineIntel\n")
+    (sim.root / "proc/cmdline").write_text("root=/dev/sda1 intel_iommu=on\n")
+    r = Machine(sim, capsys).run("check")
+    assert r.rc == 1
+    assert "FAIL  no ACPI DMAR table: the firmware does not offer an IOMMU" in r.out
+    assert "fix: enable VT-d (Intel Virtualization Technology for Directed I/O)" in r.out
+
+
+def test_check_on_amd_with_the_iommu_disabled(sim: SimKernel,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (sim.root / "proc/cpuinfo").write_text("vendor_id\t: AuthenticAMD\n")
+    (sim.root / "proc/cmdline").write_text("root=/dev/sda1 amd_iommu=off\n")
+    r = Machine(sim, capsys).run("check")
+    assert r.rc == 1
+    assert "FAIL  kernel command line has amd_iommu=off" in r.out
+    assert "enable AMD-Vi / IOMMU in the firmware setup" in r.out
+
+
+def test_check_passes_with_groups_and_interrupt_remapping(sim_host: SimKernel,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    (sim_host.root / "proc/cpuinfo").write_text("vendor_id\t: GenuineIntel\n")
+    (sim_host.root / "proc/cmdline").write_text("root=/dev/vda intel_iommu=on iommu=pt\n")
+    (sim_host.root / "proc/interrupts").write_text(
+        "           CPU0\n 24:   100  IR-PCI-MSI 512000-edge  ahci[0000:00:1f.2]\n")
+    r = Machine(sim_host, capsys).run("check", "--json")
+    assert r.rc == 0
+    findings = {f["what"]: f["level"] for f in json.loads(r.out)}
+    assert findings["IOMMU on: 7 IOMMU groups"] == "OK"
+    assert findings["interrupt remapping is on"] == "OK"
+    assert findings["iommu=pt: host devices use pass-through mode"] == "OK"
+    assert set(findings.values()) == {"OK"}
+
+
+def test_errors_are_one_line_and_a_hint_and_debug_shows_the_traceback(
+        m: Machine, capsys: pytest.CaptureFixture[str]) -> None:
+    (m.root / "run").mkdir()
+    (m.root / "run/pcipass").write_text("not a directory")
+    r = m.run("apply")
+    assert r.rc == 1
+    assert r.err.splitlines() == [
+        "pcipassd: error: /run/pcipass is not a directory (a symlink?) "
+        "(hint: remove it; pcipassd keeps its state in a directory it owns)"]
+    with pytest.raises(Exception, match="is not a directory"):
+        main(["--root", str(m.root), "--debug", "apply"], kernel=m.sim)
+
+
+def test_options_work_before_and_after_the_verb(m: Machine) -> None:
+    capsys = m.capsys
+    capsys.readouterr()
+    assert main(["status", "--root", str(m.root)], kernel=m.sim) == 1
+    assert NIC_A in capsys.readouterr().out
+
+
+def test_help_and_module_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "pcipassd", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for verb in ("validate", "check", "plan", "apply", "restore", "status", "schema"):
+        assert verb in out
+    assert "Exit status: 0" in out
+
+
+def test_restore_with_nothing_recorded_is_a_no_op(m: Machine) -> None:
+    r = m.run("restore")
+    assert r.rc == 0
+    assert "0 restored, 0 failed" in r.err
+    assert not m.sim.writes

@@ -1,0 +1,112 @@
+"""What reaches journald under systemd: structured PCIPASS_* fields on every device message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from machine import Machine
+from simkernel import NIC_A, NIC_B, SimKernel
+
+from pcipassd import log as logsetup
+
+
+class FakeJournal:
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def send(self, message: str, **fields: Any) -> None:
+        self.entries.append({"MESSAGE": message, **fields})
+
+    def device(self, bdf: str) -> list[dict[str, Any]]:
+        return [e for e in self.entries if e.get("PCIPASS_DEVICE") == bdf]
+
+
+@pytest.fixture
+def journal(monkeypatch: pytest.MonkeyPatch) -> FakeJournal:
+    """Run as systemd runs the unit: INVOCATION_ID set, systemd.journal.send captured."""
+    fake = FakeJournal()
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    monkeypatch.setattr(logsetup, "_journal_send", lambda: fake.send)
+    return fake
+
+
+@pytest.fixture
+def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    machine = Machine(sim_host, capsys)
+    machine.config(f"""\
+        version: 1
+        devices:
+          - address: "{NIC_A}"
+            name: guest-nic
+        """)
+    return machine
+
+
+def test_bind_sends_the_structured_fields(m: Machine, journal: FakeJournal) -> None:
+    r = m.run("apply")
+    assert r.rc == 0
+    assert r.err == "", "under systemd everything goes to the journal"
+    [entry] = journal.device(NIC_A)
+    assert entry["MESSAGE"] == f"{NIC_A} [8086:10d3] e1000e -> pci-stub (/etc/pcipass.yaml:3)"
+    assert entry["PRIORITY"] == "6"
+    assert entry["SYSLOG_IDENTIFIER"] == "pcipassd"
+    assert {k: v for k, v in entry.items() if k.startswith("PCIPASS_")} == {
+        "PCIPASS_DEVICE": NIC_A,
+        "PCIPASS_ID": "8086:10d3",
+        "PCIPASS_DRIVER_FROM": "e1000e",
+        "PCIPASS_DRIVER_TO": "pci-stub",
+        "PCIPASS_ACTION": "bind",
+        "PCIPASS_ENTRY": "/etc/pcipass.yaml:3",
+        "PCIPASS_NAME": "guest-nic",
+    }
+    assert journal.entries[-1]["MESSAGE"] == "1 bound, 0 unchanged, 0 restored, 0 failed"
+    assert not journal.device(NIC_B)
+
+
+def test_unchanged_and_restore_actions(m: Machine, journal: FakeJournal) -> None:
+    m.run("apply")
+    m.run("apply")
+    m.run("restore")
+    actions = [(e["PCIPASS_ACTION"], e["PCIPASS_DRIVER_FROM"], e["PCIPASS_DRIVER_TO"])
+               for e in journal.device(NIC_A)]
+    assert actions == [("bind", "e1000e", "pci-stub"), ("unchanged", "pci-stub", "pci-stub"),
+                       ("restore", "pci-stub", "e1000e")]
+    assert journal.entries[-1]["MESSAGE"] == "1 restored, 0 failed"
+
+
+def test_failure_is_an_error_with_action_fail(m: Machine, journal: FakeJournal) -> None:
+    m.sim.modprobe("pci_stub")
+    m.sim.set_probe_error("pci-stub", NIC_A, 12)
+    assert m.run("apply").rc == 1
+    entries = journal.device(NIC_A)
+    fail = [e for e in entries if e["PCIPASS_ACTION"] == "fail"]
+    assert len(fail) == 1
+    assert fail[0]["PRIORITY"] == "3"
+    assert "the kernel bound it to no driver, not to pci-stub" in fail[0]["MESSAGE"]
+    assert entries[-1]["PCIPASS_ACTION"] == "restore"  # the rollback
+    assert entries[-1]["PCIPASS_DRIVER_TO"] == "e1000e"
+
+
+def test_config_errors_reach_the_journal_with_file_line_col(m: Machine,
+                                                            journal: FakeJournal) -> None:
+    m.config('version: 1\ndevices:\n  - address: "0000:00:02"\n')
+    assert m.run("apply").rc == 2
+    messages = [e["MESSAGE"] for e in journal.entries]
+    assert messages[0].startswith("/etc/pcipass.yaml:3:14: devices[0].address: '0000:00:02' is "
+                                  "not a PCI address")
+    assert all(e["PRIORITY"] == "3" for e in journal.entries)
+
+
+def test_without_systemd_python_it_logs_to_stderr(m: Machine,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    monkeypatch.setattr(logsetup, "_journal_send", lambda: None)
+    r = m.run("apply")
+    assert r.rc == 0
+    assert f"pcipassd: {NIC_A} [8086:10d3] e1000e -> pci-stub" in r.err
+
+
+def test_the_real_systemd_module_is_used_when_installed() -> None:
+    journal = pytest.importorskip("systemd.journal", reason="systemd-python not installed")
+    assert logsetup._journal_send() is journal.send

@@ -1,0 +1,56 @@
+"""The linters are part of the test suite: ruff and mypy --strict over the package and tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True,
+                          text=True, check=False)
+
+
+@pytest.mark.parametrize("tool", ["ruff", "mypy"])
+def test_tool_is_installed(tool: str) -> None:
+    assert _run(tool, "--version").returncode == 0, f"{tool} missing: pip install -e .[test]"
+
+
+def test_ruff() -> None:
+    r = _run("ruff", "check", "pcipassd", "tests")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_strict() -> None:
+    r = _run("mypy")  # files and strictness come from pyproject.toml
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_makefile_install_layout(tmp_path: Path) -> None:
+    make = shutil.which("make")
+    assert make, "make is needed to install pcipassd"
+    subprocess.run([make, "-s", "install", f"DESTDIR={tmp_path}", "PREFIX=/usr"], cwd=REPO,
+                   check=True)
+    unit = (tmp_path / "usr/lib/systemd/system/pcipassd.service").read_text()
+    assert "ExecStart=/usr/sbin/pcipassd apply" in unit
+    assert "@" not in unit.replace("@SBINDIR@", "")
+    assert (tmp_path / "etc/pcipass.yaml").read_text() == (REPO / "etc/pcipass.yaml").read_text()
+    launcher = (tmp_path / "usr/sbin/pcipassd").read_text()
+    assert 'sys.path.insert(0, "/usr/lib/pcipassd")' in launcher
+    assert (tmp_path / "usr/lib/pcipassd/pcipassd/schema.json").exists()
+    version = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                              "from pcipassd.cli import main; main(['--version'])",
+                              str(tmp_path / "usr/lib/pcipassd")],
+                             capture_output=True, text=True, check=False)
+    assert version.stdout.startswith("pcipassd 0."), version.stderr
+    # an existing config is never overwritten
+    (tmp_path / "etc/pcipass.yaml").write_text("mine\n")
+    subprocess.run([make, "-s", "install", f"DESTDIR={tmp_path}", "PREFIX=/usr"], cwd=REPO,
+                   check=True)
+    assert (tmp_path / "etc/pcipass.yaml").read_text() == "mine\n"
