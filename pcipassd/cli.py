@@ -17,7 +17,7 @@ from pcipassd.config import Config, config_files, load_config, schema_text
 from pcipassd.errors import InvalidConfig, PcipassError, Problem
 from pcipassd.guard import critical_devices, describe
 from pcipassd.host import Host
-from pcipassd.inventory import Inventory, scan
+from pcipassd.inventory import Device, Inventory, scan
 from pcipassd.iommu import Level, check, iommu_active, passthrough_possible
 from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
@@ -26,6 +26,8 @@ from pcipassd.selection import Selection, select
 from pcipassd.state import Record, State
 
 log = logging.getLogger("pcipassd")
+
+Groups = dict[str, list[Device]]
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
 
@@ -138,22 +140,48 @@ def _require_iommu(ctx: Context, policy: str) -> None:
                        fixes or "run `pcipassd check`")
 
 
-def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> Plan:
+def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> tuple[Plan, Groups]:
+    """The plan, and the members of every IOMMU group it touches."""
     inventory, selection = ctx.selection(config)
-    return make_plan(selection, inventory, records)
+    plan = make_plan(selection, inventory, records)
+    groups = {g: inventory.group_members(g) for g in sorted({s.group for s in plan.steps
+                                                              if s.group}, key=_group_key)}
+    return plan, groups
+
+
+def _group_key(group: str) -> tuple[int, str]:
+    return (int(group), "") if group.isdigit() else (1 << 30, group)
+
+
+def _groups_text(groups: Groups) -> list[str]:
+    if not groups:
+        return []
+    out = ["", "IOMMU groups:"]
+    for group, members in groups.items():
+        shown = ", ".join(f"{d.bdf} [{d.id}] {'(bridge)' if d.is_bridge else d.driver_label}"
+                          for d in members)
+        out.append(f"  {group}: {shown}")
+    return out
+
+
+def _groups_json(groups: Groups) -> dict[str, list[dict[str, Any]]]:
+    return {g: [{"device": d.bdf, "id": str(d.id), "driver": d.driver, "bridge": d.is_bridge}
+                for d in members] for g, members in groups.items()}
 
 
 def cmd_plan(ctx: Context) -> int:
     config = ctx.load_config()
-    plan = _planned(ctx, config, State(ctx.host).load().records)
+    plan, groups = _planned(ctx, config, State(ctx.host).load().records)
     if ctx.args.json:
         print(json.dumps({"steps": [_step_dict(s) for s in plan.steps],
+                          "groups": _groups_json(groups),
                           "problems": [p.as_dict() for p in plan.problems]}, indent=2))
     else:
         rows = [[s.bdf, s.id, s.current or "-", s.target or "-", s.group or "-", str(s.action),
                  s.entry or "-", s.reason] for s in plan.steps]
         print(_table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION", "ENTRY",
                             "NOTE"]))
+        print("\n".join(_groups_text(groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
     return EXIT_OK if not plan.problems else EXIT_FAIL
@@ -169,7 +197,7 @@ def cmd_apply(ctx: Context) -> int:
     config = ctx.load_config()
     _require_iommu(ctx, config.iommu)
     with State(ctx.host).locked() as state:
-        plan = _planned(ctx, config, state.records)
+        plan, _ = _planned(ctx, config, state.records)
         _log_problems(plan.problems)
         outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     log.info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
@@ -187,13 +215,14 @@ def cmd_restore(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     config = ctx.load_config()
-    plan = _planned(ctx, config, State(ctx.host).load().records)
+    plan, groups = _planned(ctx, config, State(ctx.host).load().records)
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
               Action.KEEP: "held", Action.FAIL: "failed"}
     if ctx.args.json:
         print(json.dumps({"converged": plan.converged,
                           "devices": [{**_step_dict(s), "status": status[s.action]}
                                       for s in plan.steps],
+                          "groups": _groups_json(groups),
                           "problems": [p.as_dict() for p in plan.problems]}, indent=2))
     else:
         rows = [[s.bdf, s.id, s.current or "-",
@@ -201,6 +230,7 @@ def cmd_status(ctx: Context) -> int:
                  s.group or "-", status[s.action], s.name or s.entry or "-"]
                 for s in plan.steps]
         print(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "STATUS", "ENTRY"]))
+        print("\n".join(_groups_text(groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
         print("converged" if plan.converged else "not converged: run `pcipassd apply`"

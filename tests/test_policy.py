@@ -1,0 +1,192 @@
+"""Never brick the host: IOMMU-group policy and the host-critical guard, end to end through the
+CLI on the simulated kernel, with the host's mounts and routes faked under the same root."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hosttree import FakeHost
+from machine import Machine
+from simkernel import BOOT_VGA, DISK, NIC_A, NIC_B, PCIE_BRIDGE, SimKernel
+
+# A pcie-pci-bridge with two e1000 behind it: QEMU puts all three in one IOMMU group.
+PCI_BRIDGE = "0000:00:05.0"
+E1000_X = "0000:05:01.0"
+E1000_Y = "0000:05:02.0"
+GPU = "0000:41:00.0"
+GPU_AUDIO = "0000:41:00.1"
+
+
+@pytest.fixture
+def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    sim = sim_host
+    sim.add_device(PCI_BRIDGE, 0x1B36, 0x000E, cls=0x060400, driver=None, iommu_group=8)
+    sim.add_device(E1000_X, 0x8086, 0x100E, parent=PCI_BRIDGE, iommu_group=8)
+    sim.add_device(E1000_Y, 0x8086, 0x100E, parent=PCI_BRIDGE, iommu_group=8)
+    sim.add_driver("snd_hda_intel", [(0x10DE, 0x10F0)])
+    sim.add_device(GPU, 0x10DE, 0x1E84, cls=0x030000, iommu_group=9)
+    sim.add_device(GPU_AUDIO, 0x10DE, 0x10F0, cls=0x040300, iommu_group=9)
+    return Machine(sim, capsys)
+
+
+def rel(sim: SimKernel, bdf: str) -> str:
+    """The device's sysfs directory as the host names it."""
+    return "/" + os.path.relpath(sim.device_dir(bdf), sim.root)
+
+
+def root_on_disk(m: Machine) -> None:
+    fake = FakeHost(m.root)
+    disk = fake.disk("vda", "254:0", f"{rel(m.sim, DISK)}/virtio2")
+    fake.partition(disk, "vda1", "254:1")
+    fake.mountinfo("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw")
+
+
+def config(m: Machine, body: str) -> None:
+    m.config("version: 1\ndevices:\n" + body)
+
+
+# --- IOMMU groups ---------------------------------------------------------------------------
+
+def test_isolated_refuses_a_device_whose_group_holds_another_bound_endpoint(m: Machine) -> None:
+    config(m, f'  - address: "{E1000_X}"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: IOMMU group 8 of {E1000_X} also holds "
+            f"{E1000_Y} [8086:100e] on e1000") in r.err
+    assert "set `group: bind` to bind them with it" in r.err
+    assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("e1000", "e1000")
+    assert not m.sim.writes
+
+
+def test_isolated_accepts_the_whole_group_selected(m: Machine) -> None:
+    config(m, f'  - address: "{E1000_X}"\n  - address: "{E1000_Y}"\n')
+    r = m.run("apply")
+    assert r.rc == 0, r.err
+    assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("pci-stub", "pci-stub")
+    assert m.driver(PCI_BRIDGE) is None, "the bridge in the group is never bound"
+
+
+def test_isolated_accepts_group_mates_that_are_unbound_or_on_a_stub(m: Machine) -> None:
+    m.sim.write(m.root / "sys/bus/pci/drivers/e1000/unbind", E1000_Y)
+    config(m, f'  - address: "{E1000_X}"\n')
+    assert m.run("apply").rc == 0
+    assert m.driver(E1000_X) == "pci-stub"
+
+
+def test_group_bind_binds_the_other_endpoints_and_restores_them(m: Machine) -> None:
+    config(m, f'  - address: "{E1000_X}"\n    group: bind\n    driver: vfio-pci\n')
+    r = m.run("plan")
+    assert r.rc == 0
+    rows = {line.split()[0]: line.split() for line in r.out.splitlines()[1:3]}
+    assert rows[E1000_Y][5] == "bind"
+    assert f"in IOMMU group 8 with {E1000_X}" in r.out
+    assert (f"  8: {PCI_BRIDGE} [1b36:000e] (bridge), {E1000_X} [8086:100e] e1000, "
+            f"{E1000_Y} [8086:100e] e1000") in r.out
+    r = m.run("apply")
+    assert r.rc == 0, r.err
+    assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("vfio-pci", "vfio-pci")
+    assert m.driver(PCI_BRIDGE) is None
+    assert "2 bound" in r.err
+    assert m.run("restore").rc == 0
+    assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("e1000", "e1000")
+
+
+def test_group_ignore_binds_only_the_selection_with_a_warning(m: Machine) -> None:
+    m.config(f'version: 1\ngroup: ignore\ndevices:\n  - address: "{E1000_X}"\n')
+    r = m.run("apply")
+    assert r.rc == 0, r.err
+    assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("pci-stub", "e1000")
+    r = m.run("plan")
+    assert (f"IOMMU group 8 is not viable for VFIO: it also holds {E1000_Y} [8086:100e] "
+            "on e1000") in r.out
+
+
+def test_multifunction_card_by_slot_takes_every_function(m: Machine) -> None:
+    config(m, '  - address: "0000:41:00.*"\n    driver: vfio-pci\n')
+    assert m.run("apply").rc == 0
+    assert (m.driver(GPU), m.driver(GPU_AUDIO)) == ("vfio-pci", "vfio-pci")
+
+
+def test_one_function_of_a_multifunction_card_is_refused_when_isolated(m: Machine) -> None:
+    config(m, f'  - address: "{GPU}"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert f"IOMMU group 9 of {GPU} also holds {GPU_AUDIO} [10de:10f0] on snd_hda_intel" in r.err
+    assert m.driver(GPU_AUDIO) == "snd_hda_intel"
+
+
+def test_bridges_are_never_bound(m: Machine) -> None:
+    config(m, f'  - address: "{PCIE_BRIDGE}"\n    force: true\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert f"{PCIE_BRIDGE} [1b36:000c] is a PCI bridge; bridges are never bound" in r.err
+    assert m.driver(PCIE_BRIDGE) == "pcieport"
+
+
+# --- host-critical devices ------------------------------------------------------------------
+
+def test_root_disk_controller_is_refused_and_the_rest_applies(m: Machine) -> None:
+    root_on_disk(m)
+    config(m, f'  - address: "{DISK}"\n  - address: "{NIC_A}"\n')
+    r = m.run("apply")
+    assert r.rc == 1, "a refused entry makes the unit fail so the admin notices"
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} holds / (vda1) "
+            "(hint: unbinding it would cut the host off; add `force: true` to the entry if you "
+            "really mean it)") in r.err
+    assert m.driver(DISK) == "virtio-pci"
+    assert m.driver(NIC_A) == "pci-stub"
+
+
+def test_force_binds_a_critical_device(m: Machine) -> None:
+    root_on_disk(m)
+    config(m, f'  - address: "{DISK}"\n    force: true\n')
+    assert m.run("apply").rc == 0
+    assert m.driver(DISK) == "pci-stub"
+
+
+def test_root_on_lvm_on_dm_crypt_is_followed_to_the_controller(m: Machine) -> None:
+    fake = FakeHost(m.root)
+    disk = fake.disk("vda", "254:0", f"{rel(m.sim, DISK)}/virtio2")
+    part = fake.partition(disk, "vda2", "254:2")
+    crypt = fake.holder("dm-0", "253:0", [part], dm_name="cryptroot")
+    fake.holder("dm-1", "253:1", [crypt], dm_name="vg0-root")
+    fake.mountinfo("22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/mapper/vg0-root rw")
+    config(m, '  - id: "1af4:1001"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert f"refusing {DISK}: {DISK} holds / (vda2)" in r.err
+    assert m.driver(DISK) == "virtio-pci"
+
+
+def test_default_route_through_a_bond_refuses_the_whole_id_entry(m: Machine) -> None:
+    fake = FakeHost(m.root)
+    fake.netdev("eno1", rel(m.sim, NIC_A))
+    fake.netdev("eno2", rel(m.sim, NIC_B), flags="0x1002")
+    fake.bond("bond0", ["eno1"])
+    fake.routes("bond0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0",
+                "bond0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0")
+    config(m, '  - id: "8086:10d3"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert f"refusing {NIC_A}: {NIC_A} carries the default route via bond0 on eno1" in r.err
+    assert (m.driver(NIC_A), m.driver(NIC_B)) == ("e1000e", "e1000e"), "refused: binds nothing"
+
+
+def test_device_sharing_a_group_with_a_critical_one_is_refused(m: Machine) -> None:
+    fake = FakeHost(m.root)
+    fake.netdev("enp5s1", rel(m.sim, E1000_Y))
+    fake.routes("enp5s1\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0")
+    m.config(f'version: 1\ngroup: ignore\ndevices:\n  - address: "{E1000_X}"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert (f"refusing {E1000_X}: {E1000_Y} carries the default route via enp5s1, and shares "
+            f"IOMMU group 8 with {E1000_X}") in r.err
+    assert m.driver(E1000_X) == "e1000"
+
+
+def test_boot_vga_is_refused(m: Machine) -> None:
+    config(m, f'  - address: "{BOOT_VGA}"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert f"refusing {BOOT_VGA}: {BOOT_VGA} is the boot VGA device" in r.err
