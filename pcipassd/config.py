@@ -83,18 +83,20 @@ def config_files(host: Host, main: Path | None = None) -> list[Path]:
 def load_config(host: Host, files: list[Path] | None = None) -> Config:
     """Read and validate every file; raise InvalidConfig listing every problem."""
     paths = files or config_files(host)
-    docs: list[Document] = []
+    docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
     problems: list[Problem] = []
     for path in paths:
         doc, found = load(path, host.display(path))
-        problems += found
         if doc is not None:
-            problems += _check_schema(doc)
-            docs.append(doc)
-    if problems:
-        raise InvalidConfig(problems)
-    config, problems = _build(docs)
-    if problems:
+            found = _check_schema(doc)
+        problems += found
+        docs.append(None if found else doc)
+    shown = [host.display(p) for p in paths]
+    config, found = _build(docs, shown[0])  # also checks the usable files when others are not
+    problems += found
+    if problems:  # in file order (main file first), then by position
+        order = {name: i for i, name in reversed(list(enumerate(shown)))}
+        problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line, p.col))
         raise InvalidConfig(problems)
     return config
 
@@ -132,8 +134,26 @@ def _subschema(schema: dict[str, Any], path: JsonPath) -> dict[str, Any]:
 
 
 def _did_you_mean(word: object, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(choices)
+    lower = {c.lower(): c for c in choices}  # `ID:` or `VFIO-PCI` is still close to the right one
+    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.6)
+    return (f"did you mean {lower[close[0]]!r}?" if close
+            else "expected one of: " + ", ".join(choices))
+
+
+# the schema's types and the parsed values' types, in the words of a YAML file
+_WANTED = {"object": "a mapping (key: value)", "array": "a list (- item)",
+           "integer": "a whole number", "string": "text", "boolean": "true or false"}
+_GOT = {dict: "a mapping", list: "a list", int: "a number", float: "a number", str: "text",
+        bool: "true/false", type(None): "nothing"}
+
+
+def _show(value: object) -> str:
+    """A value as YAML would spell it: None and booleans are what `key:` and `off` become."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
 
 
 def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]:
@@ -155,28 +175,34 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
         return [doc.problem(path, "an entry needs `address` or `id`",
                             'e.g. - address: "0000:02:00.0"  or  - id: "8086:10d3"')]
     if kind == "const" and path == ("version",):
-        return [doc.problem(path, f"version must be 1, not {error.instance!r}",
-                            "this pcipassd reads format version 1")]
+        return [doc.problem(path, f"version must be 1, not {_show(error.instance)}",
+                            "write it as a number: version: 1" if isinstance(error.instance, str)
+                            else "this pcipassd reads format version 1")]
     if kind == "enum":
         choices = [str(c) for c in error.validator_value]
-        return [doc.problem(path, f"{error.instance!r} is not one of {', '.join(choices)}",
-                            _did_you_mean(error.instance, choices))]
+        hint = _did_you_mean(error.instance, choices)
+        if isinstance(error.instance, bool):
+            hint = "yes/no/on/off are true/false in YAML; write one of: " + ", ".join(choices)
+        return [doc.problem(path, f"{_show(error.instance)} is not one of {', '.join(choices)}",
+                            hint)]
     if kind == "pattern":
         parse = Address.parse if path[-1] == "address" else PciId.parse
         try:
-            parse(str(error.instance))
-            reason = f"{error.instance!r} is malformed"
+            parse(str(error.instance))  # only blanks around it, then
+            reason = f"{error.instance!r} has blanks around it"
         except AddressError as e:
             reason = str(e)
         example = '"0000:02:00.0"' if path[-1] == "address" else '"8086:10d3"'
         return [doc.problem(path, reason, f"write it like {example}, quoted")]
     if kind == "type":
         want = error.validator_value
-        got = type(error.instance).__name__.replace("str", "string").replace("NoneType", "nothing")
+        got = _GOT.get(type(error.instance), type(error.instance).__name__)
         hint = "quote it" if want == "string" else ""
         if want == "array":
             hint = "list the devices as `- address: ...` items"
-        return [doc.problem(path, f"expected {want}, got {got}", hint)]
+        if want == "object" and path and path[0] == "devices":
+            hint = 'write each entry as  - address: "0000:02:00.0"  or  - id: "8086:10d3"'
+        return [doc.problem(path, f"expected {_WANTED.get(want, want)}, got {got}", hint)]
     if kind == "minItems":
         return [doc.problem(path, "must list at least one device",
                             "add an entry, or remove the key")]
@@ -185,16 +211,19 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
     return [doc.problem(path, error.message)]
 
 
-def _build(docs: list[Document]) -> tuple[Config, list[Problem]]:
+def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Problem]]:
+    """Merge the files; a None (unusable) file is skipped, and the result is then unused."""
     problems: list[Problem] = []
-    main = docs[0].data if docs else {}
+    main = docs[0].data if docs and docs[0] else {}
     iommu = main.get("iommu", DEFAULT_IOMMU)
     entries: list[Entry] = []
     for i, doc in enumerate(docs):
+        if doc is None:
+            continue
         data = doc.data
         if i > 0 and "iommu" in data:
-            problems.append(doc.problem(("iommu", "<key>"), "iommu: is a host-wide setting",
-                                        f"set it in {docs[0].file} only"))
+            problems.append(doc.problem(("iommu", "<key>"), "only the main file may set iommu",
+                                        f"iommu is host-wide: move it to {main_file}"))
         driver = data.get("driver", main.get("driver", DEFAULT_DRIVER))
         group = data.get("group", main.get("group", DEFAULT_GROUP))
         for n, item in enumerate(data.get("devices", [])):
@@ -202,11 +231,11 @@ def _build(docs: list[Document]) -> tuple[Config, list[Problem]]:
             problems += found
             if entry:
                 entries.append(entry)
-    if not entries and not problems:
-        first = docs[0]
+    first = docs[0] if docs else None
+    if not entries and not problems and first and all(docs):
         problems.append(first.problem((), "no devices are configured",
                                       "add a `devices:` list with at least one entry"))
-    config = Config(tuple(d.file for d in docs), iommu, tuple(entries))
+    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries))
     return config, problems
 
 

@@ -6,6 +6,7 @@ YAML, several documents, an alias bomb, duplicate keys) becomes a `Problem`, nev
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,13 @@ from pcipassd.errors import Problem
 
 MAX_BYTES = 1 << 20  # a config is a few kB; anything this big is a mistake
 MAX_NODES = 50_000  # bounds alias expansion ("billion laughs")
+MAX_DEPTH = 64  # bounds nesting: libyaml's composer recurses in C and overflows the stack
 
 JsonPath = tuple[str | int, ...]
+# a character YAML does not accept in a stream (PyYAML's reader allows only these)
+_NOT_YAML_TEXT = re.compile(
+    r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 
 try:  # the C loader is faster where libyaml is present; both give node marks
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -45,6 +51,8 @@ class Document:
 def format_path(path: JsonPath) -> str:
     out = ""
     for part in path:
+        if part == "<key>":  # the position of a key, not a value: same path
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
 
@@ -53,12 +61,44 @@ class _TooBig(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    pass
+
+
+class _Cycle(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the flow collections ([...], {...}) nest deeper than MAX_DEPTH. Block nesting
+    needs indentation, so a file under MAX_BYTES cannot nest deep enough to harm the composer;
+    flow nesting can (a 60 kB file of brackets crashed it). The event parser does not recurse."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False  # every config an admin writes: no second parse
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return False
+
+
 class _Builder:
     """Turns a composed node tree into Python data and a path -> position map."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
         self.nodes = 0
+        self.open: list[yaml.Node] = []  # the collections being built, outermost first
         self.problems: list[Problem] = []
         self.constructor = yaml.SafeLoader("")
 
@@ -66,7 +106,20 @@ class _Builder:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _TooBig
-        self.doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        self.doc.marks[path] = _mark(node)
+        if not isinstance(node, yaml.ScalarNode):
+            if any(node is n for n in self.open):
+                raise _Cycle(node)  # `a: &x [*x]`: an alias inside itself
+            if len(self.open) >= MAX_DEPTH:
+                raise _TooDeep
+            self.open.append(node)
+            try:
+                return self.collection(node, path)
+            finally:
+                self.open.pop()
+        return self.scalar(node)
+
+    def collection(self, node: yaml.Node, path: JsonPath) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -93,7 +146,7 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.scalar(node)
+        return self.scalar(node)  # pragma: no cover - a node is a scalar, mapping or sequence
 
     def scalar(self, node: yaml.Node) -> Any:
         value = self.constructor.construct_object(node, deep=True)
@@ -132,16 +185,25 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
     if not text.strip():
         return whole("is empty", "a config needs at least `version: 1` and `devices:`")
     doc = Document(shown, None)
+    too_deep = whole(f"nests more than {MAX_DEPTH} levels deep; not a pcipassd config",
+                     "is this the right file?")
     try:
+        if _too_deep(text):
+            return too_deep
         node = yaml.compose(text, Loader=_Loader)
+    except yaml.reader.ReaderError as e:  # a control character: binary data, not text
+        bad = _NOT_YAML_TEXT.search(text)
+        line = text.count("\n", 0, bad.start()) + 1 if bad else 0
+        col = bad.start() - text.rfind("\n", 0, bad.start()) if bad else 0
+        return None, [Problem(shown, line, col, "",
+                              f"not a text file: control character #x{e.character:04x}",
+                              "is this the right file? a config is plain text")]
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        what = " ".join(x for x in (e.context, e.problem) if x)
-        return None, [Problem(shown, line, col, "", f"YAML syntax: {what}",
-                              "check the indentation and quoting on that line")]
+        return _marked(shown, e, "YAML syntax", "check the indentation and quoting on that line")
     except yaml.YAMLError as e:
-        return whole(f"YAML syntax: {e}")
+        return whole(" ".join(f"YAML syntax: {e}".split()))
+    except RecursionError:  # pragma: no cover - the pure-Python composer, when not caught above
+        return too_deep
     if node is None:
         return whole("is empty", "a config needs at least `version: 1` and `devices:`")
     builder = _Builder(doc)
@@ -150,6 +212,25 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
     except _TooBig:
         return whole(f"has more than {MAX_NODES} values (YAML aliases expanding?)",
                      "write the devices out; pcipassd does not expand large aliases")
-    except yaml.YAMLError as e:
-        return whole(f"YAML: {e}")
+    except _TooDeep:
+        return too_deep
+    except _Cycle as e:
+        line, col = _mark(e.node)
+        return None, [Problem(shown, line, col, "", "a YAML alias refers to itself",
+                              "write the devices out; pcipassd does not expand large aliases")]
+    except yaml.MarkedYAMLError as e:  # e.g. a tag (!!python/..., !foo) or a merge key (<<)
+        return _marked(shown, e, "YAML", "pcipassd reads plain YAML: no tags (!x) or merge "
+                       "keys (<<)")
+    except yaml.YAMLError as e:  # pragma: no cover - the constructor's errors carry a mark
+        return whole(" ".join(f"YAML: {e}".split()))
     return (None if builder.problems else doc), builder.problems
+
+
+def _marked(
+    shown: str, e: yaml.MarkedYAMLError, what: str, hint: str
+) -> tuple[None, list[Problem]]:
+    """One line, at the error's position, from PyYAML's multi-line message."""
+    mark = e.problem_mark or e.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+    text = " ".join(" ".join(x.split()) for x in (e.context, e.problem) if x)
+    return None, [Problem(shown, line, col, "", f"{what}: {text}", hint)]
