@@ -13,6 +13,7 @@ from typing import Any
 from pcipassd import __version__
 from pcipassd import log as logsetup
 from pcipassd.apply import Applier
+from pcipassd.cache import ValidationCache
 from pcipassd.config import Config, config_files, load_config, schema_text
 from pcipassd.errors import InvalidConfig, PcipassError, Problem
 from pcipassd.guard import critical_devices, describe
@@ -50,8 +51,12 @@ class Context:
             return config_files(self.host, Path(self.args.config))
         return None
 
-    def load_config(self) -> Config:
-        return load_config(self.host, self.config_paths())
+    def load_config(self, *, cached: bool = True) -> Config:
+        """The validated config; `cached`: trust files that passed the schema before."""
+        cache = ValidationCache(self.host)
+        config = load_config(self.host, self.config_paths(), cache.load() if cached else ())
+        cache.remember(config.digests)
+        return config
 
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
         """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
@@ -90,7 +95,7 @@ def cmd_schema(ctx: Context) -> int:
 def cmd_validate(ctx: Context) -> int:
     summary = ""
     try:
-        config = ctx.load_config()
+        config = ctx.load_config(cached=False)
         problems: list[Problem] = []
         if not ctx.args.offline:
             _, selection = ctx.selection(config)

@@ -13,9 +13,11 @@ All problems of all files are reported at once.
 from __future__ import annotations
 
 import difflib
+import functools
+import hashlib
 import json
+from collections.abc import Container
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +68,20 @@ class Config:
     files: tuple[str, ...]
     iommu: str
     entries: tuple[Entry, ...]
+    digests: frozenset[str] = frozenset()  # of the files, for the validation cache
 
 
+def digest(doc: Document) -> str:
+    """Names one file's content checked against this schema: a cache key, see cache.py."""
+    h = hashlib.sha256(schema_text().encode())
+    h.update(b"\0")
+    h.update(doc.raw)
+    return h.hexdigest()
+
+
+@functools.cache
 def schema_text() -> str:
-    return resources.files("pcipassd").joinpath("schema.json").read_text()
+    return Path(__file__).with_name("schema.json").read_text()
 
 
 def config_files(host: Host, main: Path | None = None) -> list[Path]:
@@ -80,14 +92,20 @@ def config_files(host: Host, main: Path | None = None) -> list[Path]:
     return [main, *found]
 
 
-def load_config(host: Host, files: list[Path] | None = None) -> Config:
-    """Read and validate every file; raise InvalidConfig listing every problem."""
+def load_config(
+    host: Host, files: list[Path] | None = None, known: Container[str] = ()
+) -> Config:
+    """Read and validate every file; raise InvalidConfig listing every problem.
+
+    A file whose digest is in `known` passed the schema before, byte for byte: its schema check
+    (and the import of jsonschema, the slowest part of a boot-time apply) is skipped. Every
+    other check still runs."""
     paths = files or config_files(host)
     docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
     problems: list[Problem] = []
     for path in paths:
         doc, found = load(path, host.display(path))
-        if doc is not None:
+        if doc is not None and digest(doc) not in known:
             found = _check_schema(doc)
         problems += found
         docs.append(None if found else doc)
@@ -235,7 +253,8 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
     if not entries and not problems and first and all(docs):
         problems.append(first.problem((), "no devices are configured",
                                       "add a `devices:` list with at least one entry"))
-    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries))
+    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries),
+                    frozenset(digest(d) for d in docs if d))
     return config, problems
 
 

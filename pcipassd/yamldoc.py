@@ -20,10 +20,9 @@ MAX_NODES = 50_000  # bounds alias expansion ("billion laughs")
 MAX_DEPTH = 64  # bounds nesting: libyaml's composer recurses in C and overflows the stack
 
 JsonPath = tuple[str | int, ...]
-# a character YAML does not accept in a stream (PyYAML's reader allows only these)
-_NOT_YAML_TEXT = re.compile(
-    r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
+# a character YAML does not accept in a stream (PyYAML's reader allows only these); compiled
+# only when a file has one, since compiling it costs more than reading a config
+_NOT_YAML_TEXT = r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 
 try:  # the C loader is faster where libyaml is present; both give node marks
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -35,6 +34,7 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 class Document:
     file: str  # as shown to the admin
     data: Any
+    raw: bytes = b""  # the file's bytes, as read
     marks: dict[JsonPath, tuple[int, int]] = field(default_factory=dict)  # 1-based line, col
 
     def where(self, path: JsonPath) -> tuple[int, int]:
@@ -173,7 +173,8 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
     except IsADirectoryError:
         return whole("is a directory, not a YAML file")
     except PermissionError:
-        return whole("cannot read: permission denied", "run as root")
+        return whole("cannot read: permission denied",
+                     "check its mode and owner (and SELinux/AppArmor labels)")
     except OSError as e:
         return whole(f"cannot read: {e.strerror}")
     if len(raw) > MAX_BYTES:
@@ -184,7 +185,7 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
         return whole(f"is not UTF-8 text (byte {e.start})", "is this the right file?")
     if not text.strip():
         return whole("is empty", "a config needs at least `version: 1` and `devices:`")
-    doc = Document(shown, None)
+    doc = Document(shown, None, raw)
     too_deep = whole(f"nests more than {MAX_DEPTH} levels deep; not a pcipassd config",
                      "is this the right file?")
     try:
@@ -192,7 +193,7 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
             return too_deep
         node = yaml.compose(text, Loader=_Loader)
     except yaml.reader.ReaderError as e:  # a control character: binary data, not text
-        bad = _NOT_YAML_TEXT.search(text)
+        bad = re.search(_NOT_YAML_TEXT, text)
         line = text.count("\n", 0, bad.start()) + 1 if bad else 0
         col = bad.start() - text.rfind("\n", 0, bad.start()) if bad else 0
         return None, [Problem(shown, line, col, "",
