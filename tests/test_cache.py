@@ -10,6 +10,8 @@ from machine import Machine
 from simkernel import NIC_A, SimKernel
 
 from pcipassd import config as config_module
+from pcipassd.errors import Problem
+from pcipassd.yamldoc import Document
 
 CONFIG = f'version: 1\ndevices:\n  - address: "{NIC_A}"\n'
 
@@ -25,7 +27,7 @@ def _schema_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = config_module._check_schema
 
-    def spy(doc: config_module.Document) -> list[config_module.Problem]:
+    def spy(doc: Document) -> list[Problem]:
         calls.append(doc.file)
         return real(doc)
 

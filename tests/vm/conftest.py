@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -99,8 +99,11 @@ class BootFn(Protocol):
 
 
 @pytest.fixture
-def vm_image(vm_base: BaseImage, tmp_path: Path) -> ImageFactory:
+def vm_image(vm_base: BaseImage, tmp_path: Path) -> Iterator[ImageFactory]:
+    """Build per-test disks under tmp_path; they are deleted after the test (logs stay in
+    vm_out) unless ``PCIPASSD_VM_KEEP=1``."""
     count = 0
+    images: list[Image] = []
 
     def factory(
         config_yaml: str | None,
@@ -113,7 +116,7 @@ def vm_image(vm_base: BaseImage, tmp_path: Path) -> ImageFactory:
     ) -> Image:
         nonlocal count
         count += 1
-        return build_image(
+        image = build_image(
             config_yaml,
             guest_script,
             extra_files,
@@ -123,8 +126,13 @@ def vm_image(vm_base: BaseImage, tmp_path: Path) -> ImageFactory:
             enable_pcipassd=enable_pcipassd,
             remove_files=remove_files,
         )
+        images.append(image)
+        return image
 
-    return factory
+    yield factory
+    if not os.environ.get("PCIPASSD_VM_KEEP"):
+        for image in images:
+            image.disk.unlink(missing_ok=True)
 
 
 @pytest.fixture

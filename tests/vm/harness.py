@@ -178,8 +178,8 @@ class BootError(AssertionError):
 
 @dataclass
 class BootResult:
-    console: str
-    results: dict[str, str]
+    console: str = field(repr=False)
+    results: dict[str, str] = field(repr=False)
     log_dir: Path
     console_path: Path
     results_path: Path
@@ -188,7 +188,7 @@ class BootResult:
     returncode: int | None
     done: bool  # the guest runner reached @@PCIPASS-DONE
     action: str | None  # what the runner asked for: "poweroff" or "reboot"
-    qemu_cmdline: list[str] = field(default_factory=list)
+    qemu_cmdline: list[str] = field(default_factory=list, repr=False)
 
     def __getitem__(self, key: str) -> str:
         try:
@@ -300,7 +300,7 @@ def qemu_command(
     options = [
         ("-machine", machine),
         ("-accel", acc),
-        ("-cpu", "max"),
+        ("-cpu", "max,vendor=GenuineIntel"),  # Intel CPU to go with the VT-d IOMMU
         ("-m", str(memory_mb)),
         ("-smp", str(cpus)),
         ("-display", "none"),

@@ -87,3 +87,23 @@ def test_iommu_off(vm_image: ImageFactory, vm_boot: BootFn) -> None:
     assert res.iommu_group(topo.bdf("e1000e-a")) == "none"
     assert res.driver(topo.bdf("e1000e-a")) == "e1000e"
     assert res.rc("modinfo") == 0
+
+
+def test_two_boots_same_disk(vm_image: ImageFactory, vm_boot: BootFn) -> None:
+    """The disk persists across boots; the guest can ask for a reboot; args can change."""
+    script = r"""
+if [ "$PCIPASS_BOOT" = 1 ]; then
+    echo first >/var/lib/pcipass-test/marker
+    next_action reboot
+else
+    result marker "$(cat /var/lib/pcipass-test/marker)"
+fi
+"""
+    image = vm_image(None, script, install=no_install)
+    first = vm_boot(image)
+    assert first.shutdown == "reboot" and first["boot"] == "1", first.where()
+    second = vm_boot(image, kernel_args=["pcipass.second"])
+    assert second.shutdown == "poweroff", second.where()
+    assert second["boot"] == "2"
+    assert second["marker"] == "first"
+    assert "pcipass.second" in second["kernel.cmdline"]
