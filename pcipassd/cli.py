@@ -238,8 +238,13 @@ def cmd_status(ctx: Context) -> int:
         print("\n".join(_groups_text(groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
-        print("converged" if plan.converged else "not converged: run `pcipassd apply`"
-              if not plan.problems else "not converged: fix the problems above")
+        if plan.converged:
+            verdict = "converged"
+        elif plan.problems:
+            verdict = "not converged: fix the problems above"
+        else:
+            verdict = "not converged: run `pcipassd apply`"
+        print(f"\n{verdict}")
     return EXIT_OK if plan.converged else EXIT_FAIL
 
 
