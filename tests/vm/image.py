@@ -248,7 +248,17 @@ def ensure_base(
         elapsed = time.monotonic() - start
         (base.dir / "build-seconds").write_text(f"{elapsed:.1f}\n")
         print(f"pcipassd-vm: base image built in {elapsed:.0f}s", file=sys.stderr)
+        _prune_stale(cache, suite, keep=key)
     return base
+
+
+def _prune_stale(cache: Path, suite: str, keep: str) -> None:
+    """Delete base images of earlier versions of the build (a few hundred MB each)."""
+    for old in cache.glob(f"{suite}-*"):
+        if old.is_dir() and old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+            for suffix in (".lock", ".build.log"):
+                (cache / f"{old.name}{suffix}").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import BootFn, ImageFactory
-from .harness import DEFAULT_TOPOLOGY
-from .image import REPO_ROOT, install_with_make
+from .conftest import BootFn, ImageFactory, out_root
+from .harness import DEFAULT_TOPOLOGY, BootResult, boot
+from .image import REPO_ROOT, BaseImage, build_image, install_with_make
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -52,18 +52,34 @@ result unit.enabled "$(systemctl is-enabled pcipassd.service 2>&1)"
     assert res.rc("example") == 2, res["example"]
 
 
-def test_boot_apply_then_stop_restores(vm_image: ImageFactory, vm_boot: BootFn) -> None:
-    """At boot one of two identical e1000e goes to vfio-pci; ``systemctl stop`` gives it back."""
-    script = r"""
+APPLY_THEN_STOP = r"""
 pci_inventory boot
 capture unit.boot systemctl show pcipassd.service -p ActiveState -p Result -p ExecMainStatus
 capture status.boot pcipassd status
+capture journal.export journalctl -b --no-pager -o export -u pcipassd.service
 systemctl stop pcipassd.service
 result stop.rc "$?"
 pci_inventory stopped
 capture unit.stopped systemctl show pcipassd.service -p ActiveState -p Result
 """
-    res = vm_boot(vm_image(VFIO_ONE_E1000E, script, install=install_with_make))
+
+
+@pytest.fixture(scope="module")
+def applied(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
+    """One boot shared by the tests below: apply at boot, then ``systemctl stop``."""
+    workdir = tmp_path_factory.mktemp("apply-then-stop")
+    image = build_image(
+        VFIO_ONE_E1000E, APPLY_THEN_STOP, base=vm_base, workdir=workdir, install=install_with_make
+    )
+    try:
+        return boot(image, log_dir=out_root() / "apply_then_stop" / "boot-1")
+    finally:
+        image.disk.unlink(missing_ok=True)
+
+
+def test_boot_apply_then_stop_restores(applied: BootResult) -> None:
+    """At boot one of two identical e1000e goes to vfio-pci; ``systemctl stop`` gives it back."""
+    res = applied
     where = f"{res.where()}; journal: {res.get('journal.pcipassd')}"
     assert "ActiveState=active" in res["unit.boot"], where
     assert res.driver(E1000E_B, "boot") == "vfio-pci", where
@@ -74,3 +90,17 @@ capture unit.stopped systemctl show pcipassd.service -p ActiveState -p Result
     assert res.driver(E1000E_B, "stopped") == "e1000e", where
     assert res[f"stopped.{E1000E_B}.override"] == "none", where
     assert res.driver(E1000E_A, "stopped") == "e1000e", where
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="pcipassd/log.py passes CODE_LINE as str; Debian's python3-systemd 235 formats it "
+    "with {:d}, so every journal.send raises and the record is lost ('--- Logging error ---')",
+)
+def test_journal_gets_structured_fields(applied: BootResult) -> None:
+    """Under systemd, pcipassd logs through python3-systemd with its PCIPASS_* fields."""
+    journal = applied["journal.pcipassd"]
+    assert "Logging error" not in journal, journal
+    export = applied["journal.export"]
+    assert "SYSLOG_IDENTIFIER=pcipassd" in export, export
+    assert "PCIPASS_" in export, export
