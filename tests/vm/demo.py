@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         image = build_image(CONFIG, SCRIPT, workdir=workdir, base=base, install=install_with_make)
         section("/etc/pcipass.yaml in the guest", CONFIG)
         print("\nbooting (QEMU, TCG) ...", flush=True)
-        res = boot(image, timeout=args.timeout)
+        try:
+            res = boot(image, timeout=args.timeout)
+        finally:
+            image.disk.unlink(missing_ok=True)  # the logs stay
     except (HarnessUnavailable, ImageError, BootError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
