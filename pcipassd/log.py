@@ -39,7 +39,7 @@ class JournalHandler(logging.Handler):
                 PRIORITY=str(self._PRIORITY.get(record.levelno, 6)),
                 SYSLOG_IDENTIFIER=IDENTIFIER,
                 CODE_FILE=record.pathname,
-                CODE_LINE=str(record.lineno),
+                CODE_LINE=record.lineno,
                 CODE_FUNC=record.funcName,
                 **fields,
             )
