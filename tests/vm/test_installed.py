@@ -77,7 +77,7 @@ def applied(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> Boo
 
 
 def test_boot_apply_then_stop_restores(applied: BootResult) -> None:
-    """At boot one of two identical e1000e goes to vfio-pci; ``systemctl stop`` gives it back."""
+    """At boot one of two identical e1000e goes to pci-stub; ``systemctl stop`` gives it back."""
     res = applied
     where = f"{res.where()}; journal: {res.get('journal.pcipassd')}"
     assert "ActiveState=active" in res["unit.boot"], where

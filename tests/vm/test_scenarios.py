@@ -7,8 +7,6 @@ step, and each test below asserts one scenario from those records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from .conftest import out_root
@@ -83,11 +81,11 @@ def _boots(image: Image, name: str, count: int) -> list[BootResult]:
 
 @pytest.fixture(scope="module")
 def lifecycle(vm_base: BaseImage,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[BootResult]]:
+              tmp_path_factory: pytest.TempPathFactory) -> list[BootResult]:
     workdir = tmp_path_factory.mktemp("lifecycle")
     image = build_image(LIFECYCLE_CONFIG, LIFECYCLE, base=vm_base, workdir=workdir,
                         install=install_with_make)
-    yield _boots(image, "lifecycle", 2)
+    return _boots(image, "lifecycle", 2)
 
 
 def test_by_id_with_count_to_vfio_and_group_bind(lifecycle: list[BootResult]) -> None:
