@@ -33,16 +33,8 @@ class Host:
         return self.path("/sys/bus/pci/drivers")
 
     @property
-    def proc(self) -> Path:
-        return self.path("/proc")
-
-    @property
     def config_file(self) -> Path:
         return self.path("/etc/pcipass.yaml")
-
-    @property
-    def config_dir(self) -> Path:
-        return self.path("/etc/pcipass.d")
 
     @property
     def state_dir(self) -> Path:
