@@ -100,6 +100,6 @@ def test_journal_gets_structured_fields(applied: BootResult) -> None:
     assert f"PCIPASS_DEVICE={E1000E_B}" in export, export
     for field in ("PCIPASS_ACTION=bind", "PCIPASS_DRIVER_FROM=e1000e", "PCIPASS_DRIVER_TO=pci-stub",
                   "PCIPASS_ID=8086:10d3", "PCIPASS_NAME=guest-nic",
-                  "PCIPASS_ENTRY=/etc/pcipass.yaml:4"):
+                  "PCIPASS_ENTRY=/etc/pcipass.yaml:3"):
         assert field in export, field
     assert "MESSAGE=1 bound, 0 unchanged, 0 restored, 0 failed" in export
