@@ -38,13 +38,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pcipassd.address import BDF_RE
 from pcipassd.host import Host
 
 __all__ = ["Reason", "critical_devices", "describe"]
 
 log = logging.getLogger(__name__)
 
-BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _MAX_SYMLINK_HOPS = 40
 _MAX_SHOWN = 3

@@ -50,7 +50,8 @@ if [ "$PCIPASS_BOOT" = 1 ]; then
     capture status.boot pcipassd status
     capture journal.boot journalctl -b -u pcipassd -o json --no-pager
     systemctl reload pcipassd; result reload.rc "$?"
-    capture summary.reload sh -c 'journalctl -b -u pcipassd -o cat --no-pager | tail -n 1'
+    capture summary.reload sh -c \
+        'journalctl -b -u pcipassd -o cat --no-pager | grep " bound, " | tail -n 1'
     pci_inventory reload
     systemctl stop pcipassd; result stop.rc "$?"
     pci_inventory stopped
