@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from simkernel import SimKernel
+from simkernel import NIC_A, SimKernel
 
 from pcipassd.cli import main
 
@@ -33,6 +33,16 @@ class Machine:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
         return path
+
+    def with_guest_nic(self) -> Machine:
+        """The config most CLI tests start from: NIC_A, by address, named guest-nic."""
+        self.config(f"""\
+            version: 1
+            devices:
+              - address: "{NIC_A}"
+                name: guest-nic
+            """)
+        return self
 
     def dropin(self, name: str, text: str) -> Path:
         return self.config(text, f"pcipass.d/{name}")

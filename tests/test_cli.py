@@ -15,14 +15,7 @@ from pcipassd.cli import main
 
 @pytest.fixture
 def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    machine = Machine(sim_host, capsys)
-    machine.config(f"""\
-        version: 1
-        devices:
-          - address: "{NIC_A}"
-            name: guest-nic
-        """)
-    return machine
+    return Machine(sim_host, capsys).with_guest_nic()
 
 
 def test_plan_shows_what_apply_would_do_and_changes_nothing(m: Machine) -> None:

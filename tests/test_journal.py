@@ -33,14 +33,7 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> FakeJournal:
 
 @pytest.fixture
 def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    machine = Machine(sim_host, capsys)
-    machine.config(f"""\
-        version: 1
-        devices:
-          - address: "{NIC_A}"
-            name: guest-nic
-        """)
-    return machine
+    return Machine(sim_host, capsys).with_guest_nic()
 
 
 def test_bind_sends_the_structured_fields(m: Machine, journal: FakeJournal) -> None:
