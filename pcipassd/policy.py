@@ -34,6 +34,13 @@ def _apply_group_policy(
     for sel in items:
         dev = sel.device
         mates = _group_mates(dev, inventory)
+        if entry.group == "bind":  # every other endpoint, whatever it is on now: also on re-apply
+            for mate in mates:
+                if mate.bdf not in selected:
+                    selected.add(mate.bdf)
+                    out.append(Selected(mate, entry, via=dev.bdf,
+                                        notes=(f"in IOMMU group {dev.group} with {dev.bdf}",)))
+            continue
         loose = [d for d in mates
                  if d.bdf not in selected and d.driver not in (None, *STUB_DRIVERS)]
         if not loose:
@@ -44,16 +51,9 @@ def _apply_group_policy(
                 "select those devices too, or set `group: bind` to bind them with it, "
                 "or `group: ignore`",
             )
-        if entry.group == "bind":
-            for mate in mates:
-                if mate.bdf not in selected:
-                    selected.add(mate.bdf)
-                    out.append(Selected(mate, entry, via=dev.bdf,
-                                        notes=(f"in IOMMU group {dev.group} with {dev.bdf}",)))
-        else:
-            note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
-                    f"{_busy(loose)}")
-            out[out.index(sel)] = Selected(dev, entry, sel.via, (*sel.notes, note))
+        note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
+                f"{_busy(loose)}")
+        out[out.index(sel)] = Selected(dev, entry, sel.via, (*sel.notes, note))
     return out, None
 
 

@@ -88,6 +88,8 @@ def test_group_bind_binds_the_other_endpoints_and_restores_them(m: Machine) -> N
     assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("vfio-pci", "vfio-pci")
     assert m.driver(PCI_BRIDGE) is None
     assert "2 bound" in r.err
+    r = m.run("apply")
+    assert "0 bound, 2 unchanged, 0 restored, 0 failed" in r.err, "a re-apply keeps the group"
     assert m.run("restore").rc == 0
     assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("e1000", "e1000")
 
