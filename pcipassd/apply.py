@@ -206,7 +206,6 @@ class Applier:
                 self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
                              logging.WARNING)
             else:
-                src = f" ({step.entry})" if step.entry else ""
                 self._report(step, Action.UNCHANGED,
-                             f"{step.bdf} [{step.id}] already on {step.target}{src}")
+                             f"{step.bdf} [{step.id}] already on {step.target}{step.source}")
         return self.outcome

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pcipassd.host import Host
+from pcipassd.inventory import driver_loaded
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
             "(grub2-mkconfig -o /boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
@@ -62,7 +63,7 @@ def cpu_vendor(host: Host) -> str:
 def module_available(host: Host, driver: str) -> str | None:
     """How `driver` can be had: "loaded", "built in", "module", or None."""
     module = driver.replace("-", "_")
-    if (host.pci_drivers / driver).is_dir() or host.path(f"/sys/module/{module}").is_dir():
+    if driver_loaded(host, driver) or host.path(f"/sys/module/{module}").is_dir():
         return "loaded"
     release = _read(host, "/proc/sys/kernel/osrelease").strip()
     if not release:
@@ -145,13 +146,11 @@ def _interrupt_remapping(host: Host, active: bool) -> Finding:
     unsafe = _read(host, "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
     if unsafe.strip() == "Y":
         return Finding(Level.WARN, "interrupt remapping is off; vfio allows unsafe interrupts")
-    level = Level.WARN if active else Level.OK
-    return Finding(level, "interrupt remapping is not on" if active else
-                   "interrupt remapping: unknown while the IOMMU is off",
+    if not active:
+        return Finding(Level.OK, "interrupt remapping: unknown while the IOMMU is off")
+    return Finding(Level.WARN, "interrupt remapping is not on",
                    "vfio refuses assignment without it; enable x2APIC / interrupt remapping in "
-                   "the firmware, or load vfio_iommu_type1 with allow_unsafe_interrupts=1"
-                   if active else "")
-
+                   "the firmware, or load vfio_iommu_type1 with allow_unsafe_interrupts=1")
 
 def passthrough_possible(findings: list[Finding]) -> bool:
     return not any(f.level is Level.FAIL for f in findings)

@@ -53,11 +53,15 @@ class Step:
         return fields
 
     @property
+    def source(self) -> str:
+        """` (/etc/pcipass.yaml:7)`, or nothing when no entry selected it."""
+        return f" ({self.entry})" if self.entry else ""
+
+    @property
     def summary(self) -> str:
         """`0000:02:00.0 [14e4:1639] bnx2 -> pci-stub (/etc/pcipass.yaml:7)`"""
-        src = f" ({self.entry})" if self.entry else ""
         moves = f"{self.current or '(none)'} -> {self.target or '(none)'}"
-        return f"{self.bdf} [{self.id}] {moves}{src}"
+        return f"{self.bdf} [{self.id}] {moves}{self.source}"
 
 
 @dataclass(frozen=True)
