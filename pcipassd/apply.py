@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from pcipassd.errors import KernelError
 from pcipassd.host import Host
-from pcipassd.inventory import Device, driver_loaded, read_device
+from pcipassd.inventory import Device, driver_loaded, modalias, module_of, read_device
 from pcipassd.kernel import Kernel
 from pcipassd.plan import Action, Plan, Step
 from pcipassd.state import Record, State
@@ -44,20 +43,17 @@ class Outcome:
         return ", ".join(f"{self.counts[k]} {k}" for k in kinds)
 
 
-def module_of(host: Host, driver: str) -> str:
-    """The module that provides `driver` (e.g. xhci_hcd comes from xhci_pci)."""
-    try:
-        return os.path.basename(os.readlink(host.pci_drivers / driver / "module"))
-    except OSError:
-        return driver.replace("-", "_")
-
-
 class Applier:
     def __init__(self, host: Host, kernel: Kernel, state: State) -> None:
         self.host = host
         self.kernel = kernel
         self.state = state
         self.outcome = Outcome()
+        self.stopping = False  # set on SIGTERM: finish the device in hand, start no other
+
+    def stop(self) -> None:
+        """Finish the device in hand, then start no other (SIGTERM)."""
+        self.stopping = True
 
     # -- the writes ----------------------------------------------------------------------
     def _write(self, path: str, data: str) -> None:
@@ -129,27 +125,36 @@ class Applier:
         back = replace(step, action=Action.RESTORE, current=self._device(step.bdf).driver,
                        target=record.original_driver)
         try:
-            self._restore_device(record)
+            now = self._restore_device(record)
         except StepFailed as e:
             log.error("%s: rollback failed: %s", step.bdf, e,
                       extra={"journal": back.journal_fields})
             return
         self.state.drop(step.bdf)
-        log.warning("%s: rolled back to %s", step.bdf, record.original_driver or "no driver",
-                    extra={"journal": back.journal_fields})
+        log.warning("%s: rolled back to %s", step.bdf, now or "no driver",
+                    extra={"journal": replace(back, target=now).journal_fields})
 
-    def _restore_device(self, record: Record) -> None:
+    def _restore_device(self, record: Record) -> str | None:
+        """Give the device back; return the driver it is on now."""
         bdf, stub, original = record.bdf, record.target, record.original_driver
         dev = self._device(bdf)
         self._set_override(bdf, record.original_override)
         if dev.driver == stub or (dev.driver is not None and dev.driver != original):
             self._unbind(bdf, dev.driver)
+        if record.native_unknown:
+            # No native driver ever bound it: load what udev would have loaded (a blacklisted
+            # module stays unloaded), and let the kernel pick, built-in drivers included.
+            alias = modalias(self.host, bdf)
+            if alias:
+                self.kernel.load_native(alias)
+            self._probe(bdf)
+            return self._device(bdf).driver
         if original is None:
-            return
+            return None
         self._probe(bdf)
         now = self._device(bdf).driver
         if now == original:
-            return
+            return now
         if now is not None:  # the re-probe chose another driver: move it to the recorded one
             self._unbind(bdf, now)
         try:
@@ -161,17 +166,23 @@ class Applier:
         now = self._device(bdf).driver
         if now != original:
             raise StepFailed(f"it is on {now or 'no driver'}, not back on {original}")
+        return now
 
     def restore(self, step: Step) -> None:
         record = self.state.records[step.bdf]
         try:
-            self._restore_device(record)
+            now = self._restore_device(record)
         except StepFailed as e:
             self._report(step, Action.FAIL, f"{step.summary}: restore failed: {e}",
                          logging.ERROR)
             return
         self.state.drop(step.bdf)
-        self._report(step, Action.RESTORE, step.summary)
+        done = replace(step, target=now)
+        note = ""
+        if record.native_unknown and now is None:
+            note = ("; no driver took it (its native module is blacklisted, or it has none): "
+                    "left unbound")
+        self._report(done, Action.RESTORE, done.summary + note)
 
     def _report(self, step: Step, action: Action, message: str,
                 level: int = logging.INFO) -> None:
@@ -190,6 +201,8 @@ class Applier:
             except KernelError as e:
                 missing[driver] = e.message
         for step in plan.steps:
+            if self.stopping:
+                break
             if step.action is Action.BIND and step.target in missing:
                 self._report(step, Action.FAIL,
                              f"{step.summary}: {missing[step.target]}", logging.ERROR)

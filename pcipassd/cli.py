@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcipassd import __version__
+from pcipassd import __version__, early
 from pcipassd import log as logsetup
 from pcipassd.apply import Applier
 from pcipassd.cache import ValidationCache
@@ -19,18 +20,20 @@ from pcipassd.errors import InvalidConfig, PcipassError, Problem
 from pcipassd.guard import critical_devices, describe
 from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory, scan
-from pcipassd.iommu import Level, check, iommu_active, passthrough_possible
+from pcipassd.iommu import Finding, Level, check, iommu_active, passthrough_possible
 from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
+from pcipassd.service import notify_status, on_sigterm
 from pcipassd.state import Record, State
 
 log = logging.getLogger("pcipassd")
 
 Groups = dict[str, list[Device]]
 
-EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_STOPPED = 128 + signal.SIGTERM  # stopped while applying; everything was given back
 
 
 class Context:
@@ -116,6 +119,8 @@ def cmd_validate(ctx: Context) -> int:
 
 def cmd_check(ctx: Context) -> int:
     findings = check(ctx.host)
+    if stale := early.stale_initramfs(ctx.host):
+        findings.append(Finding(Level.WARN, stale, early.rebuild_command(ctx.host) or ""))
     if ctx.args.json:
         print(json.dumps([{"level": str(f.level), "what": f.what, "fix": f.fix}
                           for f in findings], indent=2))
@@ -199,45 +204,115 @@ def _step_dict(step: Step) -> dict[str, Any]:
 
 
 def cmd_apply(ctx: Context) -> int:
-    config = ctx.load_config()
-    _require_iommu(ctx, config.iommu)
     with State(ctx.host).locked() as state:
-        plan, _ = _planned(ctx, config, state.records)
-        _log_problems(plan.problems)
-        outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+        applier = Applier(ctx.host, ctx.kernel, state)
+        with on_sigterm(applier.stop):
+            early.adopt(ctx.host, state)
+            try:
+                config = ctx.load_config()
+                _require_iommu(ctx, config.iommu)
+            except PcipassError:
+                _release_early_holds(ctx, state)
+                raise
+            inventory, selection = ctx.selection(config)
+            plan = make_plan(selection, inventory, state.records)
+            _log_problems(plan.problems)
+            outcome = applier.run(plan)
+            if early.sync(ctx.host, early.render(plan, selection)) and (
+                    stale := early.stale_initramfs(ctx.host)):
+                log.warning("%s", stale)
+            if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
+                log.info("stopping before apply finished: giving every device back")
+                _restore(ctx, state)
+                return EXIT_STOPPED
+        if state.records:
+            early.arm(ctx.host)
+        else:
+            early.disarm(ctx.host)
+        held = len(state.records)
     log.info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
-    return EXIT_OK if not plan.problems and not outcome.failed else EXIT_FAIL
+    refused = len(plan.problems)
+    status = f"holding {held} device{'s' if held != 1 else ''}"
+    if refused:
+        first = plan.problems[0]
+        status += (f", {refused} entr{'y' if refused == 1 else 'ies'} refused "
+                   f"({first.file}:{first.line}: `pcipassd status` says why)")
+    if outcome.failed:
+        status += f", {outcome.failed} failed"
+    notify_status(status)
+    if not refused and not outcome.failed:
+        return EXIT_OK
+    return EXIT_PARTIAL if held else EXIT_FAIL
+
+
+def _release_early_holds(ctx: Context, state: State) -> None:
+    """The config cannot be applied: give back what the early stages held but pcipassd has not
+    moved to its target yet. Devices already on their targets stay (nothing changes for them)."""
+    inventory = scan(ctx.host)
+    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
+             and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
+    if loose:
+        log.warning("giving back the %d device(s) the early stages held", len(loose))
+        Applier(ctx.host, ctx.kernel, state).run(restore_plan(inventory, loose))
+    if not state.records:
+        early.disarm(ctx.host)
+
+
+def _restore(ctx: Context, state: State) -> int:
+    early.adopt(ctx.host, state)
+    plan = restore_plan(scan(ctx.host), state.records)
+    outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+    early.disarm(ctx.host)
+    log.info("%s", outcome.line("restored", "failed"))
+    return EXIT_OK if not outcome.failed else EXIT_FAIL
 
 
 def cmd_restore(ctx: Context) -> int:
     # Restore needs no config: a broken config must never keep devices from coming back.
     with State(ctx.host).locked() as state:
-        plan = restore_plan(scan(ctx.host), state.records)
-        outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
-    log.info("%s", outcome.line("restored", "failed"))
-    return EXIT_OK if not outcome.failed else EXIT_FAIL
+        return _restore(ctx, state)
+
+
+def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
+    """What the admin should know about how the devices were held."""
+    out = [f"{bdf}: {why}" for bdf, r in sorted(records.items())
+           if (why := early.first_probe(ctx.host, r))]
+    if stale := early.stale_initramfs(ctx.host):
+        out.append(stale)
+    return out
 
 
 def cmd_status(ctx: Context) -> int:
     config = ctx.load_config()
-    plan, groups = _planned(ctx, config, State(ctx.host).load().records)
+    records = State(ctx.host).load().records
+    plan, groups = _planned(ctx, config, records)
+    warnings = _warnings(ctx, records)
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
-              Action.KEEP: "held", Action.FAIL: "failed"}
+              Action.KEEP: "kept", Action.FAIL: "failed"}
+
+    def held(bdf: str) -> str | None:
+        record = records.get(bdf)
+        return record.held if record else None
+
     if ctx.args.json:
         print(json.dumps({"converged": plan.converged,
-                          "devices": [{**_step_dict(s), "status": status[s.action]}
-                                      for s in plan.steps],
+                          "devices": [{**_step_dict(s), "status": status[s.action],
+                                       "held": held(s.bdf)} for s in plan.steps],
                           "groups": _groups_json(groups),
-                          "problems": [p.as_dict() for p in plan.problems]}, indent=2))
+                          "problems": [p.as_dict() for p in plan.problems],
+                          "warnings": warnings}, indent=2))
     else:
         rows = [[s.bdf, s.id, s.current or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
-                 s.group or "-", status[s.action], s.name or s.entry or "-"]
+                 s.group or "-", held(s.bdf) or "-", status[s.action], s.name or s.entry or "-"]
                 for s in plan.steps]
-        print(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "STATUS", "ENTRY"]))
+        print(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD", "STATUS",
+                            "ENTRY"]))
         print("\n".join(_groups_text(groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
+        if warnings:
+            print("\n".join(["", *(f"warning: {w}" for w in warnings)]))
         if plan.converged:
             verdict = "converged"
         elif plan.problems:

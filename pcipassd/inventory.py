@@ -91,3 +91,16 @@ def scan(host: Host) -> Inventory:
 
 def driver_loaded(host: Host, driver: str) -> bool:
     return (host.pci_drivers / driver).is_dir()
+
+
+def module_of(host: Host, driver: str) -> str:
+    """The module that provides `driver` (e.g. xhci_hcd comes from xhci_pci)."""
+    try:
+        return os.path.basename(os.readlink(host.pci_drivers / driver / "module"))
+    except OSError:
+        return driver.replace("-", "_")
+
+
+def modalias(host: Host, bdf: str) -> str | None:
+    """What udev loads a driver for: `pci:v00008086d000010D3sv...`."""
+    return _read(host.pci_devices / bdf / "modalias")

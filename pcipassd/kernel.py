@@ -25,6 +25,10 @@ class Kernel(Protocol):
     def modprobe(self, module: str) -> None:
         """Load a kernel module; raise KernelError when it cannot be loaded."""
 
+    def load_native(self, modalias: str) -> None:
+        """Load what udev would load for a device's `modalias`, honouring the module blacklist
+        (`modprobe -b`). No module for it, or a blacklisted one, is not an error."""
+
 
 class LiveKernel:
     """The real kernel under `host.root`. modprobe runs only when the root is `/`."""
@@ -42,6 +46,15 @@ class LiveKernel:
             os.close(fd)
 
     def modprobe(self, module: str) -> None:
+        self._modprobe(module)
+
+    def load_native(self, modalias: str) -> None:
+        try:
+            self._modprobe(modalias, "-b")
+        except KernelError as e:  # the re-probe that follows tells what happened
+            log.debug("%s", e.message)
+
+    def _modprobe(self, module: str, *options: str) -> None:
         if not self.host.is_live:
             raise KernelError(
                 f"module {module} is not loaded under {self.host.root}",
@@ -52,7 +65,7 @@ class LiveKernel:
         exe = shutil.which("modprobe") or "/sbin/modprobe"
         log.debug("running %s %s", exe, module)
         proc = subprocess.run(
-            [exe, "--", module], capture_output=True, text=True, check=False
+            [exe, *options, "--", module], capture_output=True, text=True, check=False
         )
         if proc.returncode != 0:
             detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]

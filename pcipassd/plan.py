@@ -114,7 +114,7 @@ def make_plan(
         if bdf in selection.chosen:
             continue
         device = inventory.devices.get(bdf)
-        if bdf in selection.held and device is not None:
+        if bdf in selection.kept and device is not None:
             steps.append(Step(bdf, record.id, Action.KEEP, device.driver, device.driver,
                               device.group, record.entry,
                               reason="its entry has a problem; left as it is"))

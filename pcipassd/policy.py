@@ -6,7 +6,7 @@
 - `group: ignore`: bind what was selected, with a warning that VFIO will not accept the group.
 - A device that is host-critical (root disk controller, NIC with the default route, boot VGA),
   or that shares an IOMMU group with one, is refused unless its entry says `force: true`.
-A refused entry binds nothing; the devices it matched are held as they are.
+A refused entry binds nothing; the devices it matched are kept as they are.
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def enforce(selection: Selection, inventory: Inventory, critical: Mapping[str, s
         by_entry.setdefault(sel.entry, []).append(sel)
     selected = set(selection.chosen)
     problems = list(selection.problems)
-    held = set(selection.held)
+    kept = set(selection.kept)
     chosen: dict[str, Selected] = {}
     for entry, items in by_entry.items():
         grown, problem = _apply_group_policy(entry, items, inventory, selected)
         problem = problem or _guard(entry, grown, inventory, critical)
         if problem:
             problems.append(problem)
-            held.update(s.device.bdf for s in items)
+            kept.update(s.device.bdf for s in items)
             continue
         chosen.update((s.device.bdf, s) for s in grown)
-    return Selection(dict(sorted(chosen.items())), tuple(problems), frozenset(held))
+    return Selection(dict(sorted(chosen.items())), tuple(problems), frozenset(kept))

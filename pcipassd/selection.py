@@ -1,7 +1,7 @@
 """Which present devices each config entry selects, and which entries must be refused.
 
 Pure: works on a Config and an Inventory. An entry with a problem selects nothing (it is
-refused whole), but the devices it matched are `held`: if pcipassd bound them earlier they stay
+refused whole), but the devices it matched are `kept`: if pcipassd bound them earlier they stay
 as they are rather than being restored by a config mistake.
 """
 
@@ -33,7 +33,7 @@ class Selected:
 class Selection:
     chosen: Mapping[str, Selected]
     problems: tuple[Problem, ...] = ()
-    held: frozenset[str] = field(default_factory=frozenset)
+    kept: frozenset[str] = field(default_factory=frozenset)
 
 
 def _describe(devices: list[Device]) -> str:
@@ -77,14 +77,14 @@ def match(entry: Entry, inventory: Inventory) -> tuple[list[Device], Problem | N
 def select(config: Config, inventory: Inventory) -> Selection:
     chosen: dict[str, Selected] = {}
     problems: list[Problem] = []
-    held: set[str] = set()
+    kept: set[str] = set()
     refused: set[int] = set()
     owner: dict[str, int] = {}
     matches: list[list[Device]] = []
     for i, entry in enumerate(config.entries):
         devices, problem = match(entry, inventory)
         matches.append(devices)
-        held.update(d.bdf for d in devices)
+        kept.update(d.bdf for d in devices)
         if problem:
             problems.append(problem)
             refused.add(i)
@@ -104,4 +104,4 @@ def select(config: Config, inventory: Inventory) -> Selection:
             continue
         for dev in matches[i]:
             chosen.setdefault(dev.bdf, Selected(dev, entry))
-    return Selection(chosen, tuple(problems), frozenset(held))
+    return Selection(chosen, tuple(problems), frozenset(kept))

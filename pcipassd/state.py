@@ -30,6 +30,15 @@ class Record:
     original_module: str | None  # the module providing original_driver, loaded on restore
     target: str
     entry: str  # FILE:LINE that selected it
+    # How it was held: initramfs, early (before udev's coldplug), udev (added later) or late
+    # (moved by the main service). Held before any driver bound it, original_driver is None and
+    # restore gives it to the driver udev would load for it (see apply.py).
+    held: str = "late"
+
+    @property
+    def native_unknown(self) -> bool:
+        """Held before any driver bound it: its driver is whatever udev would load for it."""
+        return self.original_driver is None and self.held != "late"
 
 
 class State:

@@ -77,6 +77,7 @@ class SimKernel:
         self._drivers: dict[str, _Driver] = {}
         self._registered: list[str] = []  # registration order = the order probing tries drivers
         self._devices: dict[str, _Device] = {}  # insertion order = the bus's device list
+        self.blacklist: set[str] = set()  # modules `modprobe -b` refuses (modprobe.d blacklist)
         for d in ("devices", "drivers"):
             (self.pci / d).mkdir(parents=True, exist_ok=True)
         for d in ("devices", "kernel/iommu_groups", "module", "class/iommu"):
@@ -270,6 +271,19 @@ class SimKernel:
             )
         for drv in drivers:
             if drv.name not in self._registered:
+                self._register(drv)
+
+    def load_native(self, modalias: str) -> None:
+        """`modprobe -b MODALIAS`: load the (not blacklisted) modules whose drivers' id tables
+        match; nothing matching is not an error."""
+        self.modprobes.append(modalias)
+        m = re.match(r"pci:v0000([0-9A-F]{4})d0000([0-9A-F]{4})", modalias)
+        if m is None:
+            return
+        wanted = (int(m.group(1), 16), int(m.group(2), 16))
+        for drv in list(self._drivers.values()):
+            if (wanted in drv.ids and drv.name not in self._registered
+                    and drv.module not in self.blacklist):
                 self._register(drv)
 
     # ---- inspection (reads the tree, as pcipassd does) --------------------------------------

@@ -47,7 +47,7 @@ def test_status_exit_code_follows_convergence(m: Machine) -> None:
     r = m.run("status")
     assert r.rc == 0
     assert r.out.splitlines()[1].split() == [NIC_A, "8086:10d3", "pci-stub", "pci-stub", "2",
-                                             "ok", "guest-nic"]
+                                             "late", "ok", "guest-nic"]
     assert r.out.splitlines()[-1] == "converged"
     data = json.loads(m.run("status", "--json").out)
     assert data["converged"] is True
@@ -60,8 +60,8 @@ def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> Non
     r = m.run("status")
     assert r.rc == 1
     rows = {line.split()[0]: line.split() for line in r.out.splitlines()[1:3]}
-    assert rows[NIC_A][5] == "stale"
-    assert rows[NIC_B][5] == "pending"
+    assert rows[NIC_A][6] == "stale"
+    assert rows[NIC_B][6] == "pending"
 
 
 def test_validate_ok_and_invalid(m: Machine) -> None:

@@ -614,7 +614,7 @@ def test_an_entry_selecting_nothing_is_an_error_and_the_others_still_apply(cli: 
     assert plan.row(NIC_A)[5] == plan.row(NIC_E1000)[5] == "bind"
     assert plan.lines[-4:] == expected
     apply = cli("apply")
-    assert apply.rc == 1
+    assert apply.rc == 3
     assert cli.sim.driver_of(NIC_A) == cli.sim.driver_of(NIC_E1000) == "pci-stub"
     assert apply.err.splitlines()[-1] == "pcipassd: 2 bound, 0 unchanged, 0 restored, 0 failed"
 
@@ -823,9 +823,15 @@ def test_deep_flow_nesting_is_one_line_not_a_crash(machine: SimKernel) -> None:
     child = subprocess.run(
         [sys.executable, "-m", "pcipassd", "--root", str(machine.root), "validate"],
         capture_output=True, text=True, env=env, timeout=60, check=False)
-    assert (child.returncode, child.stdout, child.stderr) == (2, problems(
-        f"{MAIN}: nests more than 64 levels deep; not a pcipassd config",
-        "    hint: is this the right file?"), "")
+    # One problem naming the file, no crash. Which check stops it first, pcipassd's depth guard
+    # or PyYAML's own flow-depth limit (PyYAML >= 6.0.2), is PyYAML's business.
+    lines = child.stdout.splitlines()
+    assert (child.returncode, child.stderr, lines[-1]) == (2, "", "1 problem found")
+    assert lines[0].startswith(MAIN) and _deep(lines[0]), lines[0]
+
+
+def _deep(line: str) -> bool:
+    return "nests more than 64 levels deep" in line or "YAML syntax" in line
 
 
 @pytest.mark.parametrize("loader", [yaml.SafeLoader, getattr(yaml, "CSafeLoader", None)],
@@ -849,7 +855,10 @@ def test_both_yaml_loaders_fail_cleanly(
     cli.write(content)
     result = cli.validate()
     assert result.rc == 2
-    assert result.lines[0] == expected
+    if "[[[" in content:  # either depth limit may stop it first: see the test above
+        assert result.lines[0].startswith(MAIN) and _deep(result.lines[0]), result.lines[0]
+    else:
+        assert result.lines[0] == expected
     assert result.lines[-1] == "1 problem found"
 
 

@@ -58,7 +58,9 @@ for d in sound drivers/net/wireless drivers/net/can drivers/net/usb drivers/net/
 done
 in_root depmod -a "$kver"
 
-echo "== small initramfs: only what mounts ext4 on virtio-blk"
+echo "== small initramfs: what mounts ext4 on virtio-blk, and e1000e"
+# e1000e is in the initramfs as Debian's default MODULES=most would put it there: the race the
+# early hold must win. MODULES=list keeps update-initramfs inside a TCG guest at about a minute.
 cat >"$root/etc/initramfs-tools/conf.d/pcipass-vm.conf" <<'CONF'
 MODULES=list
 COMPRESS=gzip
@@ -67,6 +69,7 @@ cat >>"$root/etc/initramfs-tools/modules" <<'MODS'
 virtio_pci
 virtio_blk
 ext4
+e1000e
 MODS
 in_root update-initramfs -u -k "$kver"
 

@@ -1,0 +1,63 @@
+"""Talking to the service manager: the status text `systemctl status pcipassd` shows, and
+SIGTERM (`systemctl stop` while apply runs).
+
+The status text is sent over $NOTIFY_SOCKET (sd_notify(3); the unit sets NotifyAccess=all),
+followed by a barrier so that systemd has read it before this process exits.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import select
+import signal
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
+
+BARRIER_TIMEOUT_MS = 5000
+
+
+def notify_status(text: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Set the unit's status text; False when not running under systemd (or it failed)."""
+    environ = os.environ if environ is None else environ
+    address = environ.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(f"STATUS={text}".encode())
+            read_end, write_end = os.pipe()
+            try:
+                fds = array.array("i", [write_end])
+                sock.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                os.close(write_end)
+                write_end = -1
+                poller = select.poll()
+                poller.register(read_end, select.POLLHUP)
+                poller.poll(BARRIER_TIMEOUT_MS)  # systemd closes its copy once it has read both
+            finally:
+                os.close(read_end)
+                if write_end >= 0:
+                    os.close(write_end)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def on_sigterm(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` (instead of dying) when SIGTERM arrives inside the block."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        callback()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
