@@ -1,7 +1,9 @@
 # make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=/usr/bin/python3]
 # Installs the package privately under $(PREFIX)/lib/pcipassd (it works with any python3 >= 3.11
 # that has pyyaml and jsonschema, whatever its site-packages layout), a launcher in
-# $(PREFIX)/sbin, the systemd unit, and the example config only if none exists yet.
+# $(PREFIX)/sbin, the systemd units, the early hold (pcipassd-early, its initramfs-tools hook and
+# init-top script, the udev rule), and the example config only if none exists yet. udev and
+# initramfs-tools read only their own directories, whatever PREFIX is.
 
 PREFIX ?= /usr/local
 PYTHON ?= /usr/bin/python3
@@ -10,6 +12,9 @@ LIBDIR ?= $(PREFIX)/lib/pcipassd
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR ?= $(PREFIX)/share/doc/pcipassd
 SYSCONFDIR ?= /etc
+UDEVRULESDIR ?= /usr/lib/udev/rules.d
+INITRAMFSDIR ?= /usr/share/initramfs-tools
+SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g'
 
 SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
 
@@ -25,9 +30,19 @@ install:
 	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nfrom pcipassd.cli import main\nraise SystemExit(main())\n' \
 		'$(PYTHON)' '$(LIBDIR)' > $(DESTDIR)$(SBINDIR)/pcipassd
 	chmod 0755 $(DESTDIR)$(SBINDIR)/pcipassd
-	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' systemd/pcipassd.service \
-		> $(DESTDIR)$(UNITDIR)/pcipassd.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/pcipassd.service
+	for unit in pcipassd.service pcipassd-early.service; do \
+		$(SUBST) systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit || exit 1; \
+	done
+	install -m 0755 early/pcipassd-early $(DESTDIR)$(LIBDIR)/pcipassd-early
+	install -d $(DESTDIR)$(UDEVRULESDIR) $(DESTDIR)$(INITRAMFSDIR)/hooks \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top
+	$(SUBST) early/60-pcipassd.rules > $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules
+	chmod 0644 $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules
+	$(SUBST) early/initramfs-tools/hooks/pcipassd > $(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd
+	chmod 0755 $(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd
+	install -m 0755 early/initramfs-tools/scripts/init-top/pcipassd \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 etc/pcipass.yaml $(DESTDIR)$(DOCDIR)/pcipass.yaml.example
 	test -e $(DESTDIR)$(SYSCONFDIR)/pcipass.yaml || \
@@ -35,7 +50,9 @@ install:
 
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR)
-	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service
+	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service \
+		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \
+		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
 
 test:
 	bash .ci/run

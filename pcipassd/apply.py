@@ -108,6 +108,9 @@ class Applier:
         self.state.put(replace(record, target=step.target, entry=step.entry or ""))
         try:
             self._set_override(step.bdf, step.target)
+            if dev.driver == step.target:  # held early, then bound when the target's module
+                self._report(step, Action.BIND, step.summary)  # loaded (driver_attach)
+                return
             if dev.driver is not None:
                 self._unbind(step.bdf, dev.driver)
             self._probe(step.bdf)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -351,6 +351,7 @@ def enable_unit(rootfs: Path, unit: str) -> list[str]:
     else:
         raise ImageError(f"unit {unit} not found in image")
     wanted: list[tuple[str, str]] = []
+    also: list[str] = []
     section = ""
     for raw in unit_file.read_text().splitlines():
         line = raw.strip()
@@ -361,6 +362,8 @@ def enable_unit(rootfs: Path, unit: str) -> list[str]:
             if key.strip() in ("WantedBy", "RequiredBy"):
                 suffix = ".wants" if key.strip() == "WantedBy" else ".requires"
                 wanted += [(t, suffix) for t in value.split()]
+            elif key.strip() == "Also":
+                also += value.split()
     if not wanted:
         wanted = [("multi-user.target", ".wants")]
     for target, suffix in wanted:
@@ -369,6 +372,8 @@ def enable_unit(rootfs: Path, unit: str) -> list[str]:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(f"/{unit_file.relative_to(rootfs)}")
+    for other in also:
+        enable_unit(rootfs, other)
     return [t for t, _ in wanted]
 
 
@@ -383,6 +388,7 @@ class Image:
     base: BaseImage
     workdir: Path
     disk: Path
+    own_initrd: Path | None = None  # boot this initrd (from the guest's /boot), not the base's
 
     @property
     def kernel(self) -> Path:
@@ -390,7 +396,19 @@ class Image:
 
     @property
     def initrd(self) -> Path:
-        return self.base.initrd
+        return self.own_initrd or self.base.initrd
+
+    def with_guest_initrd(self) -> Image:
+        """This disk, booted with the initrd the guest built itself (`update-initramfs -u` in
+        the guest): /boot/initrd.img-<release>, read out of the ext4 image with debugfs."""
+        out = self.workdir / "guest-initrd.img"
+        out.unlink(missing_ok=True)
+        name = f"/boot/initrd.img-{self.base.kernel_release}"
+        proc = subprocess.run(["debugfs", "-R", f"dump {name} {out}", str(self.disk)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+            raise ImageError(f"debugfs could not read {name}: {proc.stderr.strip()}")
+        return replace(self, own_initrd=out)
 
 
 def build_image(

@@ -1,0 +1,233 @@
+"""The early hold on a real kernel: devices held before any native driver probes them.
+
+One disk, three boots, with the kernel logging every probe attempt (dyndbg on drivers/base/dd.c:
+`really_probe: probing driver e1000e with device`). Three identical e1000e: 00:03.0 goes to
+pci-stub and 00:04.0 to vfio-pci by address, 00:06.0 is their unconfigured twin; the config also
+has a refused entry (the root disk's controller).
+
+1. First boot, no hold list yet: pcipassd moves the devices late. This is the negative control:
+   the detector sees e1000e probe every twin.
+2. The hold list exists, the initramfs is the stock one (it loads e1000e, no pcipassd in it):
+   the devices still end on their targets, with the warning and the hint to rebuild. Then
+   `update-initramfs -u` in the guest.
+3. The guest's own initramfs: e1000e never probes the held devices, and does probe the twin.
+   Then stop / udevadm trigger / start, and a remove + rescan while e1000e is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import out_root
+from .harness import DEFAULT_TOPOLOGY, DISK_BDF, E1000E_ID, BootResult, _nic, boot
+from .image import REPO_ROOT, BaseImage, build_image, enable_unit, install_with_make
+
+pytestmark = pytest.mark.skipif(
+    not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
+)
+
+TOPO = DEFAULT_TOPOLOGY.with_devices(
+    _nic(name="e1000e-c", model="e1000e", bdf="0000:00:06.0", vendor_device=E1000E_ID,
+         placement="bus=pcie.0,addr=0x6"))
+STUB, VFIO, TWIN = TOPO.bdf("e1000e-a"), TOPO.bdf("e1000e-b"), TOPO.bdf("e1000e-c")
+PROBE_LOG = ('dyndbg="file drivers/base/dd.c +p"', "log_buf_len=8M")
+
+CONFIG = f"""\
+version: 1
+devices:
+  - address: "{STUB}"
+    name: stub-nic
+  - address: "{VFIO}"
+    driver: vfio-pci
+  - address: "{DISK_BDF}"
+    name: root-disk
+"""
+
+# A stand-in for a service that starts VMs: ordinary dependencies, nothing about pcipassd.
+OBSERVER = """\
+[Unit]
+Description=What a VM-starting service finds at boot
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/observe
+[Install]
+WantedBy=multi-user.target
+"""
+OBSERVE = f"""\
+#!/bin/sh
+driver() {{ basename "$(readlink /sys/bus/pci/devices/$1/driver)"; }}
+echo "$(systemctl is-active pcipassd) $(driver {STUB}) $(driver {VFIO})" >/run/observer
+"""
+
+SCRIPT = rf"""
+STUB={STUB}
+common() {{
+    pci_inventory boot
+    result active "$(systemctl is-active pcipassd)"
+    result statustext "$(systemctl show -p StatusText --value pcipassd)"
+    capture status pcipassd status
+    capture journal journalctl -b -u pcipassd -u pcipassd-early -o cat --no-pager
+    capture fields journalctl -b -u pcipassd -o json --no-pager
+    dmesg | grep 'really_probe: probing driver e1000e' | blob probes
+    for i in $(seq 60); do [ -s /run/observer ] && break; sleep 1; done
+    result observer "$(cat /run/observer)"
+    capture state cat /run/pcipass/state.json
+}}
+wait_for() {{  # wait_for BDF DRIVER: up to 60 s, for the udev-triggered reload
+    for i in $(seq 60); do
+        [ "$(basename "$(readlink /sys/bus/pci/devices/$1/driver)")" = "$2" ] &&
+            [ "$(systemctl is-active pcipassd)" = active ] && return 0
+        sleep 1
+    done
+    return 1
+}}
+case $PCIPASS_BOOT in
+1)
+    common
+    capture holdlist cat /etc/pcipass.early
+    next_action reboot
+    ;;
+2)
+    common
+    capture update update-initramfs -u
+    capture initramfs sh -c 'lsinitramfs /boot/initrd.img-$(uname -r) | grep pcipass'
+    capture order sh -c 'd=$(mktemp -d) && unmkinitramfs /boot/initrd.img-$(uname -r) $d &&
+        cat $(find $d -path "*scripts/init-top/ORDER")'
+    next_action reboot
+    ;;
+3)
+    common
+    systemctl stop pcipassd; result stop.rc "$?"
+    pci_inventory stopped
+    udevadm trigger --action=add --subsystem-match=pci && udevadm settle
+    pci_inventory triggered
+    systemctl start pcipassd; result start.rc "$?"
+    pci_inventory started
+    echo 1 >/sys/bus/pci/devices/$STUB/remove && echo 1 >/sys/bus/pci/rescan && udevadm settle
+    wait_for $STUB pci-stub; result rescan.wait "$?"
+    pci_inventory rescanned
+    capture journal.rescan journalctl -b -u pcipassd -o cat --no-pager
+    capture status.rescan pcipassd status
+    systemctl stop pcipassd; result stop2.rc "$?"
+    pci_inventory stopped2
+    ;;
+esac
+"""
+
+
+def _install(root: Path) -> None:
+    install_with_make(root)
+    (root / "etc/systemd/system/observer.service").write_text(OBSERVER)
+    observe = root / "usr/local/sbin/observe"
+    observe.write_text(OBSERVE)
+    observe.chmod(0o755)
+    enable_unit(root, "observer.service")
+
+
+@pytest.fixture(scope="module")
+def early_boots(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> list[BootResult]:
+    image = build_image(CONFIG, SCRIPT, base=vm_base, workdir=tmp_path_factory.mktemp("early"),
+                        install=_install)
+    logs = out_root() / "early"
+    try:
+        first = boot(image, topology=TOPO, kernel_args=PROBE_LOG, log_dir=logs / "boot-1")
+        second = boot(image, topology=TOPO, kernel_args=PROBE_LOG, log_dir=logs / "boot-2",
+                      timeout=600)
+        third = boot(image.with_guest_initrd(), topology=TOPO, kernel_args=PROBE_LOG,
+                     log_dir=logs / "boot-3", timeout=420)
+    finally:
+        image.disk.unlink(missing_ok=True)
+    return [first, second, third]
+
+
+def probed(res: BootResult, bdf: str) -> bool:
+    return any(bdf in line for line in res["probes"].splitlines())
+
+
+def test_negative_control_sees_every_probe(early_boots: list[BootResult]) -> None:
+    """Without a hold list (first boot), e1000e probes all three: the detector works."""
+    res = early_boots[0]
+    assert probed(res, STUB) and probed(res, VFIO) and probed(res, TWIN), res["probes"]
+    assert res.driver(STUB, "boot") == "pci-stub", res.where()
+    assert res.driver(VFIO, "boot") == "vfio-pci"
+    assert f"dev {STUB} 8086:10d3 pci-stub" in res["holdlist"]
+    assert f"dev {VFIO} 8086:10d3 vfio-pci" in res["holdlist"]
+    assert DISK_BDF not in res["holdlist"], "a refused device is never held early"
+
+
+def test_stale_initramfs_still_ends_on_target_and_says_how_to_fix_it(
+        early_boots: list[BootResult]) -> None:
+    """Scenario 2: the stock initramfs loads e1000e first; pcipassd moves the devices and says
+    to rebuild, in the journal and in `pcipassd status`."""
+    res = early_boots[1]
+    assert probed(res, STUB), "the stock initramfs really did load e1000e first"
+    assert res.driver(STUB, "boot") == "pci-stub", res.where()
+    assert res.driver(VFIO, "boot") == "vfio-pci"
+    hint = ("the initramfs loaded e1000e, which bound it before pcipassd could hold it: the "
+            "initramfs predates the hold list; run `update-initramfs -u`")
+    assert f"{STUB} [8086:10d3]: {hint}" in res["journal"], res["journal"]
+    assert f"warning: {STUB}: {hint}" in res["status"], res["status"]
+    assert "is older than /etc/pcipass.early" in res["status"]
+    assert res.rc("update") == 0, res["update"]
+    assert "usr/lib/pcipassd/pcipassd-early" in res["initramfs"], res["initramfs"]
+    assert "etc/pcipass.early" in res["initramfs"]
+    order = [line.split("/")[-1].split()[0] for line in res["order"].splitlines()
+             if "init-top/" in line]
+    assert order.index("pcipassd") < order.index("udev"), res["order"]
+
+
+def test_rebuilt_initramfs_holds_before_any_probe(early_boots: list[BootResult]) -> None:
+    """Scenario 1: no e1000e probe for either held device, one for their twin; on target."""
+    res = early_boots[2]
+    assert probed(res, TWIN), ("the race was live: e1000e probed the twin", res["probes"])
+    assert not probed(res, STUB), res["probes"]
+    assert not probed(res, VFIO), res["probes"]
+    assert res.driver(STUB, "boot") == "pci-stub", res.where()
+    assert res.driver(VFIO, "boot") == "vfio-pci"
+    assert res.driver(TWIN, "boot") == "e1000e"
+    assert "warning" not in res["status"], res["status"]
+    assert '"held": "initramfs"' in res["state"], res["state"]
+    assert '"PCIPASS_HELD":"initramfs"' in res["fields"].replace(" ", "")
+
+
+def test_unit_is_active_with_a_refused_entry_and_says_so(early_boots: list[BootResult]) -> None:
+    """Scenario 5 (every boot), and scenario 6: a service with ordinary dependencies finds
+    pcipassd active and the devices held."""
+    for res in early_boots:
+        assert res["active"] == "active", res.where()
+        assert res["statustext"] == ("holding 2 devices, 1 entry refused "
+                                     "(/etc/pcipass.yaml:7: `pcipassd status` says why)")
+        assert f"refusing {DISK_BDF}: {DISK_BDF} holds /" in res["journal"]
+        assert res.rc("status") == 1
+        assert res["observer"] == "active pci-stub vfio-pci", res.where()
+        assert res.driver(DISK_BDF, "boot") == "virtio-pci"
+
+
+def test_stop_gives_back_a_device_no_driver_ever_had(early_boots: list[BootResult]) -> None:
+    """Scenario 3: stop -> e1000e (resolved from the modalias), overrides cleared; a later
+    coldplug does not grab them again; start holds them again."""
+    res = early_boots[2]
+    assert res["stop.rc"] == "0", res.where()
+    for bdf in (STUB, VFIO):
+        assert res.driver(bdf, "stopped") == "e1000e"
+        assert res[f"stopped.{bdf}.override"] == "none"
+        assert res.driver(bdf, "triggered") == "e1000e"
+        assert res[f"triggered.{bdf}.override"] == "none"
+    assert res["start.rc"] == "0"
+    assert res.driver(STUB, "started") == "pci-stub"
+    assert res.driver(VFIO, "started") == "vfio-pci"
+
+
+def test_hot_added_device_is_moved_with_a_warning(early_boots: list[BootResult]) -> None:
+    """Scenario 4: remove + rescan while e1000e is loaded: e1000e binds it in the kernel
+    before udev; the rule holds it, pcipassd moves it and names the driver; stop restores."""
+    res = early_boots[2]
+    assert res["rescan.wait"] == "0", res.where()
+    assert res.driver(STUB, "rescanned") == "pci-stub"
+    assert (f"{STUB} [8086:10d3]: e1000e was loaded and bound it when it was added"
+            in res["journal.rescan"]), res["journal.rescan"]
+    assert res["stop2.rc"] == "0"
+    assert res.driver(STUB, "stopped2") == "e1000e"
+    assert res.driver(VFIO, "stopped2") == "e1000e"
