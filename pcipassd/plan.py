@@ -114,7 +114,10 @@ def make_plan(
         if bdf in selection.chosen:
             continue
         device = inventory.devices.get(bdf)
-        if bdf in selection.kept and device is not None:
+        # A device its refused entry matched stays as it is, unless the early hold took it and
+        # it never reached its target: then nothing would drive it, so it goes back.
+        if bdf in selection.kept and device is not None and (
+                record.held == "late" or device.driver == record.target):
             steps.append(Step(bdf, record.id, Action.KEEP, device.driver, device.driver,
                               device.group, record.entry,
                               reason="its entry has a problem; left as it is"))

@@ -267,7 +267,7 @@ def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine) -> None:
     m.sim.add_device(NIC_B, 0x8086, 0x10D3, driver=None, iommu_group=3)
     r = early(m, "udev", NIC_B)
     assert (r.stdout, m.override(NIC_B)) == ("", None), "not armed: pcipassd is stopped"
-    (m.root / "run/pcipass").mkdir(parents=True)
+    (m.root / "run/pcipass").mkdir(parents=True, exist_ok=True)
     (m.root / "run/pcipass/armed").touch()
     r = early(m, "udev", NIC_B)
     assert r.stdout == "PCIPASS_HELD=1\n"
@@ -290,6 +290,22 @@ def test_a_device_rebound_by_its_loaded_native_driver_on_hot_add_is_moved(m: Mac
     assert m.driver(NIC_A) == "pci-stub"
     m.run("restore")
     assert m.driver(NIC_A) == "e1000e"
+
+
+def test_a_hot_added_device_its_refused_entry_cannot_take_goes_back(m: Machine) -> None:
+    m.config('version: 1\ndevices:\n  - id: "8086:10d3"\n    count: 2\n')
+    m.run("apply")
+    (m.root / "run/pcipass/armed").touch()
+    m.sim.unload("e1000e")
+    third = "0000:00:05.0"
+    m.sim.add_device(third, 0x8086, 0x10D3, driver=None, iommu_group=7)
+    assert early(m, "udev", third).stdout == "PCIPASS_HELD=1\n"
+    r = m.run("apply")
+    assert r.rc == 3
+    assert "count: 2, but 3 present" in r.err
+    assert m.driver(third) == "e1000e", "not left without a driver"
+    assert m.override(third) is None
+    assert (m.driver(NIC_A), m.driver(NIC_B)) == ("pci-stub", "pci-stub"), "the others stay"
 
 
 # -- the unit: exit status, status text, SIGTERM ----------------------------------------------
