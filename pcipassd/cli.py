@@ -348,7 +348,9 @@ def parser() -> argparse.ArgumentParser:
         prog="pcipassd", parents=[common],
         description="Hand PCI devices to virtual machines: bind them to pci-stub or vfio-pci "
         "as /etc/pcipass.yaml says, and give them back on restore.",
-        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed, 2 invalid config.",
+        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed, 2 invalid config, "
+        "3 apply partly applied (holds devices; an entry was refused or a device failed), "
+        "143 apply stopped by SIGTERM (every device given back).",
     )
     p.add_argument("--version", action="version", version=f"pcipassd {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
