@@ -25,7 +25,7 @@ from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
-from pcipassd.service import notify_status, on_sigterm
+from pcipassd.service import notify_status, on_sigterm, status_text
 from pcipassd.state import Record, State
 
 log = logging.getLogger("pcipassd")
@@ -212,7 +212,7 @@ def cmd_apply(ctx: Context) -> int:
                 config = ctx.load_config()
                 _require_iommu(ctx, config.iommu)
             except PcipassError:
-                _release_early_holds(ctx, state)
+                early.release(ctx.host, ctx.kernel, state)
                 raise
             inventory, selection = ctx.selection(config)
             plan = make_plan(selection, inventory, state.records)
@@ -225,44 +225,20 @@ def cmd_apply(ctx: Context) -> int:
                 log.info("stopping before apply finished: giving every device back")
                 _restore(ctx, state)
                 return EXIT_STOPPED
-        if state.records:
-            early.arm(ctx.host)
-        else:
-            early.disarm(ctx.host)
         held = len(state.records)
+        early.arm(ctx.host, held > 0)
     log.info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
-    refused = len(plan.problems)
-    status = f"holding {held} device{'s' if held != 1 else ''}"
-    if refused:
-        first = plan.problems[0]
-        status += (f", {refused} entr{'y' if refused == 1 else 'ies'} refused "
-                   f"({first.file}:{first.line}: `pcipassd status` says why)")
-    if outcome.failed:
-        status += f", {outcome.failed} failed"
-    notify_status(status)
-    if not refused and not outcome.failed:
+    notify_status(status_text(held, plan.problems, outcome.failed))
+    if not plan.problems and not outcome.failed:
         return EXIT_OK
     return EXIT_PARTIAL if held else EXIT_FAIL
-
-
-def _release_early_holds(ctx: Context, state: State) -> None:
-    """The config cannot be applied: give back what the early stages held but pcipassd has not
-    moved to its target yet. Devices already on their targets stay (nothing changes for them)."""
-    inventory = scan(ctx.host)
-    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
-             and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
-    if loose:
-        log.warning("giving back the %d device(s) the early stages held", len(loose))
-        Applier(ctx.host, ctx.kernel, state).run(restore_plan(inventory, loose))
-    if not state.records:
-        early.disarm(ctx.host)
 
 
 def _restore(ctx: Context, state: State) -> int:
     early.adopt(ctx.host, state)
     plan = restore_plan(scan(ctx.host), state.records)
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
-    early.disarm(ctx.host)
+    early.arm(ctx.host, False)
     log.info("%s", outcome.line("restored", "failed"))
     return EXIT_OK if not outcome.failed else EXIT_FAIL
 

@@ -20,10 +20,12 @@ import re
 from dataclasses import dataclass
 
 from pcipassd.address import BDF_RE
+from pcipassd.apply import Applier
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.host import Host
-from pcipassd.inventory import module_of, read_device
-from pcipassd.plan import Action, Plan
+from pcipassd.inventory import module_of, read_device, scan
+from pcipassd.kernel import Kernel
+from pcipassd.plan import Action, Plan, restore_plan
 from pcipassd.selection import Selection
 from pcipassd.state import Record, State
 
@@ -99,14 +101,24 @@ def sync(host: Host, text: str) -> bool:
 
 
 # -- armed: the udev rule acts only while pcipassd holds devices ----------------------------
-def arm(host: Host) -> None:
+def arm(host: Host, holding: bool) -> None:
     path = host.path(ARMED)
-    if not path.exists():
+    if not holding:
+        path.unlink(missing_ok=True)
+    elif not path.exists():
         path.touch(mode=0o600)
 
 
-def disarm(host: Host) -> None:
-    host.path(ARMED).unlink(missing_ok=True)
+def release(host: Host, kernel: Kernel, state: State) -> None:
+    """The config cannot be applied: give back what the early stages held and pcipassd has not
+    moved to its target yet. Devices already on their targets stay (nothing changes for them)."""
+    inventory = scan(host)
+    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
+             and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
+    if loose:
+        log.warning("giving back the %d device(s) the early stages held", len(loose))
+        Applier(host, kernel, state).run(restore_plan(inventory, loose))
+    arm(host, bool(state.records))
 
 
 # -- taking over what the early stages held ----------------------------------------------

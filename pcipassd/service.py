@@ -13,10 +13,25 @@ import os
 import select
 import signal
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 
+from pcipassd.errors import Problem
+
 BARRIER_TIMEOUT_MS = 5000
+
+
+def status_text(held: int, refused: Sequence[Problem], failed: int) -> str:
+    """`holding 2 devices, 1 entry refused (/etc/pcipass.yaml:7: ...)`: what `systemctl status`
+    shows without scrolling."""
+    text = f"holding {held} device{'s' if held != 1 else ''}"
+    if refused:
+        first, n = refused[0], len(refused)
+        text += (f", {n} entr{'y' if n == 1 else 'ies'} refused "
+                 f"({first.file}:{first.line}: `pcipassd status` says why)")
+    if failed:
+        text += f", {failed} failed"
+    return text
 
 
 def notify_status(text: str, environ: Mapping[str, str] | None = None) -> bool:
