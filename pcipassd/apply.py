@@ -17,6 +17,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from pcipassd import vfio
 from pcipassd.errors import KernelError
 from pcipassd.host import Host
 from pcipassd.inventory import Device, driver_loaded, modalias, module_of, read_device
@@ -39,8 +40,15 @@ class Outcome:
     def failed(self) -> int:
         return self.counts["failed"]
 
+    @property
+    def in_use(self) -> int:
+        """Devices left on vfio-pci because a VM has them open."""
+        return self.counts["in use"]
+
     def line(self, *kinds: str) -> str:
-        return ", ".join(f"{self.counts[k]} {k}" for k in kinds)
+        """`2 bound, 0 unchanged, ...`; devices left to a VM are counted when there are any."""
+        extra = ("in use",) if self.counts["in use"] else ()
+        return ", ".join(f"{self.counts[k]} {k}" for k in (*kinds, *extra))
 
 
 class Applier:
@@ -96,9 +104,23 @@ class Applier:
                               f"is {driver} the driver's name? see /sys/bus/pci/drivers/")
 
     # -- per device ----------------------------------------------------------------------
+    def _in_use(self, step: Step, dev: Device) -> bool:
+        """A VM has the device open through VFIO: unbinding it would block in the kernel until
+        the VM lets go. Leave it (and its record) as it is, and say who has it."""
+        holders = vfio.users(self.host, dev)
+        if not holders:
+            return False
+        who = ", ".join(str(u) for u in holders)
+        self._report(replace(step, target=dev.driver), Action.KEEP,
+                     f"{who} has {dev.bdf} open: stop the VM first; left on {dev.driver}"
+                     f"{step.source}", logging.WARNING, kind="in use")
+        return True
+
     def bind(self, step: Step) -> None:
         assert step.target is not None
         dev = self._device(step.bdf)
+        if dev.driver != step.target and self._in_use(step, dev):
+            return
         record = self.state.records.get(step.bdf) or Record(
             bdf=step.bdf, id=str(dev.id), original_driver=dev.driver,
             original_override=dev.override,
@@ -173,6 +195,8 @@ class Applier:
 
     def restore(self, step: Step) -> None:
         record = self.state.records[step.bdf]
+        if self._in_use(step, self._device(step.bdf)):
+            return
         try:
             now = self._restore_device(record)
         except StepFailed as e:
@@ -188,9 +212,9 @@ class Applier:
         self._report(done, Action.RESTORE, done.summary + note)
 
     def _report(self, step: Step, action: Action, message: str,
-                level: int = logging.INFO) -> None:
-        kind = {Action.BIND: "bound", Action.RESTORE: "restored", Action.FAIL: "failed",
-                Action.UNCHANGED: "unchanged", Action.KEEP: "kept"}[action]
+                level: int = logging.INFO, kind: str | None = None) -> None:
+        kind = kind or {Action.BIND: "bound", Action.RESTORE: "restored", Action.FAIL: "failed",
+                        Action.UNCHANGED: "unchanged", Action.KEEP: "kept"}[action]
         self.outcome.counts[kind] += 1
         log.log(level, message, extra={"journal": replace(step, action=action).journal_fields})
 

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcipassd import __version__, early
+from pcipassd import __version__, early, survey, vfio
 from pcipassd import log as logsetup
+from pcipassd.address import Address, AddressError
 from pcipassd.apply import Applier
 from pcipassd.cache import ValidationCache
 from pcipassd.config import Config, config_files, load_config, schema_text
@@ -22,6 +23,7 @@ from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory, scan
 from pcipassd.iommu import Finding, Level, check, iommu_active, passthrough_possible
 from pcipassd.kernel import Kernel, LiveKernel
+from pcipassd.names import NameDb
 from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
@@ -229,7 +231,7 @@ def cmd_apply(ctx: Context) -> int:
         early.arm(ctx.host, held > 0)
     log.info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
     notify_status(status_text(held, plan.problems, outcome.failed))
-    if not plan.problems and not outcome.failed:
+    if not plan.problems and not outcome.failed and not outcome.in_use:
         return EXIT_OK
     return EXIT_PARTIAL if held else EXIT_FAIL
 
@@ -240,7 +242,7 @@ def _restore(ctx: Context, state: State) -> int:
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     early.arm(ctx.host, False)
     log.info("%s", outcome.line("restored", "failed"))
-    return EXIT_OK if not outcome.failed else EXIT_FAIL
+    return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
 
 def cmd_restore(ctx: Context) -> int:
@@ -258,10 +260,80 @@ def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
     return out
 
 
+def cmd_list(ctx: Context) -> int:
+    inventory = scan(ctx.host)
+    critical = {bdf: describe(r) for bdf, r in critical_devices(ctx.host).items()}
+    try:
+        _, selection = ctx.selection(ctx.load_config())
+        configured = frozenset(selection.chosen)
+        note = ""
+    except PcipassError as e:  # a survey needs no config: it is how one writes the first
+        configured, note = frozenset(), f"(nothing marked configured: {e.message})"
+    try:
+        only = survey.Filter(ctx.args.cls, ctx.args.id,
+                             Address.parse(ctx.args.address) if ctx.args.address else None)
+    except AddressError as e:
+        raise PcipassError(f"--address: {e}", "e.g. --address 0000:02:00.0 or 02:00.*") from e
+    names = NameDb.load(ctx.host, survey.wanted(inventory))
+    groups = survey.survey(inventory, names, State(ctx.host).load().records, configured,
+                           critical, only=only)
+    if ctx.args.json:
+        print(json.dumps({"names": names.source, "groups": [
+            {"group": g.group, "passable": g.passable, "verdict": g.verdict, "devices": [
+                {"device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
+                 "class_name": r.cls, "name": r.name, "lspci": r.lspci,
+                 "driver": r.device.driver,
+                 "notes": list(r.notes)} for r in g.rows]} for g in groups]}, indent=2))
+        return EXIT_OK if groups else EXIT_FAIL
+    rows = [[r.device.bdf, str(r.device.id), r.device.driver_label, "; ".join(r.notes)]
+            for g in groups for r in g.rows]
+    lines = iter(_table(rows, ["DEVICE", "ID", "DRIVER", "PCIPASSD"]).splitlines())
+    print(f"  {next(lines)}")
+    for g in groups:
+        title = f"IOMMU group {g.group}" if g.group is not None else "(no IOMMU group)"
+        print(f"{title}: {g.verdict}")
+        for r in g.rows:  # the device, then its name as `lspci -nn` prints it, indented
+            print(f"  {next(lines)}")
+            name = r.lspci.removesuffix(f" [{r.device.id}]")
+            print(f"    {name if len(name) <= 96 else name[:95] + '…'}")
+    if not groups:
+        print("no device matches")
+    if note:
+        print(note)
+    return EXIT_OK if groups else EXIT_FAIL
+
+
+def _handoff(plan: Plan, libvirt: bool) -> int:
+    """`status --qemu` / `--libvirt`: what to give QEMU or libvirt for each device held on
+    vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
+    ready = []
+    for s in plan.steps:
+        if s.action not in (Action.UNCHANGED, Action.BIND):
+            continue
+        label = f"{s.bdf} [{s.id}]{f' {s.name}' if s.name else ''}"
+        if s.target != vfio.DRIVER:
+            print(f"# {label} is held on {s.target}, which QEMU cannot use (it needs vfio-pci): "
+                  f"set `driver: vfio-pci` in its entry ({s.entry}) and run "
+                  "`systemctl reload pcipassd`")
+        elif s.action is Action.BIND:
+            print(f"# {label} is not on vfio-pci yet: run `pcipassd apply`")
+        else:
+            ready.append(s)
+    if libvirt:
+        for s in ready:
+            print(f"<!-- {s.bdf} [{s.id}]{f' {s.name}' if s.name else ''} -->")
+            print(vfio.libvirt_hostdev(s.bdf))
+    else:
+        print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
+    return EXIT_OK if ready and len(ready) == len(plan.steps) else EXIT_FAIL
+
+
 def cmd_status(ctx: Context) -> int:
     config = ctx.load_config()
     records = State(ctx.host).load().records
     plan, groups = _planned(ctx, config, records)
+    if ctx.args.qemu or ctx.args.libvirt:
+        return _handoff(plan, ctx.args.libvirt)
     warnings = _warnings(ctx, records)
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
               Action.KEEP: "kept", Action.FAIL: "failed"}
@@ -306,6 +378,7 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
     "apply": (cmd_apply, "bind the configured devices; restore those no longer configured"),
     "restore": (cmd_restore, "give every device pcipassd bound back to its original driver"),
     "status": (cmd_status, "show each configured device and whether it is where it should be"),
+    "list": (cmd_list, "list every PCI device by IOMMU group, and what can be passed through"),
     "schema": (cmd_schema, "print the configuration's JSON schema"),
 }
 
@@ -332,13 +405,25 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (_, help_text) in VERBS.items():
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        if name in ("validate", "check", "plan", "status"):
+        if name in ("validate", "check", "plan", "status", "list"):
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "validate":
             sp.add_argument("files", nargs="*", metavar="FILE",
                             help="files to validate (default: the configuration)")
             sp.add_argument("--offline", action="store_true",
                             help="check the files only, not against this host's devices")
+        if name == "list":
+            sp.add_argument("--class", dest="cls", metavar="CLASS",
+                            help="only devices of this class: a hex prefix (02, 0300) or words "
+                            "of its name (ethernet, vga)")
+            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", help="only devices with this ID")
+            sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
+        if name == "status":
+            to = sp.add_mutually_exclusive_group()
+            to.add_argument("--qemu", action="store_true",
+                            help="print the QEMU arguments for the devices held on vfio-pci")
+            to.add_argument("--libvirt", action="store_true",
+                            help="print libvirt <hostdev> XML for the devices held on vfio-pci")
     return p
 
 

@@ -45,6 +45,7 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "python3-systemd",
     "linux-image-amd64",
     "iproute2",
+    "qemu-system-x86",  # a VM inside the guest that really takes a vfio-pci device
 )
 HOST_APT_PACKAGES: tuple[str, ...] = ("qemu-system-x86", "debootstrap", "e2fsprogs")
 HOST_TOOLS: tuple[str, ...] = ("qemu-system-x86_64", "debootstrap", "mkfs.ext4")

@@ -1,0 +1,113 @@
+"""`pcipassd list`: every PCI function of the host by IOMMU group, with what pcipassd says of it.
+
+Pure: built from the inventory, the state records, the host-critical devices, what the config
+selects (when there is a valid config) and the name database. For each group a verdict: it can
+be passed through as a whole, or what blocks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pcipassd.address import Address, PciId
+from pcipassd.inventory import Device, Inventory
+from pcipassd.names import NameDb
+from pcipassd.state import Record
+
+
+@dataclass(frozen=True)
+class Row:
+    device: Device
+    cls: str  # "Ethernet controller"
+    name: str  # "Intel Corporation 82574L Gigabit Network Connection"
+    lspci: str  # the whole line as `lspci -nn` prints it
+    notes: tuple[str, ...]  # held (initramfs), configured, host-critical: ..., bridge
+
+
+@dataclass(frozen=True)
+class Group:
+    group: str | None  # None: no IOMMU group (the IOMMU is off)
+    rows: tuple[Row, ...]
+    verdict: str
+    passable: bool
+
+
+@dataclass(frozen=True)
+class Filter:
+    cls: str | None = None  # hex prefix of the class code ("02", "0200") or words of its name
+    id: str | None = None  # "8086:10d3" or "8086"
+    address: Address | None = None
+
+    def matches(self, row: Row) -> bool:
+        dev = row.device
+        if self.address is not None and not self.address.matches(dev.bdf):
+            return False
+        if self.id is not None and not str(dev.id).startswith(self.id.lower()):
+            return False
+        if self.cls is not None:
+            code = f"{dev.cls >> 8:04x}"
+            if not (code.startswith(self.cls.lower()) or self.cls.lower() in row.cls.lower()):
+                return False
+        return True
+
+
+def _row(dev: Device, names: NameDb, record: Record | None, configured: bool,
+         critical: str | None) -> Row:
+    notes = []
+    if record is not None:
+        notes.append(f"held ({record.held})")
+    elif configured:
+        notes.append("configured")
+    if critical:
+        notes.append(f"host-critical: {critical}")
+    if dev.is_bridge:
+        notes.append("bridge")
+    return Row(dev, names.class_name(dev.cls), names.model(dev.id), names.describe(dev.id, dev.cls),
+               tuple(notes))
+
+
+def _verdict(rows: list[Row], critical: Mapping[str, str]) -> tuple[str, bool]:
+    blockers = [f"{r.device.bdf} {critical[r.device.bdf]}" for r in rows
+                if r.device.bdf in critical]
+    if blockers:
+        return "blocked: " + "; ".join(blockers), False
+    endpoints = [r for r in rows if not r.device.is_bridge]
+    n = len(endpoints)
+    if not n:
+        return "bridges only: nothing to pass through", False
+    return f"can be passed through as a whole ({n} endpoint{'s' if n != 1 else ''})", True
+
+
+def survey(inventory: Inventory, names: NameDb, records: Mapping[str, Record],
+           configured: frozenset[str], critical: Mapping[str, str], *,
+           only: Filter | None = None) -> list[Group]:
+    """The host's devices by IOMMU group (groups in numeric order, devices by address). A
+    filter keeps the groups with a matching device, and only those devices."""
+    by_group: dict[str | None, list[Row]] = {}
+    for dev in inventory.devices.values():
+        row = _row(dev, names, records.get(dev.bdf), dev.bdf in configured,
+                   critical.get(dev.bdf))
+        by_group.setdefault(dev.group, []).append(row)
+    groups = []
+    for group in sorted(by_group, key=_group_key):
+        rows = by_group[group]
+        if group is None:
+            verdict, passable = "no IOMMU group: the IOMMU is off (see `pcipassd check`)", False
+        else:
+            verdict, passable = _verdict(rows, critical)
+        shown = [r for r in rows if only is None or only.matches(r)]
+        if shown:
+            groups.append(Group(group, tuple(shown), verdict, passable))
+    return groups
+
+
+def _group_key(group: str | None) -> tuple[int, str]:
+    if group is None:
+        return (1 << 31, "")
+    return (int(group), "") if group.isdigit() else (1 << 30, group)
+
+
+def wanted(inventory: Inventory) -> list[tuple[PciId, int]]:
+    """What to look up in the name database."""
+    return [(d.id, d.cls) for d in inventory.devices.values()]

@@ -1,0 +1,94 @@
+"""Who has a device open through VFIO, and what QEMU and libvirt need to be given it.
+
+Unbinding a device from vfio-pci while a VM holds its group blocks in the kernel until the VM
+lets go ("Device is currently in use, task ... blocked"). So before every unbind from vfio-pci
+pcipassd looks for a process holding the device's group (/dev/vfio/N) or its cdev
+(/dev/vfio/devices/vfioX, kernels >= 6.2), and leaves the device where it is if one does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pcipassd.host import Host
+from pcipassd.inventory import Device
+
+DRIVER = "vfio-pci"
+
+
+@dataclass(frozen=True)
+class User:
+    pid: int
+    comm: str
+
+    def __str__(self) -> str:
+        return f"{self.comm} (pid {self.pid})"
+
+
+def _paths(host: Host, device: Device) -> set[str]:
+    paths = {f"/dev/vfio/{device.group}"} if device.group else set()
+    try:
+        for name in os.listdir(host.pci_devices / device.bdf / "vfio-dev"):
+            paths.add(f"/dev/vfio/devices/{name}")
+    except OSError:
+        pass
+    return paths
+
+
+def users(host: Host, device: Device) -> list[User]:
+    """The processes that have `device` open through VFIO (none when it is not on vfio-pci)."""
+    if device.driver != DRIVER:
+        return []
+    wanted = _paths(host, device)
+    proc = host.path("/proc")
+    found = []
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        fds = proc / pid / "fd"
+        try:
+            names = os.listdir(fds)
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in names:
+            try:
+                target = os.readlink(fds / fd)
+            except OSError:
+                continue
+            if target in wanted:
+                try:
+                    comm = (proc / pid / "comm").read_text().strip()
+                except OSError:
+                    comm = "?"
+                found.append(User(int(pid), comm))
+                break
+    return sorted(found, key=lambda u: u.pid)
+
+
+# -- handing the devices to a VM --------------------------------------------------------------
+def _slot(bdf: str) -> str:
+    return bdf.rsplit(".", 1)[0]
+
+
+def qemu_args(bdfs: list[str]) -> list[str]:
+    """One line of QEMU arguments per card: the functions of a multifunction card together."""
+    slots: dict[str, list[str]] = {}
+    for bdf in sorted(bdfs):
+        slots.setdefault(_slot(bdf), []).append(bdf)
+    return [" ".join(f"-device vfio-pci,host={b}" for b in functions)
+            for functions in slots.values()]
+
+
+def libvirt_hostdev(bdf: str) -> str:
+    """The domain XML for one function; managed='no': pcipassd, not libvirt, owns the binding."""
+    domain, bus, rest = bdf.split(":")
+    slot, function = rest.split(".")
+    return (f"<hostdev mode='subsystem' type='pci' managed='no'>\n"
+            f"  <source>\n"
+            f"    <address domain='0x{domain}' bus='0x{bus}' slot='0x{slot}' "
+            f"function='0x{function}'/>\n"
+            f"  </source>\n"
+            f"</hostdev>")

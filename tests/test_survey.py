@@ -1,0 +1,106 @@
+"""`pcipassd list` on the simulated kernel: every device by IOMMU group, named from a small
+pci.ids, with what pcipassd says of it, filters, JSON, and a verdict per group."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hosttree import FakeHost
+from machine import Machine
+from simkernel import BOOT_VGA, DISK, HOST_BRIDGE, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, SimKernel
+
+PCI_IDS = """\
+# a few lines of pci.ids
+1af4  Red Hat, Inc.
+\t1001  Virtio block device
+8086  Intel Corporation
+\t100e  82540EM Gigabit Ethernet Controller
+\t10d3  82574L Gigabit Network Connection
+\t\t8086 a01f  Gigabit CT Desktop Adapter
+C 01  Mass storage controller
+\t00  SCSI storage controller
+C 02  Network controller
+\t00  Ethernet controller
+C 03  Display controller
+\t00  VGA compatible controller
+C 06  Bridge
+\t00  Host bridge
+\t04  PCI bridge
+"""
+
+
+@pytest.fixture
+def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    machine = Machine(sim_host, capsys)
+    ids = machine.root / "usr/share/misc/pci.ids"
+    ids.parent.mkdir(parents=True)
+    ids.write_text(PCI_IDS)
+    fake = FakeHost(machine.root)
+    disk = fake.disk("vda", "254:0",
+                     "/" + os.path.relpath(sim_host.device_dir(DISK), sim_host.root) + "/virtio2")
+    fake.partition(disk, "vda1", "254:1")
+    fake.mountinfo("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw")
+    return machine
+
+
+def lines_of(out: str, bdf: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(f"  {bdf}"))
+
+
+def test_list_shows_every_device_by_group_with_names_and_verdicts(m: Machine) -> None:
+    r = m.run("list")
+    assert r.rc == 0, r.err
+    out = r.out
+    for bdf in (HOST_BRIDGE, BOOT_VGA, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, DISK):
+        assert bdf in out
+    assert lines_of(out, NIC_A).split() == [NIC_A, "8086:10d3", "e1000e"]
+    assert ("    Ethernet controller [0200]: Intel Corporation 82574L Gigabit Network Connection\n"
+            in out)
+    assert "IOMMU group 2: can be passed through as a whole (1 endpoint)" in out
+    assert f"IOMMU group 6: blocked: {DISK} holds / (vda1)" in out
+    assert lines_of(out, DISK).endswith("virtio-pci  host-critical: holds / (vda1)")
+    assert lines_of(out, PCIE_BRIDGE).endswith("pcieport    bridge")
+    assert "IOMMU group 5: bridges only: nothing to pass through" in out
+    assert "    VGA compatible controller [0300]: Vendor 1234 Device 1111\n" in out, "raw IDs"
+    assert all(len(line) <= 100 for line in out.splitlines())
+    assert "nothing marked configured" in out, "no config yet: a survey still works"
+
+
+def test_list_marks_configured_and_held_devices(m: Machine) -> None:
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n  - address: "{NIC_E1000}"\n')
+    m.run("apply")
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n  - address: "{NIC_B}"\n')
+    out = m.run("list").out
+    assert lines_of(out, NIC_A).endswith("pci-stub    held (late)")
+    assert lines_of(out, NIC_B).endswith("e1000e      configured")
+    assert lines_of(out, NIC_E1000).endswith("pci-stub    held (late)")
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (["--class", "0200"], {NIC_A, NIC_B, NIC_E1000}),
+    (["--class", "ethernet"], {NIC_A, NIC_B, NIC_E1000}),
+    (["--id", "8086:10d3"], {NIC_A, NIC_B}),
+    (["--address", "00:04.*"], {NIC_E1000}),
+])
+def test_list_filters(m: Machine, args: list[str], shown: set[str]) -> None:
+    data = json.loads(m.run("list", "--json", *args).out)
+    assert {d["device"] for g in data["groups"] for d in g["devices"]} == shown
+    assert data["names"] == "/usr/share/misc/pci.ids"
+
+
+def test_list_json_has_the_lspci_line_and_the_verdict(m: Machine) -> None:
+    data = json.loads(m.run("list", "--json", "--address", DISK).out)
+    (group,) = data["groups"]
+    assert group["passable"] is False
+    assert group["devices"][0]["lspci"] == (
+        "SCSI storage controller [0100]: Red Hat, Inc. Virtio block device [1af4:1001]")
+    assert group["devices"][0]["notes"] == ["host-critical: holds / (vda1)"]
+
+
+def test_list_with_a_bad_filter_is_one_line(m: Machine) -> None:
+    r = m.run("list", "--address", "02:00")
+    assert r.rc == 1
+    assert r.err.startswith("pcipassd: error: --address: '02:00' is not a PCI address")
+    assert len(r.err.splitlines()) == 1
