@@ -20,7 +20,7 @@ from pcipassd.config import Config, config_files, load_config, schema_text
 from pcipassd.errors import InvalidConfig, PcipassError, Problem
 from pcipassd.guard import critical_devices, describe
 from pcipassd.host import Host
-from pcipassd.inventory import Device, Inventory, scan
+from pcipassd.inventory import Device, Inventory, group_key, scan
 from pcipassd.iommu import Finding, Level, check, iommu_active, passthrough_possible
 from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.names import NameDb
@@ -84,11 +84,13 @@ def _log_problems(problems: Sequence[Problem]) -> None:
         log.error("%s%s", p, f" (hint: {p.hint})" if p.hint else "")
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+def _table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> list[str]:
+    """Aligned columns; with `fit`, the last column is cut short (…) to keep lines that wide."""
+    every = [header, *rows] if header else rows
+    widths = [max(len(r[i]) for r in every) for i in range(len(every[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *rows]]
-    return "\n".join(lines)
+             for r in every]
+    return [line if not fit or len(line) <= fit else line[: fit - 1] + "…" for line in lines]
 
 
 # -- verbs -------------------------------------------------------------------------------
@@ -157,23 +159,20 @@ def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> tuple[
     inventory, selection = ctx.selection(config)
     plan = make_plan(selection, inventory, records)
     groups = {g: inventory.group_members(g) for g in sorted({s.group for s in plan.steps
-                                                              if s.group}, key=_group_key)}
+                                                              if s.group}, key=group_key)}
     return plan, groups
 
 
-def _group_key(group: str) -> tuple[int, str]:
-    return (int(group), "") if group.isdigit() else (1 << 30, group)
-
-
-def _groups_text(groups: Groups) -> list[str]:
+def _groups_text(ctx: Context, groups: Groups) -> list[str]:
+    """Each group's members, one a line, with its name as lspci gives it, within 100 columns."""
     if not groups:
         return []
-    out = ["", "IOMMU groups:"]
-    for group, members in groups.items():
-        shown = ", ".join(f"{d.bdf} [{d.id}] {'(bridge)' if d.is_bridge else d.driver_label}"
-                          for d in members)
-        out.append(f"  {group}: {shown}")
-    return out
+    members = [d for m in groups.values() for d in m]
+    names = NameDb.load(ctx.host, [(d.id, d.cls) for d in members])
+    rows = [[f"{g}:" if i == 0 else "", d.bdf, f"[{d.id}]",
+             "(bridge)" if d.is_bridge else d.driver_label, names.model(d.id)]
+            for g, m in groups.items() for i, d in enumerate(m)]
+    return ["", "IOMMU groups:", *(f"  {line}" for line in _table(rows, None, fit=98))]
 
 
 def _groups_json(groups: Groups) -> dict[str, list[dict[str, Any]]]:
@@ -191,9 +190,9 @@ def cmd_plan(ctx: Context) -> int:
     else:
         rows = [[s.bdf, s.id, s.current or "-", s.target or "-", s.group or "-", str(s.action),
                  s.entry or "-", s.reason] for s in plan.steps]
-        print(_table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION", "ENTRY",
-                            "NOTE"]))
-        print("\n".join(_groups_text(groups)))
+        print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION",
+                                      "ENTRY", "NOTE"])))
+        print("\n".join(_groups_text(ctx, groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
     return EXIT_OK if not plan.problems else EXIT_FAIL
@@ -287,7 +286,7 @@ def cmd_list(ctx: Context) -> int:
         return EXIT_OK if groups else EXIT_FAIL
     rows = [[r.device.bdf, str(r.device.id), r.device.driver_label, "; ".join(r.notes)]
             for g in groups for r in g.rows]
-    lines = iter(_table(rows, ["DEVICE", "ID", "DRIVER", "PCIPASSD"]).splitlines())
+    lines = iter(_table(rows, ["DEVICE", "ID", "DRIVER", "PCIPASSD"]))
     print(f"  {next(lines)}")
     for g in groups:
         title = f"IOMMU group {g.group}" if g.group is not None else "(no IOMMU group)"
@@ -354,9 +353,9 @@ def cmd_status(ctx: Context) -> int:
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
                  s.group or "-", held(s.bdf) or "-", status[s.action], s.name or s.entry or "-"]
                 for s in plan.steps]
-        print(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD", "STATUS",
-                            "ENTRY"]))
-        print("\n".join(_groups_text(groups)))
+        print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD",
+                                      "STATUS", "ENTRY"])))
+        print("\n".join(_groups_text(ctx, groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
         if warnings:

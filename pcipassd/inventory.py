@@ -89,6 +89,13 @@ def scan(host: Host) -> Inventory:
     return Inventory(devices)
 
 
+def group_key(group: str | None) -> tuple[int, str]:
+    """IOMMU groups in numeric order; no group (the IOMMU is off) last."""
+    if group is None:
+        return (1 << 31, "")
+    return (int(group), "") if group.isdigit() else (1 << 30, group)
+
+
 def driver_loaded(host: Host, driver: str) -> bool:
     return (host.pci_drivers / driver).is_dir()
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pcipassd.address import Address, PciId
-from pcipassd.inventory import Device, Inventory
+from pcipassd.inventory import Device, Inventory, group_key
 from pcipassd.names import NameDb
 from pcipassd.state import Record
 
@@ -90,7 +90,7 @@ def survey(inventory: Inventory, names: NameDb, records: Mapping[str, Record],
                    critical.get(dev.bdf))
         by_group.setdefault(dev.group, []).append(row)
     groups = []
-    for group in sorted(by_group, key=_group_key):
+    for group in sorted(by_group, key=group_key):
         rows = by_group[group]
         if group is None:
             verdict, passable = "no IOMMU group: the IOMMU is off (see `pcipassd check`)", False
@@ -100,12 +100,6 @@ def survey(inventory: Inventory, names: NameDb, records: Mapping[str, Record],
         if shown:
             groups.append(Group(group, tuple(shown), verdict, passable))
     return groups
-
-
-def _group_key(group: str | None) -> tuple[int, str]:
-    if group is None:
-        return (1 << 31, "")
-    return (int(group), "") if group.isdigit() else (1 << 30, group)
 
 
 def wanted(inventory: Inventory) -> list[tuple[PciId, int]]:

@@ -104,3 +104,12 @@ def test_list_with_a_bad_filter_is_one_line(m: Machine) -> None:
     assert r.rc == 1
     assert r.err.startswith("pcipassd: error: --address: '02:00' is not a PCI address")
     assert len(r.err.splitlines()) == 1
+
+
+def test_plan_and_status_name_the_members_of_each_group_in_100_columns(m: Machine) -> None:
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n')
+    for verb in ("plan", "status"):
+        out = m.run(verb).out
+        assert (f"  2:  {NIC_A}  [8086:10d3]  e1000e  Intel Corporation 82574L Gigabit Network "
+                "Connection") in out, out
+        assert all(len(line) <= 100 for line in out.splitlines())
