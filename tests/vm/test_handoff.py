@@ -31,8 +31,8 @@ capture list.json pcipassd list --json
 capture qemuargs pcipassd status --qemu
 capture libvirt pcipassd status --libvirt
 args=$(pcipassd status --qemu | grep -v '^#')
-sleep 600 | qemu-system-x86_64 -machine q35 -accel tcg,tb-size=64 -m 64 -nodefaults \
-    -display none -S -monitor stdio -serial none $args >/tmp/qemu.out 2>&1 &
+qemu-system-x86_64 -machine q35 -accel tcg,tb-size=64 -m 64 -nodefaults \
+    -display none -S -monitor none -serial none $args </dev/null >/tmp/qemu.out 2>&1 &
 qemu=$!
 for i in $(seq 90); do
     ls -l /proc/$qemu/fd 2>/dev/null | grep -q ' /dev/vfio/[0-9]' && break
@@ -46,7 +46,9 @@ timeout 60 systemctl stop pcipassd; result stop.rc "$?"
 result stop.seconds "$(( $(date +%s) - start ))"
 pci_inventory during
 capture journal.stop journalctl -b -u pcipassd -o cat --no-pager
-kill $qemu; wait $qemu
+kill $qemu
+for i in $(seq 30); do kill -0 $qemu 2>/dev/null || break; sleep 1; done
+kill -9 $qemu 2>/dev/null
 capture qemu.out cat /tmp/qemu.out
 pcipassd restore; result restore.rc "$?"
 pci_inventory after
@@ -67,8 +69,9 @@ def test_list_names_every_device_and_marks_the_root_disk(handoff: BootResult) ->
     out = handoff["list"]
     assert handoff.rc("list") == 0, out
     assert "82574L Gigabit Network Connection" in out, out
-    assert f"{DISK_BDF}  1af4:1001  SCSI storage controller" in out
-    assert "host-critical: holds / (vda)" in out
+    assert f"  {DISK_BDF}  1af4:1001  virtio-pci  host-critical: holds / (vda)\n" in out
+    assert "    SCSI storage controller [0100]: Red Hat, Inc. Virtio block device\n" in out
+    assert f"IOMMU group 1: blocked: {DISK_BDF} holds / (vda)" in out
     assert "held (late)" in out
     group = handoff.iommu_group(GUEST_NIC, "during")
     assert f"IOMMU group {group}: can be passed through as a whole (1 endpoint)" in out
