@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcipassd import __version__, early, survey, vfio
+from pcipassd import __version__, early, vfio
 from pcipassd import log as logsetup
 from pcipassd.address import Address, AddressError
 from pcipassd.apply import Applier
@@ -23,7 +23,6 @@ from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory, group_key, scan
 from pcipassd.iommu import Finding, Level, check, iommu_active, passthrough_possible
 from pcipassd.kernel import Kernel, LiveKernel
-from pcipassd.names import NameDb
 from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
@@ -167,6 +166,8 @@ def _groups_text(ctx: Context, groups: Groups) -> list[str]:
     """Each group's members, one a line, with its name as lspci gives it, within 100 columns."""
     if not groups:
         return []
+    from pcipassd.names import NameDb  # noqa: PLC0415 - not on the boot path (apply)
+
     members = [d for m in groups.values() for d in m]
     names = NameDb.load(ctx.host, [(d.id, d.cls) for d in members])
     rows = [[f"{g}:" if i == 0 else "", d.bdf, f"[{d.id}]",
@@ -260,6 +261,9 @@ def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
 
 
 def cmd_list(ctx: Context) -> int:
+    from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
+    from pcipassd.names import NameDb  # noqa: PLC0415
+
     inventory = scan(ctx.host)
     critical = {bdf: describe(r) for bdf, r in critical_devices(ctx.host).items()}
     try:

@@ -7,12 +7,9 @@ followed by a barrier so that systemd has read it before this process exits.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import os
-import select
 import signal
-import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 
@@ -36,6 +33,10 @@ def status_text(held: int, refused: Sequence[Problem], failed: int) -> str:
 
 def notify_status(text: str, environ: Mapping[str, str] | None = None) -> bool:
     """Set the unit's status text; False when not running under systemd (or it failed)."""
+    import array  # noqa: PLC0415 - only under systemd
+    import select  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
     environ = os.environ if environ is None else environ
     address = environ.get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
