@@ -50,11 +50,16 @@ def cold(sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
     return Machine(sim, capsys)
 
 
-def early(machine: Machine, *args: str) -> subprocess.CompletedProcess[str]:
+# The shells it runs under: dash (Debian's /bin/sh, and klibc's sh is a dash) and busybox's
+# ash (the initramfs's /bin/sh when busybox is installed).
+SHELLS = ["sh", "busybox sh"]
+
+
+def early(machine: Machine, *args: str, shell: str = "sh") -> subprocess.CompletedProcess[str]:
     """Run the real pcipassd-early with the simulated root as its prefix."""
     env = {"PATH": os.environ["PATH"], "PCIPASS_ROOT": str(machine.root)}
-    return subprocess.run(["sh", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          check=False, timeout=30)
+    return subprocess.run([*shell.split(), str(SCRIPT), *args], env=env, capture_output=True,
+                          text=True, check=False, timeout=30)
 
 
 def hold_list(machine: Machine, text: str) -> None:
@@ -118,10 +123,11 @@ def test_hold_list_is_rewritten_only_when_it_changes_and_removed_when_empty(m: M
 
 
 # -- pcipassd-early at boot ---------------------------------------------------------------
+@pytest.mark.parametrize("shell", SHELLS)
 def test_initramfs_stage_holds_the_device_before_coldplug_and_apply_takes_over(
-        cold: Machine) -> None:
+        cold: Machine, shell: str) -> None:
     hold_list(cold, f"# generated\ndev {NIC_A} 8086:10d3 pci-stub\n")
-    stage = early(cold, "boot", "initramfs")
+    stage = early(cold, "boot", "initramfs", shell=shell)
     assert stage.returncode == 0 and stage.stderr == ""
     assert cold.override(NIC_A) == "pci-stub"
     coldplug(cold)
@@ -205,8 +211,9 @@ def test_a_later_stage_does_not_hold_again(cold: Machine) -> None:
             "initramfs predates the hold list; run `update-initramfs -u`"),
     (True, "e1000e is built into the kernel and bound it at boot; pcipassd moved it"),
 ])
+@pytest.mark.parametrize("shell", SHELLS)
 def test_a_native_driver_that_bound_first_is_named_with_the_reason(
-        cold: Machine, builtin: bool, why: str) -> None:
+        cold: Machine, builtin: bool, why: str, shell: str) -> None:
     (cold.root / "usr/sbin").mkdir(parents=True)
     (cold.root / "usr/sbin/update-initramfs").touch()
     if builtin:
@@ -214,7 +221,8 @@ def test_a_native_driver_that_bound_first_is_named_with_the_reason(
         listing.write_text(listing.read_text() + "kernel/drivers/net/e1000e.ko\n")
     coldplug(cold)  # a stale initramfs (or the built-in driver) bound both NICs
     hold_list(cold, f"dev {NIC_A} 8086:10d3 pci-stub\n")
-    early(cold, "boot", "early")
+    early(cold, "boot", "early", shell=shell)
+    assert (cold.root / "run/pcipass/early.log").read_text() == f"{NIC_A} early pci-stub e1000e\n"
     assert cold.driver(NIC_A) == "e1000e", "writing the override unbinds nothing"
     cold.with_guest_nic()
     r = cold.run("apply")
@@ -261,15 +269,16 @@ def test_a_stale_initramfs_is_reported_by_status_and_check(m: Machine) -> None:
 
 
 # -- udev: devices added later ------------------------------------------------------------
-def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine) -> None:
+@pytest.mark.parametrize("shell", SHELLS)
+def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine, shell: str) -> None:
     hold_list(m, "id 8086:10d3 vfio-pci\n")
     m.sim.remove_device(NIC_B)
     m.sim.add_device(NIC_B, 0x8086, 0x10D3, driver=None, iommu_group=3)
-    r = early(m, "udev", NIC_B)
+    r = early(m, "udev", NIC_B, shell=shell)
     assert (r.stdout, m.override(NIC_B)) == ("", None), "not armed: pcipassd is stopped"
     (m.root / "run/pcipass").mkdir(parents=True, exist_ok=True)
     (m.root / "run/pcipass/armed").touch()
-    r = early(m, "udev", NIC_B)
+    r = early(m, "udev", NIC_B, shell=shell)
     assert r.stdout == "PCIPASS_HELD=1\n"
     assert m.override(NIC_B) == "vfio-pci"
     assert (m.root / "run/pcipass/early.log").read_text() == f"{NIC_B} udev vfio-pci none\n"
