@@ -14,6 +14,7 @@ DOCDIR ?= $(PREFIX)/share/doc/pcipassd
 SYSCONFDIR ?= /etc
 UDEVRULESDIR ?= /usr/lib/udev/rules.d
 INITRAMFSDIR ?= /usr/share/initramfs-tools
+CATALOGDIR ?= /usr/lib/systemd/catalog
 SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g'
 
 SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
@@ -43,6 +44,8 @@ install:
 	chmod 0755 $(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd
 	install -m 0755 early/initramfs-tools/scripts/init-top/pcipassd \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
+	install -d $(DESTDIR)$(CATALOGDIR)
+	install -m 0644 systemd/pcipassd.catalog $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 etc/pcipass.yaml $(DESTDIR)$(DOCDIR)/pcipass.yaml.example
 	test -e $(DESTDIR)$(SYSCONFDIR)/pcipass.yaml || \
@@ -52,7 +55,8 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR)
 	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service \
 		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \
-		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
+		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd \
+		$(DESTDIR)$(CATALOGDIR)/pcipassd.catalog
 
 test:
 	bash .ci/run

@@ -22,6 +22,7 @@ from pcipassd.errors import KernelError
 from pcipassd.host import Host
 from pcipassd.inventory import Device, driver_loaded, modalias, module_of, read_device
 from pcipassd.kernel import Kernel
+from pcipassd.log import MESSAGE_IDS, event
 from pcipassd.plan import Action, Plan, Step
 from pcipassd.state import Record, State
 
@@ -216,7 +217,10 @@ class Applier:
         kind = kind or {Action.BIND: "bound", Action.RESTORE: "restored", Action.FAIL: "failed",
                         Action.UNCHANGED: "unchanged", Action.KEEP: "kept"}[action]
         self.outcome.counts[kind] += 1
-        log.log(level, message, extra={"journal": replace(step, action=action).journal_fields})
+        fields = replace(step, action=action).journal_fields
+        if kind in MESSAGE_IDS:
+            fields.update(event(kind))
+        log.log(level, message, extra={"journal": fields})
 
     # -- the whole plan ------------------------------------------------------------------
     def run(self, plan: Plan) -> Outcome:

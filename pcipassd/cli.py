@@ -23,6 +23,7 @@ from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory, group_key, scan
 from pcipassd.iommu import Finding, Level, check, iommu_active, passthrough_possible
 from pcipassd.kernel import Kernel, LiveKernel
+from pcipassd.log import event
 from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
@@ -78,9 +79,10 @@ def _problem_lines(problems: Sequence[Problem]) -> list[str]:
     return out
 
 
-def _log_problems(problems: Sequence[Problem]) -> None:
+def _log_problems(problems: Sequence[Problem], kind: str | None = None) -> None:
+    fields = event(kind) if kind else {}
     for p in problems:
-        log.error("%s%s", p, f" (hint: {p.hint})" if p.hint else "")
+        log.error("%s%s", p, f" (hint: {p.hint})" if p.hint else "", extra={"journal": fields})
 
 
 def _table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> list[str]:
@@ -218,7 +220,7 @@ def cmd_apply(ctx: Context) -> int:
                 raise
             inventory, selection = ctx.selection(config)
             plan = make_plan(selection, inventory, state.records)
-            _log_problems(plan.problems)
+            _log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
             if early.sync(ctx.host, early.render(plan, selection)) and (
                     stale := early.stale_initramfs(ctx.host)):

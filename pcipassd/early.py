@@ -25,6 +25,7 @@ from pcipassd.config import STUB_DRIVERS
 from pcipassd.host import Host
 from pcipassd.inventory import module_of, read_device, scan
 from pcipassd.kernel import Kernel
+from pcipassd.log import event
 from pcipassd.plan import Action, Plan, restore_plan
 from pcipassd.selection import Selection
 from pcipassd.state import Record, State
@@ -207,7 +208,7 @@ def adopt(host: Host, state: State) -> None:
         why = first_probe(host, record)
         if why:
             log.warning("%s [%s]: %s", hold.bdf, dev.id, why,
-                        extra={"journal": _fields(record)})
+                        extra={"journal": {**_fields(record), **event("early hold missed")}})
     if holds:
         host.path(EARLY_LOG).unlink(missing_ok=True)
 

@@ -15,6 +15,21 @@ from typing import Any, ClassVar
 
 IDENTIFIER = "pcipassd"
 
+# One MESSAGE_ID per kind of event; systemd/pcipassd.catalog explains each (`journalctl -x`).
+MESSAGE_IDS = {
+    "bound": "f9ff3b866b0f4445822d3e9a68a942ed",
+    "restored": "ddcee5c7c81a46b9b3838c5178dd00ea",
+    "refused": "7491d00d408146cfa0f7b21f525edb05",
+    "failed": "c18d0eb9df4448868ee4951bfcd2dca2",
+    "early hold missed": "1a8126f48da14a3c9230b0bf84e94cad",
+    "in use": "b1dd98260ef24d2da1ca14bea53b1fb1",
+}
+
+
+def event(kind: str) -> dict[str, str]:
+    """The journal field that names this kind of event for the catalog."""
+    return {"MESSAGE_ID": MESSAGE_IDS[kind]}
+
 Sender = Callable[..., Any]
 
 
@@ -72,7 +87,10 @@ def setup(debug: bool = False, environ: Mapping[str, str] | None = None,
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_StderrFormatter())
+        # Under systemd without python3-systemd: sd-daemon(3) priority prefixes, so the journal
+        # keeps each line's priority (and adds the name itself).
+        handler.setFormatter(_PriorityFormatter() if under_systemd(environ)
+                             else _StderrFormatter())
     logger = logging.getLogger("pcipassd")
     for old in list(logger.handlers):
         logger.removeHandler(old)
@@ -80,6 +98,11 @@ def setup(debug: bool = False, environ: Mapping[str, str] | None = None,
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
     return handler
+
+
+class _PriorityFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{JournalHandler._PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
 
 
 class _StderrFormatter(logging.Formatter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,9 +98,52 @@ def test_without_systemd_python_it_logs_to_stderr(m: Machine,
     monkeypatch.setattr(logsetup, "_journal_send", lambda: None)
     r = m.run("apply")
     assert r.rc == 0
-    assert f"pcipassd: {NIC_A} [8086:10d3] e1000e -> pci-stub" in r.err
+    # sd-daemon(3) priority prefixes, so the journal keeps priorities; it adds the name itself
+    assert f"<6>{NIC_A} [8086:10d3] e1000e -> pci-stub (/etc/pcipass.yaml:3)" in r.err.splitlines()
+    assert "pcipassd:" not in r.err
+    m.config('version: 1\ndevices:\n  - address: "0000:07:00.0"\n')
+    assert "<3>/etc/pcipass.yaml:3:5: devices[0]: no device at 0000:07:00.0" in m.run("apply").err
 
 
 def test_the_real_systemd_module_is_used_when_installed() -> None:
     journal = pytest.importorskip("systemd.journal", reason="systemd-python not installed")
     assert logsetup._journal_send() is journal.send
+
+
+CATALOG = Path(__file__).resolve().parent.parent / "systemd" / "pcipassd.catalog"
+
+
+def catalog_subjects() -> dict[str, str]:
+    """The catalog's entries: MESSAGE_ID -> Subject (journalctl's format: `-- ID` headers)."""
+    entries: dict[str, str] = {}
+    current = ""
+    for line in CATALOG.read_text().splitlines():
+        if line.startswith("-- "):
+            current = line[3:].strip()
+            entries[current] = ""
+        elif line.startswith("Subject: ") and current:
+            entries[current] = line[len("Subject: "):]
+    return entries
+
+
+def test_every_kind_of_event_has_a_catalog_entry() -> None:
+    subjects = catalog_subjects()
+    assert set(subjects) == set(logsetup.MESSAGE_IDS.values())
+    assert all(len(i) == 32 and int(i, 16) for i in subjects)
+    assert all(subjects.values())
+
+
+def test_events_carry_their_message_id(m: Machine, journal: FakeJournal) -> None:
+    m.config(f"""\
+        version: 1
+        devices:
+          - address: "{NIC_A}"
+          - address: "0000:07:00.0"
+        """)
+    m.run("apply")
+    m.run("restore")
+    ids = {v: k for k, v in logsetup.MESSAGE_IDS.items()}
+    kinds = [ids[e["MESSAGE_ID"]] for e in journal.entries if "MESSAGE_ID" in e]
+    assert kinds == ["refused", "bound", "restored"]
+    subject = catalog_subjects()[logsetup.MESSAGE_IDS["bound"]]
+    assert subject == "PCI device @PCIPASS_DEVICE@ handed to @PCIPASS_DRIVER_TO@"
