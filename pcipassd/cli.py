@@ -440,7 +440,9 @@ def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> 
     logsetup.setup(debug=args.debug)
     ctx = Context(args, kernel)
     try:
-        return VERBS[args.verb][0](ctx)
+        rc = VERBS[args.verb][0](ctx)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return rc
     except InvalidConfig as e:
         _log_problems(e.problems)
         log.error("invalid configuration: nothing was changed")
@@ -452,6 +454,16 @@ def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> 
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `pcipassd plan --json | head`: the reader is gone; nothing to say
+        sys.stderr.close()  # and no "Exception ignored" when Python flushes stdout at exit
+        return EXIT_FAIL
+    except PermissionError as e:
+        log.error("%s: %s", e.filename or "permission denied", e.strerror,
+                  extra={"journal": {}})
+        log.error("pcipassd %s needs root", args.verb)
+        if args.debug:
+            raise
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

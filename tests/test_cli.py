@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from machine import Machine
 from simkernel import NIC_A, NIC_B, SimKernel
 
+import pcipassd
 from pcipassd.cli import main
+from pcipassd.state import State
 
 
 @pytest.fixture
@@ -179,3 +183,27 @@ def test_restore_with_nothing_recorded_is_a_no_op(m: Machine) -> None:
     assert r.rc == 0
     assert "0 restored, 0 failed" in r.err
     assert not m.sim.writes
+
+
+def test_a_closed_pipe_is_no_traceback(sim_host: SimKernel, tmp_path: Path) -> None:
+    """`pcipassd list --json | true`: the reader is gone before the output is written."""
+    env = {**os.environ, "PYTHONPATH": str(Path(pcipassd.__file__).parent.parent)}
+    env.pop("JOURNAL_STREAM", None)
+    env.pop("INVOCATION_ID", None)
+    child = subprocess.run(
+        f"{sys.executable} -m pcipassd --root {sim_host.root} list --json | true",
+        shell=True, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert "Traceback" not in child.stderr and "BrokenPipe" not in child.stderr, child.stderr
+
+
+def test_a_non_root_user_gets_one_line(m: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a non-root apply meets first: /run/pcipass cannot be created."""
+    def denied(self: object, create: bool) -> bool:
+        raise PermissionError(13, "Permission denied", "/run/pcipass")
+
+    monkeypatch.setattr(State, "_check_dir", denied)
+    m.with_guest_nic()
+    r = m.run("apply")
+    assert r.rc == 1
+    assert r.err.splitlines() == ["pcipassd: error: /run/pcipass: Permission denied",
+                                  "pcipassd: error: pcipassd apply needs root"]
