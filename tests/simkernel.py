@@ -2,7 +2,7 @@
 
 `SimKernel` keeps a real sysfs-shaped tree under `root` (a tmp dir standing for `/`). pcipassd
 reads that tree with ordinary file reads and changes it only through `write()` / `modprobe()`,
-which react as Linux does (see /work/shared/notes/kernel-pci-binding.md): same files, same
+which react as Linux does (drivers/pci/pci-driver.c, drivers/base/bus.c): same files, same
 relative symlinks, same errno. The tree is the state: who is bound to what and each device's
 driver_override are read back from the files, so tests check exactly what pcipassd would see.
 Only what cannot be read from sysfs (id tables, probe failures, loadable modules) lives in memory.
