@@ -1,5 +1,6 @@
 """Tests of the simulated kernel itself: the tree it builds, and every binding rule (with errno)
-from the kernel facts pcipassd is built on (drivers/pci/pci-driver.c, drivers/base/dd.c). Also proves the real-/sys guard works."""
+from the kernel facts pcipassd is built on (drivers/pci/pci-driver.c, drivers/base/dd.c). Also
+proves the real-/sys guard works."""
 
 from __future__ import annotations
 
