@@ -237,6 +237,8 @@ class Applier:
             if step.action is Action.BIND and step.target in missing:
                 self._report(step, Action.FAIL,
                              f"{step.summary}: {missing[step.target]}", logging.ERROR)
+                if (record := self.state.records.get(step.bdf)) is not None:
+                    self._rollback(step, record)  # the early hold took it: give it back
             elif step.action is Action.BIND:
                 self.bind(step)
             elif step.action is Action.RESTORE:

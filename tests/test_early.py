@@ -181,6 +181,22 @@ def test_restore_with_a_blacklisted_native_driver_leaves_it_unbound_without_erro
     assert "1 restored, 0 failed" in r.err
 
 
+def test_a_target_driver_the_kernel_lacks_gives_the_early_held_device_back(
+        cold: Machine) -> None:
+    hold_list(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\n")
+    early(cold, "boot", "initramfs")
+    coldplug(cold)
+    cold.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n    driver: vfio-pci\n')
+    (cold.sim.modules_dir / "kernel/drivers/pci/vfio_pci.ko").unlink()
+    cold.sim._drivers.pop("vfio-pci")  # this kernel has no vfio-pci at all
+    r = cold.run("apply")
+    assert r.rc == 1
+    assert "modprobe vfio_pci failed: Module vfio_pci not found" in r.err
+    assert cold.driver(NIC_A) == "e1000e", "not left without a driver"
+    assert cold.override(NIC_A) is None
+    assert cold.state == {}
+
+
 def test_early_stage_skips_a_device_whose_id_changed(cold: Machine) -> None:
     hold_list(cold, f"dev {NIC_E1000} 8086:10d3 pci-stub\n")
     r = early(cold, "boot", "early")
