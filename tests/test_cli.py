@@ -137,8 +137,11 @@ def test_check_on_amd_with_the_iommu_disabled(sim: SimKernel,
 def test_check_passes_with_groups_and_interrupt_remapping(sim_host: SimKernel,
                                                           capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
-    (sim_host.root / "proc/cpuinfo").write_text("vendor_id\t: GenuineIntel\n")
+    (sim_host.root / "proc/cpuinfo").write_text("vendor_id\t: GenuineIntel\nflags\t: fpu vmx\n")
     (sim_host.root / "proc/cmdline").write_text("root=/dev/vda intel_iommu=on iommu=pt\n")
+    for dev in ("dev/kvm", "dev/vfio/vfio"):
+        (sim_host.root / dev).parent.mkdir(parents=True, exist_ok=True)
+        (sim_host.root / dev).touch()
     (sim_host.root / "proc/interrupts").write_text(
         "           CPU0\n 24:   100  IR-PCI-MSI 512000-edge  ahci[0000:00:1f.2]\n")
     r = Machine(sim_host, capsys).run("check", "--json")
