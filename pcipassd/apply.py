@@ -221,6 +221,8 @@ class Applier:
         if kind in MESSAGE_IDS:
             fields.update(event(kind))
         log.log(level, message, extra={"journal": fields})
+        if step.warning and action in (Action.BIND, Action.UNCHANGED):
+            log.warning("%s: %s", step.bdf, step.warning, extra={"journal": fields})
 
     # -- the whole plan ------------------------------------------------------------------
     def run(self, plan: Plan) -> Outcome:

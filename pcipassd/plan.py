@@ -36,6 +36,7 @@ class Step:
     via: str | None = None  # pulled in by `group: bind` from this BDF
     reason: str = ""
     forget: bool = False  # drop it from the state file: there is nothing left to undo
+    warning: str = ""  # logged as a warning when apply binds it (`group: ignore`)
 
     @property
     def journal_fields(self) -> dict[str, str]:
@@ -102,14 +103,15 @@ def make_plan(
     steps: list[Step] = []
     for bdf, sel in selection.chosen.items():
         dev, record = sel.device, records.get(bdf)
-        reason = "; ".join(sel.notes)
+        reason = "; ".join((*sel.notes, sel.warning) if sel.warning else sel.notes)
         if record is not None and record.id != str(dev.id):
             action = Action.FAIL
             reason = _hardware_changed(dev, record)
         else:
             action = Action.UNCHANGED if dev.driver == sel.target else Action.BIND
         steps.append(Step(bdf, str(dev.id), action, dev.driver, sel.target, dev.group,
-                          sel.entry.source, sel.entry.name, sel.via, reason))
+                          sel.entry.source, sel.entry.name, sel.via, reason,
+                          warning=sel.warning))
     for bdf, record in records.items():
         if bdf in selection.chosen:
             continue

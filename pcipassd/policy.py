@@ -53,7 +53,7 @@ def _apply_group_policy(
             )
         note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
                 f"{_busy(loose)}")
-        out[out.index(sel)] = Selected(dev, entry, sel.via, (*sel.notes, note))
+        out[out.index(sel)] = Selected(dev, entry, sel.via, sel.notes, note)
     return out, None
 
 

@@ -23,6 +23,7 @@ class Selected:
     entry: Entry
     via: str | None = None  # set when the device was pulled in by `group: bind`, the BDF that did
     notes: tuple[str, ...] = ()
+    warning: str = ""  # what the admin must know when it is bound (a group VFIO will refuse)
 
     @property
     def target(self) -> str:

@@ -102,6 +102,8 @@ def test_group_ignore_binds_only_the_selection_with_a_warning(m: Machine) -> Non
     r = m.run("apply")
     assert r.rc == 0, r.err
     assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("pci-stub", "e1000")
+    assert (f"warning: {E1000_X}: IOMMU group 8 is not viable for VFIO: it also holds {E1000_Y} "
+            "[8086:100e] on e1000") in r.err, "apply says it too, not only plan"
     r = m.run("plan")
     assert (f"IOMMU group 8 is not viable for VFIO: it also holds {E1000_Y} [8086:100e] "
             "on e1000") in r.out
