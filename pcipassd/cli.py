@@ -35,6 +35,7 @@ log = logging.getLogger("pcipassd")
 Groups = dict[str, list[Device]]
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
+JSON_FORMAT = 1  # every `--json` prints one object: {"format": 1, ...}
 EXIT_STOPPED = 128 + signal.SIGTERM  # stopped while applying; everything was given back
 
 
@@ -68,6 +69,11 @@ class Context:
         inventory = scan(self.host)
         critical = {bdf: describe(r) for bdf, r in critical_devices(self.host).items()}
         return inventory, enforce(select(config, inventory), inventory, critical)
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    """The one JSON convention: one object per run, its format version first."""
+    print(json.dumps({"format": JSON_FORMAT, **data}, indent=2))
 
 
 def _problem_lines(problems: Sequence[Problem]) -> list[str]:
@@ -113,7 +119,7 @@ def cmd_validate(ctx: Context) -> int:
     except InvalidConfig as e:
         problems = e.problems
     if ctx.args.json:
-        print(json.dumps([p.as_dict() for p in problems], indent=2))
+        _print_json({"valid": not problems, "problems": [p.as_dict() for p in problems]})
     elif problems:
         print("\n".join(_problem_lines(problems)))
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found")
@@ -127,8 +133,9 @@ def cmd_check(ctx: Context) -> int:
     if stale := early.stale_initramfs(ctx.host):
         findings.append(Finding(Level.WARN, stale, early.rebuild_command(ctx.host) or ""))
     if ctx.args.json:
-        print(json.dumps([{"level": str(f.level), "what": f.what, "fix": f.fix}
-                          for f in findings], indent=2))
+        _print_json({"passthrough_possible": passthrough_possible(findings),
+                     "findings": [{"level": str(f.level), "what": f.what, "fix": f.fix}
+                                  for f in findings]})
     else:
         for f in findings:
             print(f"{f.level:<4}  {f.what}")
@@ -187,9 +194,9 @@ def cmd_plan(ctx: Context) -> int:
     config = ctx.load_config()
     plan, groups = _planned(ctx, config, State(ctx.host).load().records)
     if ctx.args.json:
-        print(json.dumps({"steps": [_step_dict(s) for s in plan.steps],
-                          "groups": _groups_json(groups),
-                          "problems": [p.as_dict() for p in plan.problems]}, indent=2))
+        _print_json({"steps": [_step_dict(s) for s in plan.steps],
+                     "groups": _groups_json(groups),
+                     "problems": [p.as_dict() for p in plan.problems]})
     else:
         rows = [[s.bdf, s.id, s.current or "-", s.target or "-", s.group or "-", str(s.action),
                  s.entry or "-", s.reason] for s in plan.steps]
@@ -283,12 +290,12 @@ def cmd_list(ctx: Context) -> int:
     groups = survey.survey(inventory, names, State(ctx.host).load().records, configured,
                            critical, only=only)
     if ctx.args.json:
-        print(json.dumps({"names": names.source, "groups": [
+        _print_json({"names": names.source, "groups": [
             {"group": g.group, "passable": g.passable, "verdict": g.verdict, "devices": [
                 {"device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
                  "class_name": r.cls, "name": r.name, "lspci": r.lspci,
                  "driver": r.device.driver,
-                 "notes": list(r.notes)} for r in g.rows]} for g in groups]}, indent=2))
+                 "notes": list(r.notes)} for r in g.rows]} for g in groups]})
         return EXIT_OK if groups else EXIT_FAIL
     rows = [[r.device.bdf, str(r.device.id), r.device.driver_label, "; ".join(r.notes)]
             for g in groups for r in g.rows]
@@ -348,12 +355,12 @@ def cmd_status(ctx: Context) -> int:
         return record.held if record else None
 
     if ctx.args.json:
-        print(json.dumps({"converged": plan.converged,
-                          "devices": [{**_step_dict(s), "status": status[s.action],
-                                       "held": held(s.bdf)} for s in plan.steps],
-                          "groups": _groups_json(groups),
-                          "problems": [p.as_dict() for p in plan.problems],
-                          "warnings": warnings}, indent=2))
+        _print_json({"converged": plan.converged,
+                     "devices": [{**_step_dict(s), "status": status[s.action],
+                                  "held": held(s.bdf)} for s in plan.steps],
+                     "groups": _groups_json(groups),
+                     "problems": [p.as_dict() for p in plan.problems],
+                     "warnings": warnings})
     else:
         rows = [[s.bdf, s.id, s.current or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",

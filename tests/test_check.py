@@ -118,6 +118,6 @@ def test_virtualization_basics_as_virt_host_validate_checks_them(
     (sim.root / "dev/kvm").touch()
     host(sim, flags="fpu svm")
     data = json.loads(Machine(sim, capsys).run("check", "--json").out)
-    found = {f["what"]: f["level"] for f in data}
+    found = {f["what"]: f["level"] for f in data["findings"]}
     assert found["CPU virtualization: svm"] == "OK"
     assert found["/dev/kvm: KVM is available"] == "OK"

@@ -146,7 +146,9 @@ def test_check_passes_with_groups_and_interrupt_remapping(sim_host: SimKernel,
         "           CPU0\n 24:   100  IR-PCI-MSI 512000-edge  ahci[0000:00:1f.2]\n")
     r = Machine(sim_host, capsys).run("check", "--json")
     assert r.rc == 0
-    findings = {f["what"]: f["level"] for f in json.loads(r.out)}
+    data = json.loads(r.out)
+    assert (data["format"], data["passthrough_possible"]) == (1, True)
+    findings = {f["what"]: f["level"] for f in data["findings"]}
     assert findings["IOMMU on: 7 IOMMU groups"] == "OK"
     assert findings["interrupt remapping is on"] == "OK"
     assert findings["iommu=pt: host devices use pass-through mode"] == "OK"
@@ -210,3 +212,11 @@ def test_a_non_root_user_gets_one_line(m: Machine, monkeypatch: pytest.MonkeyPat
     assert r.rc == 1
     assert r.err.splitlines() == ["pcipassd: error: /run/pcipass: Permission denied",
                                   "pcipassd: error: pcipassd apply needs root"]
+
+
+@pytest.mark.parametrize("verb", ["validate", "check", "plan", "status", "list"])
+def test_every_json_output_is_one_object_with_a_format_version(m: Machine, verb: str) -> None:
+    m.with_guest_nic()
+    data = json.loads(m.run(verb, "--json").out)
+    assert isinstance(data, dict)
+    assert next(iter(data.items())) == ("format", 1)

@@ -198,20 +198,21 @@ def test_json_lists_the_problems_and_an_empty_list_when_valid(cli: Cli) -> None:
     cli.write(one_entry('adress: "0000:00:02.0"\nid: "8086:10d3"'))
     result = cli.validate("--json")
     assert result.rc == 2
-    assert json.loads(result.out) == [{
+    assert json.loads(result.out) == {"format": 1, "valid": False, "problems": [{
         "file": MAIN, "line": 3, "column": 5, "path": "devices[0].adress",
         "message": "unknown key 'adress'", "hint": "did you mean 'address'?",
-    }]
+    }]}
     cli.write(one_entry(f'address: "{NIC_A}"'))
     result = cli.validate("--json")
-    assert (result.rc, json.loads(result.out)) == (0, [])
+    assert (result.rc, json.loads(result.out)) == (0, {"format": 1, "valid": True,
+                                                       "problems": []})
 
 
 def test_json_lists_device_problems_too(cli: Cli) -> None:
     cli.write(one_entry('id: "8086:10d3"\ncount: 1'))
     result = cli.validate("--json")
     assert result.rc == 2
-    assert json.loads(result.out) == [{
+    assert json.loads(result.out)["problems"] == [{
         "file": MAIN, "line": 3, "column": 5, "path": "devices[0]",
         "message": f"count: 1, but 2 present: {NIC_A} [8086:10d3], {NIC_B} [8086:10d3]",
         "hint": "a card was added or removed? fix the hardware or the count",
