@@ -57,11 +57,13 @@ class Context:
             return config_files(self.host, Path(self.args.config))
         return None
 
-    def load_config(self, *, cached: bool = True) -> Config:
-        """The validated config; `cached`: trust files that passed the schema before."""
+    def load_config(self, *, cached: bool = True, remember: bool = False) -> Config:
+        """The validated config; `cached`: trust files that passed the schema before;
+        `remember` (apply only: read-only verbs write nothing): note these files as passed."""
         cache = ValidationCache(self.host)
         config = load_config(self.host, self.config_paths(), cache.load() if cached else ())
-        cache.remember(config.digests)
+        if remember:
+            cache.remember(config.digests)
         return config
 
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
@@ -220,7 +222,7 @@ def cmd_apply(ctx: Context) -> int:
         with on_sigterm(applier.stop):
             early.adopt(ctx.host, state)
             try:
-                config = ctx.load_config()
+                config = ctx.load_config(remember=True)
                 _require_iommu(ctx, config.iommu)
             except PcipassError:
                 early.release(ctx.host, ctx.kernel, state)

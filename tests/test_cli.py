@@ -220,3 +220,28 @@ def test_every_json_output_is_one_object_with_a_format_version(m: Machine, verb:
     data = json.loads(m.run(verb, "--json").out)
     assert isinstance(data, dict)
     assert next(iter(data.items())) == ("format", 1)
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file, link and directory under the root, with contents."""
+    out: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = path.read_bytes()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def test_read_only_verbs_write_nothing(m: Machine) -> None:
+    m.with_guest_nic()
+    m.run("apply")
+    (m.root / "var/cache/pcipassd/validated").unlink()
+    before = snapshot(m.root)
+    for argv in (["validate"], ["check"], ["plan"], ["status"], ["list"], ["schema"],
+                 ["status", "--qemu"], ["plan", "--json"]):
+        m.run(*argv)
+    assert snapshot(m.root) == before
