@@ -15,16 +15,23 @@ SYSCONFDIR ?= /etc
 UDEVRULESDIR ?= /usr/lib/udev/rules.d
 INITRAMFSDIR ?= /usr/share/initramfs-tools
 CATALOGDIR ?= /usr/lib/systemd/catalog
+MANDIR ?= $(PREFIX)/share/man
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
+BUILD_PYTHON ?= python3
 SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g'
 
 SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
 
 .PHONY: all install uninstall test demo
 
-all:
-	@echo "nothing to build; try: make install, make test, make demo"
+# The man pages and the bash completion, generated from the argument parser and the schema.
+all: build/doc/.stamp
 
-install:
+build/doc/.stamp: tools/gendocs.py pcipassd/cli.py pcipassd/schema.json pcipassd/__init__.py
+	$(BUILD_PYTHON) tools/gendocs.py build/doc
+	touch $@
+
+install: build/doc/.stamp
 	install -d $(DESTDIR)$(LIBDIR)/pcipassd $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/pcipass.d
 	install -m 0644 $(SOURCES) $(DESTDIR)$(LIBDIR)/pcipassd/
@@ -46,6 +53,10 @@ install:
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
 	install -d $(DESTDIR)$(CATALOGDIR)
 	install -m 0644 systemd/pcipassd.catalog $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog
+	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(COMPLETIONDIR)
+	install -m 0644 build/doc/pcipassd.8 $(DESTDIR)$(MANDIR)/man8/pcipassd.8
+	install -m 0644 build/doc/pcipass.yaml.5 $(DESTDIR)$(MANDIR)/man5/pcipass.yaml.5
+	install -m 0644 build/doc/pcipassd.bash-completion $(DESTDIR)$(COMPLETIONDIR)/pcipassd
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 etc/pcipass.yaml $(DESTDIR)$(DOCDIR)/pcipass.yaml.example
 	test -e $(DESTDIR)$(SYSCONFDIR)/pcipass.yaml || \
@@ -56,7 +67,8 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service \
 		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \
 		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd \
-		$(DESTDIR)$(CATALOGDIR)/pcipassd.catalog
+		$(DESTDIR)$(CATALOGDIR)/pcipassd.catalog $(DESTDIR)$(MANDIR)/man8/pcipassd.8 \
+		$(DESTDIR)$(MANDIR)/man5/pcipass.yaml.5 $(DESTDIR)$(COMPLETIONDIR)/pcipassd
 
 test:
 	bash .ci/run

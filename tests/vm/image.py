@@ -287,6 +287,7 @@ def install_with_make(rootfs: Path, repo: Path = REPO_ROOT) -> None:
         f"DESTDIR={rootfs}",
         "PREFIX=/usr",
         "PYTHON=/usr/bin/python3",
+        f"BUILD_PYTHON={sys.executable}",  # generates the man pages: needs pcipassd's imports
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
