@@ -88,9 +88,9 @@ def enforce(selection: Selection, inventory: Inventory, critical: Mapping[str, s
     chosen: dict[str, Selected] = {}
     for entry, items in by_entry.items():
         grown, problem = _apply_group_policy(entry, items, inventory, selected)
-        problem = problem or _guard(entry, grown, inventory, critical)
-        if problem:
-            problems.append(problem)
+        found = [p for p in (problem, _guard(entry, grown or items, inventory, critical)) if p]
+        if found:  # every reason at once, not only the first
+            problems += found
             kept.update(s.device.bdf for s in items)
             continue
         chosen.update((s.device.bdf, s) for s in grown)

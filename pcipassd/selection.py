@@ -42,37 +42,38 @@ def _describe(devices: list[Device]) -> str:
     return shown + (f" and {len(devices) - 4} more" if len(devices) > 4 else "")
 
 
-def match(entry: Entry, inventory: Inventory) -> tuple[list[Device], Problem | None]:
-    """The devices `entry` selects, or the problem that refuses it."""
+def match(entry: Entry, inventory: Inventory) -> tuple[list[Device], list[Problem]]:
+    """The devices `entry` selects, and every problem that refuses it."""
     if entry.address is not None:
         address = entry.address
         devices = [d for d in inventory.devices.values() if address.matches(d.bdf)]
         if not devices:
-            return [], entry.problem(f"no device at {address}", LSPCI_HINT)
+            return [], [entry.problem(f"no device at {address}", LSPCI_HINT)]
     else:
         assert entry.id is not None  # the schema requires address or id
         devices = [d for d in inventory.devices.values() if d.id == entry.id]
         if not devices:
-            return [], entry.problem(f"no device with ID {entry.id} is present", LSPCI_HINT)
+            return [], [entry.problem(f"no device with ID {entry.id} is present", LSPCI_HINT)]
+    problems = []
     if entry.expect is not None:
         wrong = [d for d in devices if d.id != entry.expect]
         if wrong:
-            return devices, entry.problem(
+            problems.append(entry.problem(
                 f"{_describe(wrong)} is not the expected {entry.expect}; nothing bound",
                 "the hardware changed, or the address is wrong: " + LSPCI_HINT,
-            )
+            ))
     if entry.count is not None and len(devices) != entry.count:
-        return devices, entry.problem(
+        problems.append(entry.problem(
             f"count: {entry.count}, but {len(devices)} present: {_describe(devices)}",
             "a card was added or removed? fix the hardware or the count",
-        )
+        ))
     bridges = [d for d in devices if d.is_bridge]
     if bridges:
-        return devices, entry.problem(
+        problems.append(entry.problem(
             f"{_describe(bridges)} is a PCI bridge; bridges are never bound",
             "select the devices behind the bridge instead",
-        )
-    return devices, None
+        ))
+    return devices, problems
 
 
 def select(config: Config, inventory: Inventory) -> Selection:
@@ -83,11 +84,11 @@ def select(config: Config, inventory: Inventory) -> Selection:
     owner: dict[str, int] = {}
     matches: list[list[Device]] = []
     for i, entry in enumerate(config.entries):
-        devices, problem = match(entry, inventory)
+        devices, found = match(entry, inventory)
         matches.append(devices)
         kept.update(d.bdf for d in devices)
-        if problem:
-            problems.append(problem)
+        if found:
+            problems += found
             refused.add(i)
             continue
         for dev in devices:

@@ -197,3 +197,14 @@ def test_boot_vga_is_refused(m: Machine) -> None:
     r = m.run("apply")
     assert r.rc == 1
     assert f"refusing {BOOT_VGA}: {BOOT_VGA} is the boot VGA device" in r.err
+
+
+def test_a_refused_entry_names_all_of_its_problems(m: Machine) -> None:
+    root_on_disk(m)
+    config(m, f'  - address: "{NIC_A[:-1]}*"\n    expect: "8086:100e"\n    count: 2\n'
+              f'  - address: "{DISK}"\n    group: ignore\n')
+    r = m.run("plan")
+    assert r.rc == 1
+    assert f"{NIC_A} [8086:10d3] is not the expected 8086:100e" in r.out
+    assert f"count: 2, but 1 present: {NIC_A} [8086:10d3]" in r.out
+    assert f"refusing {DISK}: {DISK} holds / (vda1)" in r.out
