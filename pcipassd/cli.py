@@ -16,15 +16,22 @@ from pcipassd import log as logsetup
 from pcipassd.address import Address, AddressError
 from pcipassd.apply import Applier
 from pcipassd.cache import ValidationCache
-from pcipassd.config import Config, config_files, load_config, schema_text
+from pcipassd.config import STUB_DRIVERS, Config, config_files, load_config, schema_text
 from pcipassd.errors import InvalidConfig, PcipassError, Problem
 from pcipassd.guard import critical_devices, describe
 from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory, group_key, scan
-from pcipassd.iommu import Finding, Level, check, iommu_active, passthrough_possible
+from pcipassd.iommu import (
+    Finding,
+    Level,
+    check,
+    iommu_active,
+    module_available,
+    passthrough_possible,
+)
 from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.log import event
-from pcipassd.plan import Action, Plan, Step, make_plan, restore_plan
+from pcipassd.plan import Action, Plan, Step, make_plan, predict, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
 from pcipassd.service import notify_status, on_sigterm, status_text
@@ -165,9 +172,12 @@ def _require_iommu(ctx: Context, policy: str) -> None:
 
 
 def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> tuple[Plan, Groups]:
-    """The plan, and the members of every IOMMU group it touches."""
+    """The plan as apply will fare on this kernel, and the members of every IOMMU group it
+    touches."""
     inventory, selection = ctx.selection(config)
-    plan = make_plan(selection, inventory, records)
+    unavailable = frozenset(d for d in STUB_DRIVERS if module_available(ctx.host, d) is None)
+    plan = predict(make_plan(selection, inventory, records), iommu_on=iommu_active(ctx.host),
+                   iommu_policy=config.iommu, unavailable=unavailable)
     groups = {g: inventory.group_members(g) for g in sorted({s.group for s in plan.steps
                                                               if s.group}, key=group_key)}
     return plan, groups
@@ -207,7 +217,8 @@ def cmd_plan(ctx: Context) -> int:
         print("\n".join(_groups_text(ctx, groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
-    return EXIT_OK if not plan.problems else EXIT_FAIL
+    failing = any(s.action is Action.FAIL for s in plan.steps)
+    return EXIT_OK if not plan.problems and not failing else EXIT_FAIL
 
 
 def _step_dict(step: Step) -> dict[str, Any]:

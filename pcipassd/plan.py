@@ -6,7 +6,7 @@ before) and the inventory (what the kernel has now).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from pcipassd.errors import Problem
@@ -132,3 +132,22 @@ def restore_plan(inventory: Inventory, records: dict[str, Record]) -> Plan:
     """Everything pcipassd changed, back to where it was."""
     steps = [_restore_step(r, inventory.devices.get(bdf)) for bdf, r in sorted(records.items())]
     return Plan(tuple(steps), ())
+
+
+def predict(plan: Plan, *, iommu_on: bool, iommu_policy: str,
+            unavailable: frozenset[str]) -> Plan:
+    """The plan as apply will fare on this kernel: each bind that cannot succeed becomes a
+    FAIL that says why (for `plan` and `status`; apply finds out by trying)."""
+    steps = []
+    for s in plan.steps:
+        why = ""
+        if s.action is Action.BIND:
+            if not iommu_on and iommu_policy == "required":
+                why = "will not be bound: the IOMMU is off (iommu: required; see `pcipassd check`)"
+            elif s.target in unavailable:
+                why = f"will fail: this kernel has no {s.target} driver (see `pcipassd check`)"
+            elif s.target == "vfio-pci" and s.group is None:
+                why = ("will fail: vfio-pci needs an IOMMU group, and the IOMMU is off "
+                       "(see `pcipassd check`)")
+        steps.append(replace(s, action=Action.FAIL, reason=why) if why else s)
+    return Plan(tuple(steps), plan.problems)

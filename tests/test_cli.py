@@ -245,3 +245,27 @@ def test_read_only_verbs_write_nothing(m: Machine) -> None:
                  ["status", "--qemu"], ["plan", "--json"]):
         m.run(*argv)
     assert snapshot(m.root) == before
+
+
+def test_plan_and_status_predict_what_apply_cannot_do(sim: SimKernel,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """No IOMMU here: `iommu: warn` lets pci-stub work, vfio-pci cannot, and a kernel without
+    pci-stub at all cannot bind to it; `iommu: required` binds nothing."""
+    sim.add_driver("e1000e", [(0x8086, 0x10D3)])
+    sim.add_driver("vfio-pci", loaded=False, needs_iommu=True)
+    sim.add_device(NIC_A, 0x8086, 0x10D3)
+    sim.add_device(NIC_B, 0x8086, 0x10D3)
+    m = Machine(sim, capsys)
+    m.config(f'version: 1\niommu: warn\ndevices:\n  - address: "{NIC_A}"\n    driver: vfio-pci\n'
+             f'  - address: "{NIC_B}"\n')
+    r = m.run("plan")
+    assert r.rc == 1
+    rows = {line.split()[0]: line for line in r.out.splitlines()[1:3]}
+    assert "fail" in rows[NIC_A] and "vfio-pci needs an IOMMU group" in rows[NIC_A]
+    assert "fail" in rows[NIC_B] and "this kernel has no pci-stub driver" in rows[NIC_B]
+    status = json.loads(m.run("status", "--json").out)
+    assert [d["status"] for d in status["devices"]] == ["failed", "failed"]
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n    driver: vfio-pci\n')
+    r = m.run("plan")
+    assert r.rc == 1
+    assert "will not be bound: the IOMMU is off (iommu: required" in r.out
