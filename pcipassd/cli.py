@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pcipassd import __version__, early, vfio
 from pcipassd import log as logsetup
@@ -42,6 +42,7 @@ log = logging.getLogger("pcipassd")
 Groups = dict[str, list[Device]]
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_USAGE = 64  # sysexits' EX_USAGE: the command line itself is wrong
 JSON_FORMAT = 1  # every `--json` prints one object: {"format": 1, ...}
 EXIT_STOPPED = 128 + signal.SIGTERM  # stopped while applying; everything was given back
 
@@ -117,6 +118,7 @@ def cmd_schema(ctx: Context) -> int:
 
 def cmd_validate(ctx: Context) -> int:
     summary = ""
+    rc = EXIT_FAIL  # the files are valid, but do not fit this host (as `plan` says too)
     try:
         config = ctx.load_config(cached=False)
         problems: list[Problem] = []
@@ -126,7 +128,7 @@ def cmd_validate(ctx: Context) -> int:
         n = len(config.entries)
         summary = f"{', '.join(config.files)}: valid, {n} entr{'y' if n == 1 else 'ies'}"
     except InvalidConfig as e:
-        problems = e.problems
+        problems, rc = e.problems, e.exit_code
     if ctx.args.json:
         _print_json({"valid": not problems, "problems": [p.as_dict() for p in problems]})
     elif problems:
@@ -134,7 +136,7 @@ def cmd_validate(ctx: Context) -> int:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found")
     else:
         print(summary)
-    return EXIT_INVALID if problems else EXIT_OK
+    return rc if problems else EXIT_OK
 
 
 def cmd_check(ctx: Context) -> int:
@@ -408,8 +410,15 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A wrong command line exits 64, not 2: 2 means an invalid configuration."""
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
                         help="resolve every host path (sys, proc, etc, run) under DIR; "
                         "modprobe never runs unless DIR is /")
@@ -418,13 +427,14 @@ def parser() -> argparse.ArgumentParser:
                         "from pcipass.d/ next to it)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="log every sysfs write; show tracebacks")
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pcipassd", parents=[common],
         description="Hand PCI devices to virtual machines: bind them to pci-stub or vfio-pci "
         "as /etc/pcipass.yaml says, and give them back on restore.",
-        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed, 2 invalid config, "
+        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed (or a valid "
+        "config that does not fit this host), 2 invalid config, "
         "3 apply partly applied (holds devices; an entry was refused or a device failed), "
-        "143 apply stopped by SIGTERM (every device given back).",
+        "143 apply stopped by SIGTERM (every device given back), 64 a wrong command line.",
     )
     p.add_argument("--version", action="version", version=f"pcipassd {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")

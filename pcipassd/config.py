@@ -252,7 +252,8 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
     first = docs[0] if docs else None
     if not entries and not problems and first and all(docs):
         problems.append(first.problem((), "no devices are configured",
-                                      "add a `devices:` list with at least one entry"))
+                                      f"edit {main_file} first: add a `devices:` list with at "
+                                      "least one entry (`pcipassd list` shows the devices)"))
     config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries),
                     frozenset(digest(d) for d in docs if d))
     return config, problems

@@ -269,3 +269,19 @@ def test_plan_and_status_predict_what_apply_cannot_do(sim: SimKernel,
     r = m.run("plan")
     assert r.rc == 1
     assert "will not be bound: the IOMMU is off (iommu: required" in r.out
+
+
+def test_a_wrong_command_line_is_not_an_invalid_config(m: Machine) -> None:
+    with pytest.raises(SystemExit) as exc:
+        m.run("frobnicate")
+    assert exc.value.code == 64
+    with pytest.raises(SystemExit) as exc:
+        m.run("status", "--qemu", "--libvirt")
+    assert exc.value.code == 64
+
+
+def test_validate_and_plan_agree_on_the_exit_status(m: Machine) -> None:
+    m.config('version: 1\ndevices:\n  - address: "0000:07:00.0"\n')  # valid, not on this host
+    assert m.run("validate").rc == m.run("plan").rc == 1
+    m.config('version: 1\ndevices:\n  - adress: "0000:07:00.0"\n')  # invalid
+    assert m.run("validate").rc == m.run("plan").rc == 2

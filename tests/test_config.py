@@ -149,7 +149,7 @@ def test_the_example_in_the_issue_is_valid_apart_from_the_hardware(cli: Cli) -> 
         """)
     assert cli.validate("--offline").out == f"{MAIN}: valid, 2 entries\n"
     result = cli.validate()  # this machine has the two 8086:10d3 NICs but nothing at 02:00.0
-    assert (result.rc, result.out) == (2, problems(
+    assert (result.rc, result.out) == (1, problems(
         f"{MAIN}:5:5: devices[0]: no device at 0000:02:00.0", LSPCI))
 
 
@@ -211,7 +211,7 @@ def test_json_lists_the_problems_and_an_empty_list_when_valid(cli: Cli) -> None:
 def test_json_lists_device_problems_too(cli: Cli) -> None:
     cli.write(one_entry('id: "8086:10d3"\ncount: 1'))
     result = cli.validate("--json")
-    assert result.rc == 2
+    assert result.rc == 1
     assert json.loads(result.out)["problems"] == [{
         "file": MAIN, "line": 3, "column": 5, "path": "devices[0]",
         "message": f"count: 1, but 2 present: {NIC_A} [8086:10d3], {NIC_B} [8086:10d3]",
@@ -364,7 +364,8 @@ def test_value_types(cli: Cli, entry: str, expected: list[str]) -> None:
     ("devices:\n  - {}\n", [f"{MAIN}:3:5: devices[0]: an entry needs `address` or `id`",
                             '    hint: e.g. - address: "0000:02:00.0"  or  - id: "8086:10d3"']),
     ("", [f"{MAIN}:1:1: no devices are configured",
-          "    hint: add a `devices:` list with at least one entry"]),
+          "    hint: edit /etc/pcipass.yaml first: add a `devices:` list with at least one "
+          "entry (`pcipassd list` shows the devices)"]),
 ])
 def test_the_devices_list(cli: Cli, devices: str, expected: list[str]) -> None:
     cli.write(f"version: 1\n{devices}")
@@ -481,7 +482,7 @@ def test_address_and_id_the_device_there_must_have_that_id(cli: Cli) -> None:
 
     cli.write(one_entry(f'address: "{NIC_A}"\nid: "8086:100e"'))
     result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(
+    assert (result.rc, result.out) == (1, problems(
         f"{MAIN}:3:5: devices[0]: {NIC_A} [8086:10d3] is not the expected 8086:100e; "
         "nothing bound",
         "    hint: the hardware changed, or the address is wrong: list the devices with "
@@ -491,7 +492,7 @@ def test_address_and_id_the_device_there_must_have_that_id(cli: Cli) -> None:
 def test_expect_mismatch_is_refused(cli: Cli) -> None:
     cli.write(one_entry(f'address: "{NIC_E1000}"\nexpect: "14e4:1639"\nname: guest-nic'))
     result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(
+    assert (result.rc, result.out) == (1, problems(
         f"{MAIN}:3:5: devices[0]: {NIC_E1000} [8086:100e] is not the expected 14e4:1639; "
         "nothing bound",
         "    hint: the hardware changed, or the address is wrong: list the devices with "
@@ -510,7 +511,7 @@ def test_expect_contradicting_id(cli: Cli) -> None:
 def test_count_mismatch_names_every_device_found(cli: Cli, count: int, present: int) -> None:
     cli.write(one_entry(f'id: "8086:10d3"\ncount: {count}'))
     result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(
+    assert (result.rc, result.out) == (1, problems(
         f"{MAIN}:3:5: devices[0]: count: {count}, but {present} present: "
         f"{NIC_A} [8086:10d3], {NIC_B} [8086:10d3]",
         "    hint: a card was added or removed? fix the hardware or the count"))
@@ -558,7 +559,7 @@ def test_same_device_two_drivers_names_both_lines(cli: Cli) -> None:
           - address: "{NIC_E1000}"
         """)
     result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(
+    assert (result.rc, result.out) == (1, problems(
         f"{MAIN}:5:5: devices[1]: {NIC_A} is also selected by {MAIN}:3 with driver vfio-pci, "
         "here with pci-stub",
         "    hint: give both entries the same driver, or remove one"))
@@ -609,7 +610,7 @@ def test_an_entry_selecting_nothing_is_an_error_and_the_others_still_apply(cli: 
         f"{MAIN}:5:5: devices[2]: no device with ID 14e4:1639 is present", LSPCI,
     ]
     result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(*expected))
+    assert (result.rc, result.out) == (1, problems(*expected))
     plan = cli("plan")
     assert plan.rc == 1
     assert plan.row(NIC_A)[5] == plan.row(NIC_E1000)[5] == "bind"
@@ -625,7 +626,7 @@ def test_an_entry_selecting_nothing_is_an_error_and_the_others_still_apply(cli: 
 def test_a_bridge_is_refused(cli: Cli, address: str, id_: str) -> None:
     cli.write(one_entry(f'address: "{address}"\nforce: true'))
     result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(
+    assert (result.rc, result.out) == (1, problems(
         f"{MAIN}:3:5: devices[0]: {address} [{id_}] is a PCI bridge; bridges are never bound",
         "    hint: select the devices behind the bridge instead"))
 
@@ -683,7 +684,7 @@ def test_dropins_inherit_the_main_files_group(
     cli.write(f'version: 1\ndevices:\n  - address: "{GPU}"\n{dropin_group}', "gpu.yaml")
     result = cli.validate()
     valid = f"{MAIN}, /etc/pcipass.d/gpu.yaml: valid, 2 entries\n"
-    assert (result.rc, result.out) == ((2, problems(*expected)) if expected else (0, valid))
+    assert (result.rc, result.out) == ((1, problems(*expected)) if expected else (0, valid))
 
 
 def test_devices_may_all_be_in_dropins(cli: Cli) -> None:
@@ -697,7 +698,8 @@ def test_no_devices_in_any_file(cli: Cli) -> None:
     cli.write("version: 1\n", "empty.yaml")
     assert cli.validate().out == problems(
         f"{MAIN}:1:1: no devices are configured",
-        "    hint: add a `devices:` list with at least one entry")
+        "    hint: edit /etc/pcipass.yaml first: add a `devices:` list with at least one entry "
+        "(`pcipassd list` shows the devices)")
 
 
 def test_iommu_only_in_the_main_file(cli: Cli) -> None:
@@ -955,7 +957,7 @@ def test_validate_explicit_files_under_the_root_are_named_as_on_the_host(cli: Cl
 
 def test_offline_skips_the_device_checks_only(cli: Cli) -> None:
     cli.write(one_entry('address: "0000:41:00.0"\nexpect: "14e4:1639"'))
-    assert cli.validate().rc == 2
+    assert cli.validate().rc == 1
     result = cli.validate("--offline")
     assert (result.rc, result.out) == (0, f"{MAIN}: valid, 1 entry\n")
     cli.write(one_entry('address: "0000:41:00.0"\ndriver: vfio'))
@@ -971,7 +973,7 @@ def test_offline_needs_no_sysfs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (root / "etc/pcipass.yaml").write_text(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n')
     assert main(["--root", str(root), "validate", "--offline"]) == 0
     assert capsys.readouterr().out == f"{MAIN}: valid, 1 entry\n"
-    assert main(["--root", str(root), "validate"]) == 2  # nothing is present there
+    assert main(["--root", str(root), "validate"]) == 1  # nothing is present there
     assert capsys.readouterr().out == problems(f"{MAIN}:3:5: devices[0]: no device at {NIC_A}",
                                                LSPCI)
 
