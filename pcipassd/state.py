@@ -62,7 +62,7 @@ class State:
                 f"{self.host.display(self.dir)} is not a directory (a symlink?)",
                 "remove it; pcipassd keeps its state in a directory it owns",
             )
-        if st.st_mode & 0o077:
+        if create and st.st_mode & 0o077:  # only writers mend it: reading writes nothing
             os.chmod(self.dir, 0o700)
         return True
 
@@ -73,6 +73,8 @@ class State:
             fd = os.open(self.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return self
+        except PermissionError:
+            raise  # not root: main() says so in one line
         except OSError as e:
             raise StateError(f"cannot open {self.host.display(self.file)}: {e.strerror}",
                              "it must be a regular file, not a symlink") from e

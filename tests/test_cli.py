@@ -285,3 +285,21 @@ def test_validate_and_plan_agree_on_the_exit_status(m: Machine) -> None:
     assert m.run("validate").rc == m.run("plan").rc == 1
     m.config('version: 1\ndevices:\n  - adress: "0000:07:00.0"\n')  # invalid
     assert m.run("validate").rc == m.run("plan").rc == 2
+
+
+def test_a_read_only_verb_that_cannot_read_the_state_says_needs_root(
+        m: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    m.with_guest_nic()
+    m.run("apply")
+    real_open = os.open
+
+    def not_root(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith("state.json"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", not_root)
+    r = m.run("status")
+    assert r.rc == 1
+    assert r.err.splitlines()[-1] == "pcipassd: error: pcipassd status needs root"
+    assert "symlink" not in r.err, "no misleading hint"
