@@ -23,7 +23,7 @@ from pcipassd.address import BDF_RE
 from pcipassd.apply import Applier
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.host import Host
-from pcipassd.inventory import module_of, read_device, scan
+from pcipassd.inventory import kernel_release, listed_modules, module_of, read_device, scan
 from pcipassd.kernel import Kernel
 from pcipassd.log import event
 from pcipassd.plan import Action, Plan, restore_plan
@@ -143,16 +143,9 @@ def _read_log(host: Host) -> list[Hold]:
 
 def builtin(host: Host, module: str | None) -> bool:
     """True when `module` is built into the running kernel (modules.builtin lists it)."""
-    if not module:
+    if module is None:
         return False
-    try:
-        release = host.path("/proc/sys/kernel/osrelease").read_text().strip()
-        listing = host.path(f"/lib/modules/{release}/modules.builtin").read_text()
-    except OSError:
-        return False
-    names = {line.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
-             for line in listing.split()}
-    return module.replace("-", "_") in names
+    return module.replace("-", "_") in listed_modules(host, "modules.builtin")
 
 
 def rebuild_command(host: Host) -> str | None:
@@ -224,10 +217,9 @@ def stale_initramfs(host: Host) -> str | None:
     command = rebuild_command(host)
     try:
         listed = host.path(HOLD_LIST).stat().st_mtime
-        release = host.path("/proc/sys/kernel/osrelease").read_text().strip()
     except OSError:
         return None
-    image = host.path(f"/boot/initrd.img-{release}")
+    image = host.path(f"/boot/initrd.img-{kernel_release(host)}")
     try:
         built = image.stat().st_mtime
     except OSError:

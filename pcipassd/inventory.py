@@ -89,6 +89,20 @@ def scan(host: Host) -> Inventory:
     return Inventory(devices)
 
 
+def kernel_release(host: Host) -> str:
+    """The running kernel's release ("6.1.0-18-amd64"), "" when it cannot be read."""
+    return _read(host.path("/proc/sys/kernel/osrelease")) or ""
+
+
+def listed_modules(host: Host, listing: str) -> set[str]:
+    """The module names (dashes as underscores) in /lib/modules/RELEASE/`listing`
+    (modules.builtin: built into the kernel; modules.dep: installed as modules)."""
+    release = kernel_release(host)
+    text = _read(host.path(f"/lib/modules/{release}/{listing}")) if release else None
+    return {os.path.basename(line.split(":", 1)[0]).split(".ko", 1)[0].replace("-", "_")
+            for line in (text or "").splitlines() if line.strip()}
+
+
 def group_key(group: str | None) -> tuple[int, str]:
     """IOMMU groups in numeric order; no group (the IOMMU is off) last."""
     if group is None:

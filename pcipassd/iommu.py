@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pcipassd.host import Host
-from pcipassd.inventory import driver_loaded
+from pcipassd.inventory import driver_loaded, kernel_release, listed_modules
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
             "(grub2-mkconfig -o /boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
@@ -65,15 +65,9 @@ def module_available(host: Host, driver: str) -> str | None:
     module = driver.replace("-", "_")
     if driver_loaded(host, driver) or host.path(f"/sys/module/{module}").is_dir():
         return "loaded"
-    release = _read(host, "/proc/sys/kernel/osrelease").strip()
-    if not release:
-        return None
-    for name, how in (("modules.builtin", "built in"), ("modules.dep", "module")):
-        for line in _read(host, f"/lib/modules/{release}/{name}").splitlines():
-            path = line.split(":", 1)[0]
-            base = os.path.basename(path).split(".ko", 1)[0].replace("-", "_")
-            if base == module:
-                return how
+    for listing, how in (("modules.builtin", "built in"), ("modules.dep", "module")):
+        if module in listed_modules(host, listing):
+            return how
     return None
 
 
@@ -151,7 +145,7 @@ def kernel_config(host: Host) -> dict[str, str] | None:
 
         text = gzip.decompress(host.path("/proc/config.gz").read_bytes()).decode(errors="replace")
     except (OSError, EOFError, gzip.BadGzipFile):
-        release = _read(host, "/proc/sys/kernel/osrelease").strip()
+        release = kernel_release(host)
         text = _read(host, f"/boot/config-{release}") if release else ""
     if not text:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from pcipassd import vfio
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
 from pcipassd.selection import Selection
@@ -146,7 +147,7 @@ def predict(plan: Plan, *, iommu_on: bool, iommu_policy: str,
                 why = "will not be bound: the IOMMU is off (iommu: required; see `pcipassd check`)"
             elif s.target in unavailable:
                 why = f"will fail: this kernel has no {s.target} driver (see `pcipassd check`)"
-            elif s.target == "vfio-pci" and s.group is None:
+            elif s.target == vfio.DRIVER and s.group is None:
                 why = ("will fail: vfio-pci needs an IOMMU group, and the IOMMU is off "
                        "(see `pcipassd check`)")
         steps.append(replace(s, action=Action.FAIL, reason=why) if why else s)
