@@ -105,7 +105,7 @@ def _table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> lis
     """Aligned columns; with `fit`, the last column is cut short (…) to keep lines that wide."""
     every = [header, *rows] if header else rows
     widths = [max(len(r[i]) for r in every) for i in range(len(every[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
              for r in every]
     return [line if not fit or len(line) <= fit else line[: fit - 1] + "…" for line in lines]
 

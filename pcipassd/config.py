@@ -131,7 +131,7 @@ def _check_schema(doc: Document) -> list[Problem]:
         return [doc.problem((), "the top level must be a mapping of keys (version:, devices:)",
                             "start the file with `version: 1`")]
     schema = _schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft7Validator(schema)  # draft 7: jsonschema 3.2 has no later one
     out = []
     for error in validator.iter_errors(doc.data):
         out += _explain(doc, schema, error)
@@ -226,6 +226,8 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
                             "add an entry, or remove the key")]
     if kind == "minimum":
         return [doc.problem(path, f"must be at least {error.validator_value}")]
+    if kind == "minLength":
+        return [doc.problem(path, "must not be empty", "give it a value, or remove the key")]
     return [doc.problem(path, error.message)]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 
 from pcipassd.host import Host
 from pcipassd.inventory import driver_loaded, kernel_release, listed_modules
@@ -17,10 +17,13 @@ GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-gr
             "(grub2-mkconfig -o /boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
 
 
-class Level(StrEnum):
+class Level(str, Enum):  # enum.StrEnum is 3.11+
     OK = "OK"
     WARN = "WARN"
     FAIL = "FAIL"
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @dataclass(frozen=True)

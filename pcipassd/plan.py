@@ -7,7 +7,7 @@ before) and the inventory (what the kernel has now).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
+from enum import Enum
 
 from pcipassd import vfio
 from pcipassd.errors import Problem
@@ -16,12 +16,15 @@ from pcipassd.selection import Selection
 from pcipassd.state import Record
 
 
-class Action(StrEnum):
+class Action(str, Enum):  # enum.StrEnum is 3.11+
     BIND = "bind"  # move the device to its target driver
     UNCHANGED = "unchanged"  # already where the config wants it
     RESTORE = "restore"  # no longer configured: back to its original driver
     KEEP = "keep"  # bound by pcipassd, but its entry has a problem: left as it is
     FAIL = "fail"  # cannot be done; says why
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -19,7 +19,7 @@ MAX_BYTES = 1 << 20  # a config is a few kB; anything this big is a mistake
 MAX_NODES = 50_000  # bounds alias expansion ("billion laughs")
 MAX_DEPTH = 64  # bounds nesting: libyaml's composer recurses in C and overflows the stack
 
-JsonPath = tuple[str | int, ...]
+JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
 # a character YAML does not accept in a stream (PyYAML's reader allows only these); compiled
 # only when a file has one, since compiling it costs more than reading a config
 _NOT_YAML_TEXT = r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
@@ -140,7 +140,8 @@ class _Builder:
                     continue
                 out[key] = self.build(value_node, (*path, key))
                 # the key's own position is better than the value's for "unknown key" messages
-                self.doc.marks[(*path, key, "<key>")] = (
+                key_path: JsonPath = (*path, key, "<key>")
+                self.doc.marks[key_path] = (
                     key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                 )
             return out

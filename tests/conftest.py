@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pathlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -120,9 +121,9 @@ class SysGuard:
     def check_command(self, event: str, argv: Any) -> None:
         if not self.active:
             return
-        args = [argv] if isinstance(argv, str | bytes | os.PathLike) else list(argv or ())
+        args = [argv] if isinstance(argv, (str, bytes, os.PathLike)) else list(argv or ())
         texts = [
-            os.fsdecode(a) if isinstance(a, str | bytes | os.PathLike) else str(a) for a in args
+            os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in args
         ]
         words = [w for t in texts for w in t.split()]
         if any(os.path.basename(w) in _BLOCKED_PROGRAMS for w in words):
@@ -171,6 +172,10 @@ def _no_real_sys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             if orig in s:
                 s.add(wrapper)
                 added.append((s, wrapper))
+    accessor = getattr(pathlib, "_NormalAccessor", None)  # Python < 3.11: Path calls through it
+    for name in ("readlink", "stat", "lstat"):
+        if accessor is not None and hasattr(accessor, name):
+            monkeypatch.setattr(accessor, name, staticmethod(getattr(os, name)))
     GUARD.violations.clear()
     GUARD.active = True
     try:

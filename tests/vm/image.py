@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Union
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -54,7 +55,7 @@ DEFAULT_DISK_MB = 1536
 #: An install step: given the staged root filesystem, install pcipassd into it.
 Installer = Callable[[Path], None]
 #: Content of an extra file: text, bytes, or (content, mode).
-FileContent = str | bytes | tuple[str | bytes, int]
+FileContent = Union[str, bytes, tuple[Union[str, bytes], int]]  # a runtime "|" needs 3.10
 
 
 class ImageError(RuntimeError):
