@@ -167,8 +167,8 @@ class Applier:
         try:  # on disk before the device is touched
             self.state.put(replace(record, target=step.target, entry=step.entry or ""))
         except StateError as e:
-            self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message}",
-                         logging.ERROR)
+            self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
+                         f"(hint: {e.hint})", logging.ERROR)
             return
         try:
             self._set_override(step.bdf, step.target)
