@@ -3,19 +3,16 @@ admin sees (the driver each device ends on, the exit code, the one line on stder
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
-from machine import Machine, Result
+from machine import Machine, Result, deadline
 from simkernel import NIC_A, NIC_B, NIC_E1000, SimKernel
 
 STATE = "/run/pcipass/state.json"
@@ -26,24 +23,6 @@ THREE = f"""\
       - address: "{NIC_E1000}"
     """
 NATIVE = {NIC_A: "e1000e", NIC_B: "e1000e", NIC_E1000: "e1000"}
-
-
-class Hang(BaseException):
-    """The verb did not return in time (BaseException: no `except OSError` swallows it)."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    def fire(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture
@@ -359,11 +338,10 @@ def test_a_state_file_written_by_an_older_pcipassd_without_held_is_read(m: Machi
 
 # -- a state file that cannot be saved -----------------------------------------------------
 def _in_state_dir(m: Machine, path: Any) -> bool:
-    try:
-        return os.path.dirname(os.path.realpath(os.fspath(path))) == os.path.realpath(
-            m.root / "run/pcipass")
-    except TypeError:
+    if not isinstance(path, (str, bytes, os.PathLike)):
         return False
+    where = os.path.dirname(os.path.realpath(os.fsdecode(path)))
+    return where == os.path.realpath(m.root / "run/pcipass")
 
 
 def fail_writes(m: Machine, monkeypatch: pytest.MonkeyPatch, code: int,
