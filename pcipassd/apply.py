@@ -44,6 +44,7 @@ class StepFailed(Exception):
 class DeviceGone(StepFailed):
     """The device's sysfs directory is gone: it was hot-removed."""
 
+
 GONE = "is gone (hot-removed?); forgetting it"
 UNSAVED = "records not removed"  # devices given back whose record stayed in the state file
 
@@ -309,10 +310,10 @@ class Applier:
 
     def _step(self, step: Step, missing: dict[str, str]) -> None:
         if step.action is Action.BIND and step.target in missing:
-                self._report(step, Action.FAIL,
-                             f"{step.summary}: {missing[step.target]}", logging.ERROR)
-                if (record := self.state.records.get(step.bdf)) is not None:
-                    self._rollback(step, record)  # the early hold took it: give it back
+            self._report(step, Action.FAIL, f"{step.summary}: {missing[step.target]}",
+                         logging.ERROR)
+            if (record := self.state.records.get(step.bdf)) is not None:
+                self._rollback(step, record)  # the early hold took it: give it back
         elif step.action is Action.BIND:
             self.bind(step)
         elif step.action is Action.RESTORE:
