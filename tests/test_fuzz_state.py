@@ -168,7 +168,7 @@ def _named_in(body: bytes) -> set[str]:
 
 Generator = Callable[[random.Random, list[dict[str, Any]]], Case]
 GENERATORS: list[tuple[Generator, int]] = [
-    (broken_records, 100), (damaged_file, 30), (flipped_bytes, 50)]
+    (broken_records, 80), (damaged_file, 30), (flipped_bytes, 40)]
 
 
 def test_status_and_restore_survive_a_few_hundred_bad_state_files(
@@ -219,7 +219,7 @@ def test_status_and_restore_survive_a_few_hundred_bad_state_files(
                     m.sim.write(m.sim.driver_dir(driver) / "unbind", bdf)
                 m.sim.write(m.sim.pci / "drivers_probe", bdf)
             assert m.driver(bdf) == "pci-stub"
-    assert moved_total > 100, "the intact records were given back"
+    assert moved_total > 80, "the intact records were given back"
 
 
 def test_the_loader_sets_aside_every_broken_record_of_a_thousand_files(host: Host) -> None:
