@@ -8,6 +8,14 @@ with the same ID. A device that does not end up on its target is rolled back.
 Restore: reset driver_override, unbind from the stub, re-probe, verify the original driver, and
 bind it explicitly (loading its module) when the probe picked nothing. A device that was unbound
 before stays unbound.
+
+When things go wrong, every device ends whole, on one driver, and is named in one line:
+- the state file cannot be saved: a device whose record is not on disk is not touched; a device
+  given back whose record cannot be removed stays given back, and its record stays in the file
+  (restoring a device that is back already only drops its record, so the next run mends it);
+- a record in the state file is invalid: its device is not touched (see state.py);
+- a device vanishes (hot-removed) between two steps: its record is dropped;
+and the other devices are still handled; the outcome counts each of them as failed.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from pcipassd import vfio
-from pcipassd.errors import KernelError
+from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
 from pcipassd.inventory import Device, driver_loaded, modalias, module_of, read_device
 from pcipassd.kernel import Kernel
@@ -33,13 +41,23 @@ class StepFailed(Exception):
     """One device could not be moved; the message says what the kernel answered."""
 
 
+class DeviceGone(StepFailed):
+    """The device's sysfs directory is gone: it was hot-removed."""
+
+
+GONE = "is gone (hot-removed?); forgetting it"
+UNSAVED = "records not removed"  # devices given back whose record stayed in the state file
+
+
 @dataclass
 class Outcome:
     counts: Counter[str] = field(default_factory=Counter)
 
     @property
     def failed(self) -> int:
-        return self.counts["failed"]
+        """Devices that did not end where they should, and records that could not be
+        removed: the run did not fully succeed."""
+        return self.counts["failed"] + self.counts[UNSAVED]
 
     @property
     def in_use(self) -> int:
@@ -47,8 +65,9 @@ class Outcome:
         return self.counts["in use"]
 
     def line(self, *kinds: str) -> str:
-        """`2 bound, 0 unchanged, ...`; devices left to a VM are counted when there are any."""
-        extra = ("in use",) if self.counts["in use"] else ()
+        """`2 bound, 0 unchanged, ...`; devices left to a VM, and records that could not be
+        removed, are counted when there are any."""
+        extra = tuple(k for k in ("in use", UNSAVED) if self.counts[k])
         return ", ".join(f"{self.counts[k]} {k}" for k in (*kinds, *extra))
 
 
@@ -90,8 +109,26 @@ class Applier:
     def _device(self, bdf: str) -> Device:
         dev = read_device(self.host, bdf)
         if dev is None:
-            raise StepFailed(f"{bdf} disappeared")
+            raise DeviceGone(f"{bdf} disappeared")
         return dev
+
+    def _gone(self, step: Step) -> None:
+        """The device vanished: nothing is left to undo; forget it, in one line."""
+        self._report(replace(step, target=None), Action.FAIL,
+                     f"{step.bdf} [{step.id}] {GONE}{step.source}", logging.ERROR)
+        self._forget(step)
+
+    def _forget(self, step: Step) -> None:
+        try:
+            self.state.drop(step.bdf)
+        except StateError as e:
+            self._unsaved(step, e)
+
+    def _unsaved(self, step: Step, e: StateError) -> None:
+        """The device is whole, but its record stays in the state file."""
+        self.outcome.counts[UNSAVED] += 1
+        log.error("%s: its record stays: %s (hint: %s)", step.bdf, e.message, e.hint,
+                  extra={"journal": replace(step, action=Action.FAIL).journal_fields})
 
     def ensure_driver(self, driver: str, module: str | None = None) -> None:
         """Load the module behind `driver` unless its driver directory exists."""
@@ -128,7 +165,12 @@ class Applier:
             original_module=module_of(self.host, dev.driver) if dev.driver else None,
             target=step.target, entry=step.entry or "",
         )
-        self.state.put(replace(record, target=step.target, entry=step.entry or ""))
+        try:  # on disk before the device is touched
+            self.state.put(replace(record, target=step.target, entry=step.entry or ""))
+        except StateError as e:
+            self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
+                         f"(hint: {e.hint})", logging.ERROR)
+            return
         try:
             self._set_override(step.bdf, step.target)
             if dev.driver == step.target:  # held early, then bound when the target's module
@@ -142,23 +184,34 @@ class Applier:
                 raise StepFailed(f"the kernel bound it to {now or 'no driver'}, not to "
                                  f"{step.target} (see `dmesg` for the probe error)")
         except StepFailed as e:
+            if self._vanished(step.bdf):
+                self._gone(step)
+                return
             self._report(step, Action.FAIL, f"{step.summary}: {e}", logging.ERROR)
             self._rollback(step, record)
             return
         self._report(step, Action.BIND, step.summary)
 
+    def _vanished(self, bdf: str) -> bool:
+        return read_device(self.host, bdf) is None
+
     def _rollback(self, step: Step, record: Record) -> None:
-        back = replace(step, action=Action.RESTORE, current=self._device(step.bdf).driver,
-                       target=record.original_driver)
+        back = replace(step, action=Action.RESTORE, target=record.original_driver)
         try:
+            back = replace(back, current=self._device(step.bdf).driver)
             now = self._restore_device(record)
         except StepFailed as e:
+            if self._vanished(step.bdf):
+                log.error("%s: rollback: %s", step.bdf, GONE,
+                          extra={"journal": back.journal_fields})
+                self._forget(step)
+                return
             log.error("%s: rollback failed: %s", step.bdf, e,
                       extra={"journal": back.journal_fields})
             return
-        self.state.drop(step.bdf)
         log.warning("%s: rolled back to %s", step.bdf, now or "no driver",
                     extra={"journal": replace(back, target=now).journal_fields})
+        self._forget(step)
 
     def _restore_device(self, record: Record) -> str | None:
         """Give the device back; return the driver it is on now."""
@@ -196,21 +249,24 @@ class Applier:
 
     def restore(self, step: Step) -> None:
         record = self.state.records[step.bdf]
-        if self._in_use(step, self._device(step.bdf)):
-            return
         try:
+            if self._in_use(step, self._device(step.bdf)):
+                return
             now = self._restore_device(record)
         except StepFailed as e:
+            if self._vanished(step.bdf):
+                self._gone(step)
+                return
             self._report(step, Action.FAIL, f"{step.summary}: restore failed: {e}",
                          logging.ERROR)
             return
-        self.state.drop(step.bdf)
         done = replace(step, target=now)
         note = ""
         if record.native_unknown and now is None:
             note = ("; no driver took it (its native module is blacklisted, or it has none): "
                     "left unbound")
         self._report(done, Action.RESTORE, done.summary + note)
+        self._forget(step)
 
     def _report(self, step: Step, action: Action, message: str,
                 level: int = logging.INFO, kind: str | None = None) -> None:
@@ -226,7 +282,15 @@ class Applier:
 
     # -- the whole plan ------------------------------------------------------------------
     def run(self, plan: Plan) -> Outcome:
-        wanted = sorted({s.target for s in plan.steps if s.action is Action.BIND and s.target})
+        for bad in self.state.unreported():  # their devices are never touched
+            self.outcome.counts["failed"] += 1
+            fields = {"PCIPASS_DEVICE": bad.bdf} if bad.bdf else {}
+            log.error("%s (hint: fix or delete that record, then run `pcipassd restore`)",
+                      self.state.describe(bad),
+                      extra={"journal": {**fields, "PCIPASS_ACTION": "fail", **event("failed")}})
+        untouchable = self.state.invalid_bdfs
+        wanted = sorted({s.target for s in plan.steps if s.action is Action.BIND and s.target
+                         and s.bdf not in untouchable})
         missing: dict[str, str] = {}
         for driver in wanted:
             try:
@@ -236,24 +300,32 @@ class Applier:
         for step in plan.steps:
             if self.stopping:
                 break
-            if step.action is Action.BIND and step.target in missing:
-                self._report(step, Action.FAIL,
-                             f"{step.summary}: {missing[step.target]}", logging.ERROR)
-                if (record := self.state.records.get(step.bdf)) is not None:
-                    self._rollback(step, record)  # the early hold took it: give it back
-            elif step.action is Action.BIND:
-                self.bind(step)
-            elif step.action is Action.RESTORE:
-                self.restore(step)
-            elif step.action is Action.FAIL:
-                self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] {step.reason}",
-                             logging.ERROR)
-                if step.forget:
-                    self.state.drop(step.bdf)
-            elif step.action is Action.KEEP:
-                self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
-                             logging.WARNING)
-            else:
-                self._report(step, Action.UNCHANGED,
-                             f"{step.bdf} [{step.id}] already on {step.target}{step.source}")
+            if step.bdf in untouchable:
+                continue  # said above
+            try:
+                self._step(step, missing)
+            except DeviceGone:
+                self._gone(step)
         return self.outcome
+
+    def _step(self, step: Step, missing: dict[str, str]) -> None:
+        if step.action is Action.BIND and step.target in missing:
+            self._report(step, Action.FAIL, f"{step.summary}: {missing[step.target]}",
+                         logging.ERROR)
+            if (record := self.state.records.get(step.bdf)) is not None:
+                self._rollback(step, record)  # the early hold took it: give it back
+        elif step.action is Action.BIND:
+            self.bind(step)
+        elif step.action is Action.RESTORE:
+            self.restore(step)
+        elif step.action is Action.FAIL:
+            self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] {step.reason}",
+                         logging.ERROR)
+            if step.forget:
+                self._forget(step)
+        elif step.action is Action.KEEP:
+            self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
+                         logging.WARNING)
+        else:
+            self._report(step, Action.UNCHANGED,
+                         f"{step.bdf} [{step.id}] already on {step.target}{step.source}")

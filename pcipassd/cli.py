@@ -357,11 +357,13 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
 
 def cmd_status(ctx: Context) -> int:
     config = ctx.load_config()
-    records = State(ctx.host).load().records
+    state = State(ctx.host).load()
+    records = state.records
     plan, groups = _planned(ctx, config, records)
     if ctx.args.qemu or ctx.args.libvirt:
         return _handoff(plan, ctx.args.libvirt)
-    warnings = _warnings(ctx, records)
+    warnings = [*state.problems(), *_warnings(ctx, records)]
+    converged = plan.converged and not state.invalid
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
               Action.KEEP: "kept", Action.FAIL: "failed"}
 
@@ -370,7 +372,7 @@ def cmd_status(ctx: Context) -> int:
         return record.held if record else None
 
     if ctx.args.json:
-        _print_json({"converged": plan.converged,
+        _print_json({"converged": converged,
                      "devices": [{**_step_dict(s), "status": status[s.action],
                                   "held": held(s.bdf)} for s in plan.steps],
                      "groups": _groups_json(groups),
@@ -388,14 +390,14 @@ def cmd_status(ctx: Context) -> int:
             print("\n".join(["", *_problem_lines(plan.problems)]))
         if warnings:
             print("\n".join(["", *(f"warning: {w}" for w in warnings)]))
-        if plan.converged:
+        if converged:
             verdict = "converged"
-        elif plan.problems:
+        elif plan.problems or state.invalid:
             verdict = "not converged: fix the problems above"
         else:
             verdict = "not converged: run `pcipassd apply`"
         print(f"\n{verdict}")
-    return EXIT_OK if plan.converged else EXIT_FAIL
+    return EXIT_OK if converged else EXIT_FAIL
 
 
 VERBS: dict[str, tuple[Callable[[Context], int], str]] = {

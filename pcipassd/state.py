@@ -1,24 +1,48 @@
 """What pcipassd changed, so that it can be undone: /run/pcipass/state.json.
 
 Each device is recorded *before* it is touched, with the driver and driver_override it had.
-Writes are atomic (temp file, fsync, rename, fsync of the directory) and never follow symlinks,
-so a crash between two writes leaves either the old or the new state, never a torn one.
+Writes are atomic (a temp file with a fresh random name, fsync, rename) and never follow
+symlinks, so a crash between two writes leaves either the old or the new state, never a torn one.
+
+What is read back is untrusted: the file is opened without following symlinks or blocking,
+must be a regular file of at most 1 MiB, and every field of every record must have its type and
+grammar (a canonical BDF, driver and module names that cannot name a path or an option). A file
+that cannot be read as a whole stops the verb with one line (StateError), before any device is
+touched. A single bad record is kept aside (`State.invalid`, written back as it was): its device
+is left exactly as it is and named, and every other device is handled as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
+from pcipassd.address import BDF_RE
+from pcipassd.config import STUB_DRIVERS
 from pcipassd.errors import StateError
 from pcipassd.host import Host
 
 FORMAT = 1
+LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
+MAX_DEPTH = 8  # a valid file nests 3 deep (object, list, record)
+HELD = ("initramfs", "early", "udev", "late")
+
+# A driver as sysfs names it (e1000e, virtio-pci, snd_hda_intel), and a module (e1000e,
+# snd_hda_intel): no '/', no leading '.' or '-', so neither a path nor an option.
+DRIVER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+MODULE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+ID_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}\Z")
+_TEMP_PREFIX = ".state.json."
+_HINT_DAMAGED = ("pcipassd moves no device while it cannot read this file: move it away; "
+                 "`pcipassd list` then shows the devices still held, to give back by hand")
 
 
 @dataclass(frozen=True)
@@ -41,13 +65,119 @@ class Record:
         return self.original_driver is None and self.held != "late"
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """A record that fails its grammar: kept in the file as it was, its device left alone."""
+
+    index: int  # 1-based, in the file's `devices`
+    bdf: str | None  # the device it is about, when its bdf is a valid address
+    problem: str
+    raw: Any  # as read, written back unchanged
+
+    @property
+    def label(self) -> str:
+        return f"device {self.bdf}" if self.bdf else f"record {self.index}"
+
+
+def _show(value: Any) -> str:
+    """A value from the file, short and on one line, as JSON writes it."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _text(name: str, value: Any, pattern: re.Pattern[str], what: str,
+          optional: bool = False) -> str | None:
+    """The field's value if it is a string of the grammar `pattern`; else ValueError."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"{name}: {_show(value)} is not {what}")
+    return value
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}: {_show(value)} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _entry(value: Any) -> str:
+    """FILE:LINE, or empty: printable, one line, bounded (it is logged)."""
+    if (not isinstance(value, str) or len(value) > 4096
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)):
+        raise ValueError(f"entry: {_show(value)} is not a FILE:LINE")
+    return value
+
+
+_REQUIRED = tuple(f.name for f in fields(Record) if f.name != "held")
+_KNOWN = (*_REQUIRED, "held")
+
+
+def parse_record(raw: Any) -> Record:
+    """A record from the file, every field checked; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{_show(raw)} is not a record")
+    unknown = sorted(str(k) for k in raw if k not in _KNOWN)
+    if unknown:
+        raise ValueError(f"unknown field {_show(unknown[0])}")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise ValueError(f"no {missing[0]}")
+    bdf = raw["bdf"]
+    if not isinstance(bdf, str) or not BDF_RE.fullmatch(bdf):
+        raise ValueError(f"bdf: {_show(bdf)} is not a PCI address like 0000:02:00.0")
+    return Record(
+        bdf=bdf,
+        id=str(_text("id", raw["id"], ID_RE, "a vendor:device ID like 8086:10d3")),
+        original_driver=_text("original_driver", raw["original_driver"], DRIVER_RE,
+                              "a driver name like e1000e, or null", optional=True),
+        original_override=_text("original_override", raw["original_override"], DRIVER_RE,
+                                "a driver name, or null", optional=True),
+        original_module=_text("original_module", raw["original_module"], MODULE_RE,
+                              "a module name like e1000e, or null", optional=True),
+        target=_one_of("target", raw["target"], STUB_DRIVERS),
+        entry=_entry(raw["entry"]),
+        held=_one_of("held", raw.get("held", "late"), HELD),
+    )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    for t, name in ((bool, "a boolean"), (str, "a string"), (list, "a list"),
+                    ((int, float), "a number")):
+        if isinstance(value, t):
+            return name
+    return "an object"
+
+
+def _too_deep(data: Any) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
+
+
 class State:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.dir = host.state_dir
         self.file = self.dir / "state.json"
         self.records: dict[str, Record] = {}
+        self.invalid: list[BadRecord] = []
+        self._reported = False
 
+    @property
+    def name(self) -> str:
+        return self.host.display(self.file)
+
+    # -- reading ---------------------------------------------------------------------------
     def _check_dir(self, create: bool) -> bool:
         try:
             st = os.lstat(self.dir)
@@ -66,66 +196,254 @@ class State:
             os.chmod(self.dir, 0o700)
         return True
 
-    def load(self) -> State:
-        if not self._check_dir(create=False):
-            return self
+    def _damaged(self, why: str) -> StateError:
+        return StateError(f"{self.name} is damaged: {why}", _HINT_DAMAGED)
+
+    def _not_a_file(self, what: str) -> StateError:
+        return StateError(f"{self.name} is {what}, not a regular file",
+                          "remove it (pcipassd writes this file itself), then run the "
+                          "command again")
+
+    def _read(self) -> bytes | None:
+        """The file's bytes (at most LIMIT + 1), None when there is none. Never follows a
+        symlink, never opens (let alone blocks on) anything but a regular file."""
         try:
-            fd = os.open(self.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            st = os.lstat(self.file)
         except FileNotFoundError:
-            return self
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise self._not_a_file("a symlink")
+        if not stat.S_ISREG(st.st_mode):
+            raise self._not_a_file(_file_kind(st.st_mode))
+        try:
+            fd = os.open(self.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
         except PermissionError:
             raise  # not root: main() says so in one line
         except OSError as e:
-            raise StateError(f"cannot open {self.host.display(self.file)}: {e.strerror}",
-                             "it must be a regular file, not a symlink") from e
+            if e.errno == errno.ELOOP:
+                raise self._not_a_file("a symlink") from e
+            raise StateError(f"cannot open {self.name}: {e.strerror}", _HINT_DAMAGED) from e
         try:
-            with os.fdopen(fd, "rb") as f:
-                data = json.loads(f.read())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r}")
-            self.records = {r["bdf"]: Record(**r) for r in data["devices"]}
-        except (ValueError, KeyError, TypeError) as e:
-            raise StateError(
-                f"{self.host.display(self.file)} is damaged: {e}",
-                "check the devices with `pcipassd status`, then move the file away",
-            ) from e
-        return self
-
-    def save(self) -> None:
-        self._check_dir(create=True)
-        data = {"format": FORMAT, "devices": [asdict(r) for r in self.records.values()]}
-        body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-        tmp = self.dir / f".state.json.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # swapped in since the lstat
+                raise self._not_a_file(_file_kind(st.st_mode))
+            chunks: list[bytes] = []
+            size = 0
+            while size <= LIMIT:
+                chunk = os.read(fd, LIMIT + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        except OSError as e:
+            raise StateError(f"cannot read {self.name}: {e.strerror}", _HINT_DAMAGED) from e
         finally:
             os.close(fd)
-        os.replace(tmp, self.file)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+
+    def load(self) -> State:
+        self.records, self.invalid = {}, []
+        if not self._check_dir(create=False):
+            return self
+        body = self._read()
+        if body is None:
+            return self
+        if len(body) > LIMIT:
+            raise self._damaged(f"it is larger than {LIMIT >> 20} MiB")
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            data = json.loads(body)
+        except RecursionError:
+            raise self._damaged("it is nested too deeply") from None
+        except json.JSONDecodeError as e:
+            raise self._damaged(f"it is not JSON (line {e.lineno}, column {e.colno})") from None
+        except ValueError:  # not UTF-8, a number too long to convert
+            raise self._damaged("it is not JSON") from None
+        if _too_deep(data):
+            raise self._damaged("it is nested too deeply")
+        if not isinstance(data, dict):
+            raise self._damaged(f"it holds {_kind(data)}, not an object with format and "
+                                "devices")
+        fmt = data.get("format")
+        if type(fmt) is not int or fmt != FORMAT:
+            raise self._damaged(f"format is {_show(fmt)}, not {FORMAT}"
+                                if "format" in data else "it has no format")
+        devices = data.get("devices")
+        if not isinstance(devices, list):
+            raise self._damaged(f"devices is {_kind(devices)}, not a list"
+                                if "devices" in data else "it has no devices")
+        self._parse(devices)
+        return self
+
+    def _parse(self, devices: list[Any]) -> None:
+        good: list[tuple[int, Record]] = []
+        for i, raw in enumerate(devices, 1):
+            try:
+                good.append((i, parse_record(raw)))
+            except ValueError as e:
+                bdf = raw.get("bdf") if isinstance(raw, dict) else None
+                ok = isinstance(bdf, str) and BDF_RE.fullmatch(bdf)
+                self.invalid.append(BadRecord(i, bdf if ok else None, str(e), raw))
+        seen: dict[str, int] = {}
+        for bdf in [r.bdf for _, r in good] + [b.bdf for b in self.invalid if b.bdf]:
+            seen[bdf] = seen.get(bdf, 0) + 1
+        for i, record in good:
+            if seen[record.bdf] > 1:  # which one is true? neither is used
+                self.invalid.append(BadRecord(i, record.bdf,
+                                              "more than one record for it",
+                                              asdict(record)))
+            else:
+                self.records[record.bdf] = record
+
+    @property
+    def invalid_bdfs(self) -> frozenset[str]:
+        """The devices that have a bad record: never touched."""
+        return frozenset(b.bdf for b in self.invalid if b.bdf)
+
+    def describe(self, bad: BadRecord) -> str:
+        """One line for a bad record: the file, the device, what is wrong."""
+        return f"{self.name}: {bad.label}: {bad.problem}; left as it is"
+
+    def problems(self) -> list[str]:
+        return [self.describe(b) for b in self.invalid]
+
+    def unreported(self) -> list[BadRecord]:
+        """The bad records, the first time only (apply and its early release share a State)."""
+        if self._reported:
+            return []
+        self._reported = True
+        return list(self.invalid)
+
+    # -- writing -------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the records (and the bad ones, unchanged) atomically; StateError if not."""
+        data = {"format": FORMAT,
+                "devices": [asdict(r) for r in self.records.values()]
+                + [b.raw for b in self.invalid]}
+        body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+        tmp = None
+        try:
+            self._check_dir(create=True)
+            fd, tmp = self._temp()
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.file)
+        except OSError as e:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise StateError(
+                f"cannot save {self.name}: {e.strerror or e}",
+                "free space in /run (df /run) and make it writable, then run the command "
+                "again") from e
+        # The new state is in place. /run is a tmpfs: a failed directory fsync loses nothing
+        # that a crash would not lose anyway.
+        with contextlib.suppress(OSError):
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _temp(self) -> tuple[int, str]:
+        """A new temp file next to state.json, with a name no earlier save can have left."""
+        while True:
+            tmp = str(self.dir / f"{_TEMP_PREFIX}{os.urandom(8).hex()}")
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                return os.open(tmp, flags, 0o600), tmp
+            except FileExistsError:
+                continue
 
     def put(self, record: Record) -> None:
+        """Record a device, on disk, before it is touched; StateError (and nothing recorded,
+        in memory either) when the file cannot be saved."""
+        old = self.records.get(record.bdf)
         self.records[record.bdf] = record
-        self.save()
+        try:
+            self.save()
+        except StateError:
+            if old is None:
+                del self.records[record.bdf]
+            else:
+                self.records[record.bdf] = old
+            raise
 
     def drop(self, bdf: str) -> None:
-        if self.records.pop(bdf, None) is not None:
+        """Forget a device; StateError (and the record kept) when the file cannot be saved."""
+        record = self.records.pop(bdf, None)
+        if record is None:
+            return
+        try:
             self.save()
+        except StateError:
+            self.records[bdf] = record
+            raise
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[State]:
         """Hold /run/pcipass/lock: one pcipassd changes devices at a time."""
-        self._check_dir(create=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        try:
+            self._check_dir(create=True)
+        except PermissionError:
+            raise  # not root: main() says so in one line
+        except OSError as e:
+            raise StateError(f"cannot create {self.host.display(self.dir)}: {e.strerror}",
+                             "/run must be writable (is it mounted read-only?)") from e
+        fd = self._open_lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._remove_temps()
             yield self.load()
         finally:
             os.close(fd)
+
+    def _open_lock(self) -> int:
+        lock = self.dir / "lock"
+        shown = self.host.display(lock)
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | flags, 0o600)
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                fd = os.open(lock, os.O_RDONLY | flags)  # a read-only /run: flock still works
+        except PermissionError:
+            raise  # not root: main() says so in one line
+        except OSError as e:
+            what = {errno.ELOOP: "is a symlink", errno.EISDIR: "is a directory"}.get(
+                e.errno or 0, f"cannot be opened: {e.strerror}")
+            raise StateError(f"{shown} {what}",
+                             "remove it (pcipassd creates it itself), then run the command "
+                             "again") from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise StateError(f"{shown} is {_file_kind(st.st_mode)}, not a regular file",
+                             "remove it (pcipassd creates it itself), then run the command "
+                             "again")
+        return fd
+
+    def _remove_temps(self) -> None:
+        """Temp files of saves that were killed: under the lock, no save is under way."""
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.dir):
+                if name.startswith(_TEMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.dir / name)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "a special file"

@@ -3,16 +3,40 @@ the way an admin runs it (exit code, stdout, stderr)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 from simkernel import NIC_A, SimKernel
 
 from pcipassd.cli import main
+
+
+class Hang(BaseException):
+    """A verb did not return in time (BaseException: no `except OSError` swallows it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise Hang in the code under test if it still runs after `seconds`."""
+
+    def fire(signum: int, frame: FrameType | None) -> None:
+        raise Hang(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @dataclass

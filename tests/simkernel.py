@@ -78,6 +78,9 @@ class SimKernel:
         self._registered: list[str] = []  # registration order = the order probing tries drivers
         self._devices: dict[str, _Device] = {}  # insertion order = the bus's device list
         self.blacklist: set[str] = set()  # modules `modprobe -b` refuses (modprobe.d blacklist)
+        # Called after each write that succeeded, with (path under root, data): lets a test
+        # change the machine between two of pcipassd's steps (e.g. hot-remove a device).
+        self.after_write: Callable[[str, str], None] | None = None
         for d in ("devices", "drivers"):
             (self.pci / d).mkdir(parents=True, exist_ok=True)
         for d in ("devices", "kernel/iommu_groups", "module", "class/iommu"):
@@ -224,9 +227,13 @@ class SimKernel:
 
     def write(self, path: Path, data: str) -> None:
         """One sysfs write, as LiveKernel does it (open O_WRONLY|O_NOFOLLOW, no O_CREAT)."""
-        path = Path(path)
         rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))
         self.writes.append((rel, data))
+        self._write(Path(path), data)
+        if self.after_write is not None:
+            self.after_write(rel, data)
+
+    def _write(self, path: Path, data: str) -> None:
         real = Path(os.path.realpath(path))
         if not real.is_relative_to(self._real_root):
             raise RuntimeError(f"SimKernel: write outside the simulated root: {path}")

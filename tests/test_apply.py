@@ -370,3 +370,82 @@ def test_disk_in_config_does_not_reach_the_kernel_when_the_entry_is_refused(m: M
     assert r.rc == 1
     assert f"{DISK} [1af4:1001] is not the expected 8086:10d3; nothing bound" in r.err
     assert m.driver(DISK) == "virtio-pci"
+
+
+# -- a device hot-removed while apply or restore works on it ------------------------------
+THREE = f"""\
+    version: 1
+    devices:
+      - id: "8086:10d3"
+      - address: "{NIC_E1000}"
+    """
+
+
+def _remove_after(m: Machine, bdf: str, path_end: str, data: str) -> None:
+    """Hot-remove `bdf` right after the write of `data` to a path ending in `path_end`."""
+
+    def hook(rel: str, written: str) -> None:
+        if rel.endswith(path_end) and written == data and bdf in m.sim._devices:
+            m.sim.remove_device(bdf)
+
+    m.sim.after_write = hook
+
+
+@pytest.mark.parametrize(("path_end", "data"), [
+    (f"{NIC_A}/driver_override", "pci-stub\n"),  # before the unbind
+    ("drivers/e1000e/unbind", NIC_A),  # unbound, before the probe
+    ("sys/bus/pci/drivers_probe", NIC_A),  # bound to pci-stub, before the check
+])
+def test_a_device_hot_removed_during_apply_is_forgotten_and_the_others_apply(
+        m: Machine, path_end: str, data: str) -> None:
+    m.config(THREE)
+    _remove_after(m, NIC_A, path_end, data)
+    r = m.run("apply")
+    assert r.rc == 3, "holds devices, one failed"
+    assert "Traceback" not in r.err
+    errors = [line for line in r.err.splitlines() if "error:" in line]
+    assert errors == [f"pcipassd: error: {NIC_A} [8086:10d3] is gone (hot-removed?); "
+                      "forgetting it (/etc/pcipass.yaml:3)"]
+    assert (m.driver(NIC_B), m.driver(NIC_E1000)) == ("pci-stub", "pci-stub")
+    assert set(m.state) == {NIC_B, NIC_E1000}
+    assert "2 bound, 0 unchanged, 0 restored, 1 failed" in r.err
+
+
+def test_a_device_hot_removed_before_its_turn_is_forgotten(m: Machine) -> None:
+    m.config(THREE)
+    _remove_after(m, NIC_E1000, "sys/bus/pci/drivers_probe", NIC_B)
+    r = m.run("apply")
+    assert r.rc == 3
+    assert f"error: {NIC_E1000} [8086:100e] is gone (hot-removed?); forgetting it" in r.err
+    assert "Traceback" not in r.err
+    assert (m.driver(NIC_A), m.driver(NIC_B)) == ("pci-stub", "pci-stub")
+    assert set(m.state) == {NIC_A, NIC_B}
+
+
+def test_a_device_hot_removed_during_its_rollback_is_forgotten(m: Machine) -> None:
+    m.config(THREE)
+    m.sim.modprobe("pci_stub")
+    m.sim.set_probe_error("pci-stub", NIC_A, errno.ENOMEM)  # its bind fails: rollback
+    _remove_after(m, NIC_A, f"{NIC_A}/driver_override", "\n")  # the rollback's first write
+    r = m.run("apply")
+    assert r.rc == 3
+    assert "Traceback" not in r.err
+    assert f"error: {NIC_A}: rollback: is gone (hot-removed?); forgetting it" in r.err
+    assert (m.driver(NIC_B), m.driver(NIC_E1000)) == ("pci-stub", "pci-stub")
+    assert set(m.state) == {NIC_B, NIC_E1000}
+
+
+def test_a_device_hot_removed_during_restore_is_forgotten_and_the_others_restored(
+        m: Machine) -> None:
+    m.config(THREE)
+    assert m.run("apply").rc == 0
+    _remove_after(m, NIC_A, "drivers/pci-stub/unbind", NIC_A)
+    r = m.run("restore")
+    assert r.rc == 1
+    assert "Traceback" not in r.err
+    errors = [line for line in r.err.splitlines() if "error:" in line]
+    assert errors == [f"pcipassd: error: {NIC_A} [8086:10d3] is gone (hot-removed?); "
+                      "forgetting it (/etc/pcipass.yaml:3)"]
+    assert (m.driver(NIC_B), m.driver(NIC_E1000)) == ("e1000e", "e1000")
+    assert m.state == {}
+    assert "2 restored, 1 failed" in r.err
