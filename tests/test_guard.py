@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hosttree import FakeHost
 
-from pcipassd.guard import Reason, critical_devices, describe
+from pcipassd.guard import BOOT_VGA, NETWORK, STORAGE, Reason, critical_devices, describe
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_root_on_virtio_partition(fake: FakeHost) -> None:
     )
 
     assert critical_devices(fake.host) == {
-        "0000:00:03.0": (Reason("0000:00:03.0", "holds / (vda1)"),),
+        "0000:00:03.0": (Reason("0000:00:03.0", "holds / (vda1)", STORAGE),),
     }
 
 
@@ -97,7 +97,7 @@ def test_root_on_lvm_on_dm_crypt_on_nvme_behind_a_bridge(fake: FakeHost) -> None
     )
 
     assert critical_devices(fake.host) == {
-        "0000:3d:00.0": (Reason("0000:3d:00.0", "holds / (nvme0n1p3)"),),
+        "0000:3d:00.0": (Reason("0000:3d:00.0", "holds / (nvme0n1p3)", STORAGE),),
     }
 
 
@@ -208,7 +208,7 @@ def test_default_route_via_a_nic(fake: FakeHost) -> None:
     fake.routes(DEFAULT_V4.format("eno1"), CONNECTED_V4.format("eno1"))
 
     assert critical_devices(fake.host) == {
-        "0000:00:19.0": (Reason("0000:00:19.0", "carries the default route via eno1"),),
+        "0000:00:19.0": (Reason("0000:00:19.0", "carries the default route via eno1", NETWORK),),
     }
 
 
@@ -301,7 +301,7 @@ def test_boot_vga(fake: FakeHost) -> None:
     fake.write(f"{dgpu}/boot_vga", "0\n")
 
     assert critical_devices(fake.host) == {
-        "0000:00:02.0": (Reason("0000:00:02.0", "is the boot VGA device"),),
+        "0000:00:02.0": (Reason("0000:00:02.0", "is the boot VGA device", BOOT_VGA),),
     }
 
 
@@ -382,8 +382,8 @@ def test_describe() -> None:
     assert (
         describe(
             (
-                Reason("0000:00:03.0", "holds / (vda1)"),
-                Reason("0000:00:03.0", "carries the default route via eth0"),
+                Reason("0000:00:03.0", "holds / (vda1)", STORAGE),
+                Reason("0000:00:03.0", "carries the default route via eth0", NETWORK),
             )
         )
         == "holds / (vda1); carries the default route via eth0"

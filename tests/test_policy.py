@@ -139,8 +139,8 @@ def test_root_disk_controller_is_refused_and_the_rest_applies(m: Machine) -> Non
     r = m.run("apply")
     assert r.rc == 3, "partly applied: the unit stays active, so stop gives the rest back"
     assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} holds / (vda1) "
-            "(hint: unbinding it would cut the host off; add `force: true` to the entry if you "
-            "really mean it)") in r.err
+            "(hint: unbinding it could cut the host off; add `force: [storage]` to the entry to "
+            "bind it anyway)") in r.err
     assert m.driver(DISK) == "virtio-pci"
     assert m.driver(NIC_A) == "pci-stub"
 
