@@ -169,14 +169,15 @@ class _Walk:
             self.out.remote.append((_server(mount), f"{NETWORK_FS[mount.fstype]} {mount.source}"))
             return
         if mount.fstype == "zfs":
-            self.zfs(mount.source.split("/", 1)[0].split("@", 1)[0])
+            self.zfs(mount.source.split("/", 1)[0].split("@", 1)[0], stack)
             return
         if mount.fstype == "overlay":
             self.overlay(mount, stack)
             return
         devices = self.block_devices(mount)
         if not devices:
-            self.out.unseen.append(f"{mount.source} ({mount.fstype})")
+            self.out.unseen.append(f"{mount.source} ({mount.fstype}), whose device could not be "
+                                   "found")
         for device in devices:
             self.block(device, device.name, stack)
 
@@ -186,11 +187,11 @@ class _Walk:
         for layer in [layer.replace("\\:", ":") for layer in layers if layer]:
             under = mount_holding(self.every, layer)
             if under is None:
-                self.out.unseen.append(f"the overlay layer {layer}")
+                self.out.unseen.append(f"the overlay layer {layer}, on no mount")
             else:
                 self.mount(under, stack)
 
-    def zfs(self, pool: str) -> None:
+    def zfs(self, pool: str, stack: tuple[Mount, ...]) -> None:
         members = list(_zfs_members(self.host, pool))
         if not exists(self.host, f"/proc/spl/kstat/zfs/{pool}"):
             log.debug("ZFS pool %s is not in /proc/spl/kstat/zfs", pool)
@@ -199,7 +200,7 @@ class _Walk:
             device = resolve(self.host, f"/sys/dev/block/{devno}")
             if device is not None and exists(self.host, device):
                 found += 1
-                self.block(device, device.name, ())
+                self.block(device, f"{device.name} of ZFS pool {pool}", stack)
         if not found:
             self.out.unseen.append(f"ZFS pool {pool}, whose disks could not be found")
 
@@ -248,7 +249,7 @@ class _Walk:
             path = backing_file.removesuffix(" (deleted)")
             under = mount_holding(self.every, path)
             if under is None:
-                self.out.unseen.append(f"{disk.name}, backed by {path}")
+                self.out.unseen.append(f"{disk.name}, backed by {path}, on no mount")
             else:
                 self.mount(under, stack)
             return
@@ -257,7 +258,7 @@ class _Walk:
             self.block(lower_device, lower_label, stack)
         if not lower and not RAM_DISK.fullmatch(disk.name):
             log.debug("block device %s rests on no PCI device", device)
-            self.out.unseen.append(label)
+            self.out.unseen.append(f"{label}, whose controller could not be found")
 
     def remote(self, device: PurePosixPath, disk: PurePosixPath, label: str) -> bool:
         """Whether `device` is reached over the network; if so, record its address."""
