@@ -169,16 +169,18 @@ def _place_order(place: str) -> tuple[int, int, str]:
 
 def _storage_reasons(host: Host) -> list[Reason]:
     table = mounts(host)
+    root = next((m for m in reversed(table) if m.place == "/"), None)  # the one on top
     holdings: dict[str, _Holding] = {}
+    pools: dict[tuple[str, bool], Backing] = {}
+    failing_closed: list[Reason] = []
     for mount in (*table, *swaps(host)):
-        for bdf, device, directly in backing(host, mount, table).disks:
-            if directly or mount.place == "/":  # a docker overlay or a snap is not news
-                holdings.setdefault(bdf, _Holding()).add(mount.place, device)
+        behind = backing(host, mount, table, follow=mount is root, pools=pools)
+        for bdf, device in behind.disks:
+            holdings.setdefault(bdf, _Holding()).add(mount.place, device)
+        if mount is root:
+            failing_closed = _root_reasons(host, behind)
     reasons = [Reason(bdf, holding.text(), STORAGE) for bdf, holding in holdings.items()]
-    root = next((m for m in reversed(table) if m.place == "/"), None)
-    if root is not None:
-        reasons += _root_reasons(host, backing(host, root, table))
-    return reasons
+    return reasons + failing_closed
 
 
 def _root_reasons(host: Host, behind: Backing) -> list[Reason]:

@@ -67,8 +67,7 @@ class Mount:
 class Backing:
     """What one mount rests on."""
 
-    # (BDF, block device name, directly: not through a file or directory on another mount)
-    disks: list[tuple[str, str, bool]] = field(default_factory=list)
+    disks: list[tuple[str, str]] = field(default_factory=list)  # (BDF, block device name)
     remote: list[tuple[str | None, str]] = field(default_factory=list)  # (address, what)
     unseen: list[str] = field(default_factory=list)  # what could not be followed, for a message
 
@@ -102,11 +101,17 @@ def swaps(host: Host) -> Iterator[Mount]:
             yield Mount(place="swap", devno="", fstype="swap", source=unescape(fields[0]))
 
 
-def backing(host: Host, mount: Mount, every: list[Mount]) -> Backing:
+def backing(
+    host: Host, mount: Mount, every: list[Mount], *, follow: bool = True,
+    pools: dict[tuple[str, bool], Backing] | None = None,
+) -> Backing:
     """What `mount` rests on; `every` is the mount table, for the files behind loop devices and
-    the layers of an overlay."""
+    the layers of an overlay. `follow`: also follow those into the mounts holding them (else
+    they count as nothing: those mounts are in the table themselves, and a host with 100
+    containers has 100 overlays of 40 layers each). `pools` caches each ZFS pool's members
+    across calls (a Proxmox host mounts a dataset per container)."""
     out = Backing()
-    _Walk(host, every, out).mount(mount, ())
+    _Walk(host, every, out, follow, {} if pools is None else pools).mount(mount, ())
     return out
 
 
@@ -152,8 +157,13 @@ def _server(mount: Mount) -> str | None:
 
 
 class _Walk:
-    def __init__(self, host: Host, every: list[Mount], out: Backing) -> None:
+    def __init__(
+        self, host: Host, every: list[Mount], out: Backing, follow: bool,
+        pools: dict[tuple[str, bool], Backing],
+    ) -> None:
         self.host = host
+        self.follow = follow
+        self.pools = pools
         self.every = every
         self.out = out
         self.seen: set[PurePosixPath] = set()
@@ -172,7 +182,8 @@ class _Walk:
             self.zfs(mount.source.split("/", 1)[0].split("@", 1)[0], stack)
             return
         if mount.fstype == "overlay":
-            self.overlay(mount, stack)
+            if self.follow:
+                self.overlay(mount, stack)
             return
         devices = self.block_devices(mount)
         if not devices:
@@ -184,25 +195,35 @@ class _Walk:
     def overlay(self, mount: Mount, stack: tuple[Mount, ...]) -> None:
         layers = re.split(r"(?<!\\):+", _option(mount.options, "lowerdir") or "")
         layers.append(_option(mount.options, "upperdir") or "")
+        unders: list[Mount] = []  # a container's 50 layers are usually all on one mount
         for layer in [layer.replace("\\:", ":") for layer in layers if layer]:
             under = mount_holding(self.every, layer)
             if under is None:
                 self.out.unseen.append(f"the overlay layer {layer}, on no mount")
-            else:
-                self.mount(under, stack)
+            elif under not in unders:
+                unders.append(under)
+        for under in unders:
+            self.mount(under, stack)
 
     def zfs(self, pool: str, stack: tuple[Mount, ...]) -> None:
-        members = list(_zfs_members(self.host, pool))
-        if not exists(self.host, f"/proc/spl/kstat/zfs/{pool}"):
-            log.debug("ZFS pool %s is not in /proc/spl/kstat/zfs", pool)
-        found = 0
-        for devno in members:
-            device = resolve(self.host, f"/sys/dev/block/{devno}")
-            if device is not None and exists(self.host, device):
-                found += 1
-                self.block(device, f"{device.name} of ZFS pool {pool}", stack)
-        if not found:
-            self.out.unseen.append(f"ZFS pool {pool}, whose disks could not be found")
+        """The pool's member disks, walked once per pool (a Proxmox host mounts a dataset per
+        container)."""
+        key = (pool, self.follow)
+        if key not in self.pools:
+            if not exists(self.host, f"/proc/spl/kstat/zfs/{pool}"):
+                log.debug("ZFS pool %s is not in /proc/spl/kstat/zfs", pool)
+            walk = _Walk(self.host, self.every, Backing(), self.follow, self.pools)
+            for devno in _zfs_members(self.host, pool):
+                device = resolve(self.host, f"/sys/dev/block/{devno}")
+                if device is not None and exists(self.host, device):
+                    walk.block(device, f"{device.name} of ZFS pool {pool}", stack)
+            if not walk.seen:
+                walk.out.unseen.append(f"ZFS pool {pool}, whose disks could not be found")
+            self.pools[key] = walk.out
+        found = self.pools[key]
+        self.out.disks += found.disks
+        self.out.remote += found.remote
+        self.out.unseen += found.unseen
 
     def block_devices(self, mount: Mount) -> list[PurePosixPath]:
         """The resolved sysfs directories of the block device(s) a mount sits on directly."""
@@ -239,12 +260,14 @@ class _Walk:
         self.seen.add(device)
         bdf = nearest_bdf(device)
         if bdf is not None:
-            self.out.disks.append((bdf, label, len(stack) <= 1))
+            self.out.disks.append((bdf, label))
             return
         disk = device.parent if exists(self.host, device / "partition") else device
         if self.remote(device, disk, label):
             return
         backing_file = value(self.host, disk / "loop" / "backing_file", optional=True)
+        if backing_file and not self.follow:
+            return
         if backing_file:
             path = backing_file.removesuffix(" (deleted)")
             under = mount_holding(self.every, path)
