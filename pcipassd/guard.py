@@ -188,13 +188,14 @@ def _root_reasons(host: Host, behind: Backing) -> list[Reason]:
     root could not be followed."""
     reasons: list[Reason] = []
     classes: dict[str, int] | None = None
-    for lost in dict.fromkeys(behind.unseen):
-        log.debug("/ rests on %s, which leads to no PCI device: failing closed", lost)
-        classes = classes if classes is not None else pci_classes(host)
+    lost = list(dict.fromkeys(behind.unseen))
+    if lost:
+        log.debug("/ rests on %s: failing closed", "; ".join(lost))
+        classes = pci_classes(host)
         for bdf, code in classes.items():
             if code >> 16 == STORAGE_CLASS or code >> 8 == FIBRE_CHANNEL_CLASS:
                 reasons.append(Reason(
-                    bdf, f"is a storage controller, and / is on {lost}", STORAGE))
+                    bdf, f"is a storage controller, and / is on {'; '.join(lost)}", STORAGE))
     for address, what in dict.fromkeys(behind.remote):
         found = _route_nics(host, address, f"carries / ({what}) via {{path}}")
         if found:
