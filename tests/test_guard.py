@@ -264,6 +264,24 @@ def test_zfs_root_whose_disks_cannot_be_found_refuses_every_storage_controller(
     assert {r.kind for r in found["0000:00:17.0"]} == {STORAGE}
 
 
+def test_zfs_on_luks_is_followed_through_device_mapper(fake: FakeHost) -> None:
+    p3, _ = nvme_pair(fake)
+    fake.holder("dm-0", "253:0", [p3], dm_name="luks-rpool")
+    fake.udev("253:0", ID_FS_TYPE="zfs_member", ID_FS_LABEL="rpool")
+    fake.mountinfo(ZFS_ROOT)
+
+    assert reasons(fake) == {"0000:01:00.0": ["holds / (nvme0n1p3)"]}
+
+
+def test_loop_root_whose_image_is_on_itself_fails_closed(fake: FakeHost) -> None:
+    fake.pci("0000:00:17.0", cls=0x010601)
+    fake.loop("loop0", "7:0", "/root.img")
+    fake.mountinfo("22 1 7:0 / / rw,relatime shared:1 - ext4 /dev/loop0 rw")
+
+    assert reasons(fake) == {"0000:00:17.0": [
+        "is a storage controller, and / is on /dev/loop0, which rests on itself"]}
+
+
 def test_root_in_an_image_file_on_a_loop_device(fake: FakeHost) -> None:
     sda = fake.disk("sda", "8:0", f"{fake.pci('0000:00:17.0', cls=0x010601)}/ata1/host0/"
                     "target0:0:0/0:0:0:0")
