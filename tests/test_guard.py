@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from pcipassd.guard import (
     describe,
     read_con2fbmap,
 )
+from pcipassd.host import Host
 
 
 @pytest.fixture
@@ -623,6 +626,26 @@ def test_framebuffer_without_fbcon_bound_is_not_critical(fake: FakeHost) -> None
     framebuffer_console(fake, bound=False)
 
     assert critical_devices(fake.host) == {}
+
+
+def test_on_the_live_host_the_kernel_is_asked_for_the_con2fb_map(
+    fake: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_gpus(fake)  # the command line says nothing: the boot map would be fb0
+    fake.write("/dev/fb0", "")  # stands for the device node; the ioctl below is faked
+    asked: list[int] = []
+
+    def ioctl(fd: int, request: int, arg: bytes) -> bytes:
+        assert request == 0x460F  # FBIOGET_CON2FBMAP
+        console, _ = struct.unpack("=II", arg)
+        asked.append(console)
+        return struct.pack("=II", console, 1 if console <= 6 else 0xFFFFFFFF)
+
+    monkeypatch.setattr(Host, "is_live", property(lambda self: True))
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+
+    assert reasons(fake) == {DGPU: ["drives the framebuffer console (fb1)"]}
+    assert asked == list(range(1, 64))
 
 
 # --- Robustness and the summary line ----------------------------------------------------------
