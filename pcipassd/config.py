@@ -254,7 +254,7 @@ def _explain_force(doc: Document, path: JsonPath, value: object) -> list[Problem
     return out
 
 
-def force_kinds(value: bool | list[str]) -> frozenset[str]:
+def _force_kinds(value: bool | list[str]) -> frozenset[str]:
     """What a valid `force:` value overrides: true is every kind of reason, false none."""
     if value is True:
         return frozenset(KINDS)
@@ -317,7 +317,7 @@ def _entry(
         count=item.get("count"),
         driver=item.get("driver", driver),
         group=item.get("group", group),
-        force=force_kinds(item.get("force", False)),
+        force=_force_kinds(item.get("force", False)),
         name=item.get("name"),
     )
     return (None if problems else entry), problems

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import struct
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 from hosttree import FakeHost
 
+from pcipassd.config import schema_text
 from pcipassd.guard import (
     BOOT_VGA,
     CONSOLE,
+    KINDS,
     NETWORK,
     STORAGE,
     Reason,
@@ -716,3 +719,9 @@ def test_what_is_skipped_is_logged_at_debug_level(
     assert "/proc/self/mountinfo does not exist" in caplog.text
     assert "interface tun0 rests on no PCI device" in caplog.text
     assert all(record.levelno == logging.DEBUG for record in caplog.records)
+
+
+def test_the_schema_lets_force_name_exactly_the_kinds_of_reasons() -> None:
+    schema = json.loads(schema_text())
+    branches = schema["$defs"]["device"]["properties"]["force"]["anyOf"]
+    assert [b["items"]["enum"] for b in branches if b.get("type") == "array"] == [list(KINDS)]
