@@ -77,7 +77,7 @@ class Context:
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
         """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
         inventory = scan(self.host)
-        critical = {bdf: describe(r) for bdf, r in critical_devices(self.host).items()}
+        critical = critical_devices(self.host)
         return inventory, enforce(select(config, inventory), inventory, critical)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, Problem
+from pcipassd.guard import KINDS
 from pcipassd.host import Host
 from pcipassd.yamldoc import Document, JsonPath, format_path, load
 
@@ -46,7 +47,7 @@ class Entry:
     count: int | None
     driver: str
     group: str
-    force: bool
+    force: frozenset[str]  # the kinds of host-critical reasons it overrides (guard.KINDS)
     name: str | None
 
     @property
@@ -189,6 +190,8 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
         key = error.message.split("'")[1]
         return [doc.problem(path, f"missing required key {key!r}",
                             "add `version: 1` at the top" if key == "version" else "")]
+    if kind == "anyOf" and path and path[-1] == "force":
+        return _explain_force(doc, path, error.instance)
     if kind == "anyOf" and path and path[0] == "devices":
         return [doc.problem(path, "an entry needs `address` or `id`",
                             'e.g. - address: "0000:02:00.0"  or  - id: "8086:10d3"')]
@@ -229,6 +232,33 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
     if kind == "minLength":
         return [doc.problem(path, "must not be empty", "give it a value, or remove the key")]
     return [doc.problem(path, error.message)]
+
+
+def _explain_force(doc: Document, path: JsonPath, value: object) -> list[Problem]:
+    """`force:` is true, false, or a list of what it overrides: each wrong item by name."""
+    kinds = ", ".join(KINDS)
+    if not isinstance(value, list):
+        got = _GOT.get(type(value), type(value).__name__)
+        return [doc.problem(path, f"expected true or false, or a list of {kinds}; got {got}",
+                            "e.g. force: [console] overrides only the console")]
+    if not value:
+        return [doc.problem(path, "an empty list overrides nothing",
+                            "name what to override, e.g. force: [console], or remove the key")]
+    out = []
+    for i, item in enumerate(value):
+        if item not in KINDS:
+            out.append(doc.problem((*path, i), f"{_show(item)} is not one of {kinds}",
+                                   _did_you_mean(item, list(KINDS))))
+        elif item in value[:i]:
+            out.append(doc.problem((*path, i), f"{item!r} is listed twice", "name it once"))
+    return out
+
+
+def _force_kinds(value: bool | list[str]) -> frozenset[str]:
+    """What a valid `force:` value overrides: true is every kind of reason, false none."""
+    if value is True:
+        return frozenset(KINDS)
+    return frozenset(value or ())
 
 
 def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Problem]]:
@@ -287,7 +317,7 @@ def _entry(
         count=item.get("count"),
         driver=item.get("driver", driver),
         group=item.get("group", group),
-        force=item.get("force", False),
+        force=_force_kinds(item.get("force", False)),
         name=item.get("name"),
     )
     return (None if problems else entry), problems

@@ -1,16 +1,19 @@
 """Which PCI devices the host cannot lose: unbinding them would lock the admin out.
 
-`critical_devices(host)` reads (never writes) three kinds of evidence, all under `host`'s root:
+`critical_devices(host)` reads (never writes) four kinds of evidence, all under `host`'s root,
+and names each reason's kind, which is also what an entry's `force:` list names to override it:
 
-Storage
-    Every mounted filesystem in `/proc/self/mountinfo` and every swap partition in `/proc/swaps`.
-    A mount's `MAJ:MIN` leads to `/sys/dev/block/MAJ:MIN`; for anonymous device numbers
-    (major 0: btrfs, which also spans `/sys/fs/btrfs/<fsid>/devices/*`) the source `/dev/NAME`
-    leads to `/sys/class/block/NAME`. From there the walk goes down the block stack: the
-    `slaves/` of device-mapper (dm-crypt, LVM, multipath) and md RAID devices, the disk of a
-    partition, the controllers of a native NVMe multipath head. Filesystems with no block device
-    (proc, sysfs, tmpfs, overlay, NFS, ZFS datasets) are ignored.
-Network
+storage
+    Every mounted filesystem in `/proc/self/mountinfo` and every swap partition in `/proc/swaps`,
+    followed down to its PCI devices by `pcipassd.storage` (partitions, device-mapper, md, NVMe
+    multipath, btrfs and bcachefs members, ZFS pools, loop devices, overlay layers). For the
+    root filesystem also the NICs it is reached through (NFS, SMB, iSCSI, NVMe over TCP/RDMA,
+    NBD): the interfaces with the longest-prefix route to its server in `/proc/net/route` and
+    `/proc/net/ipv6_route`. Where the root cannot be followed, the guard fails closed: every
+    storage controller (PCI class 01, and Fibre Channel) is critical when a disk of the root
+    could not be found, every NIC with a route when the root's server or its route could not
+    be, every network controller when no such NIC could be found.
+network
     The interfaces carrying a default route (`/proc/net/route`, `/proc/net/ipv6_route`), and the
     interfaces that are administratively UP (`/sys/class/net/IF/flags` & IFF_UP) and have an
     address. Without netlink the kernel publishes no per-interface IPv4 address list in
@@ -19,9 +22,15 @@ Network
     IPv6 counts global-scope addresses in `/proc/net/if_inet6`. Virtual interfaces (bridge,
     bond, VLAN, macvlan, team) are followed down through `lower_*`, `brif/` and
     `bonding/slaves` to the physical NICs.
-Display
-    The boot VGA device (`/sys/bus/pci/devices/*/boot_vga` = 1), and the PCI devices behind the
-    framebuffers (`/sys/class/graphics/fbN/device`) while fbcon is bound to a virtual console.
+boot-vga
+    The boot VGA device (`/sys/bus/pci/devices/*/boot_vga` = 1).
+console
+    The PCI device behind a framebuffer that carries a virtual console, while fbcon is bound
+    (`/sys/class/vtconsole/vtconN`: "(M) frame buffer device", bind 1). Which framebuffers
+    carry one is fbcon's con2fb map: asked of the kernel (FBIOGET_CON2FBMAP) on the live host;
+    otherwise the kernel's boot map, all consoles on fb0 unless `fbcon=map:NNN` on
+    `/proc/cmdline` says otherwise. A secondary GPU's framebuffer (fb1) with no console on it
+    is not critical.
 
 A sysfs path belongs to the PCI device named by its nearest (deepest) path component that looks
 like a BDF: a disk behind a PCIe bridge belongs to its controller, not to the bridge; a USB NIC
@@ -31,166 +40,108 @@ unreadable files mean "no evidence" and are logged at debug level; nothing here 
 
 from __future__ import annotations
 
-import logging
+import fcntl
+import ipaddress
 import os
 import re
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 
-from pcipassd.address import BDF_RE
 from pcipassd.host import Host
+from pcipassd.hostfiles import (
+    exists,
+    hex_int,
+    lines,
+    log,
+    names,
+    natural_order,
+    nearest_bdf,
+    pci_classes,
+    resolve,
+    value,
+)
+from pcipassd.storage import Backing, backing, mounts, swaps
 
-__all__ = ["Reason", "critical_devices", "describe"]
+__all__ = [
+    "BOOT_VGA",
+    "CONSOLE",
+    "KINDS",
+    "NETWORK",
+    "STORAGE",
+    "Con2FbReader",
+    "Reason",
+    "critical_devices",
+    "describe",
+    "read_con2fbmap",
+]
 
-log = logging.getLogger(__name__)
+STORAGE = "storage"
+NETWORK = "network"
+BOOT_VGA = "boot-vga"
+CONSOLE = "console"
+KINDS = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force:` may name, in this order
 
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-_MAX_SYMLINK_HOPS = 40
 _MAX_SHOWN = 3
 
 RTF_UP = 0x0001  # <linux/route.h>, shared by /proc/net/route and /proc/net/ipv6_route
+RTF_REJECT = 0x0200
 IFF_UP = 0x1  # <linux/if.h>
 IPV6_SCOPE_GLOBAL = 0x00  # if_inet6 scope column; 0x10 host, 0x20 link, 0x40 site
+STORAGE_CLASS = 0x01  # PCI base class: mass storage controller
+FIBRE_CHANNEL_CLASS = 0x0C04  # serial bus controller: Fibre Channel (an FC HBA)
+NETWORK_CLASS = 0x02
+
+FBIOGET_CON2FBMAP = 0x460F  # <linux/fb.h>
+MAX_NR_CONSOLES = 63  # <linux/vt.h>
+FB_MAX = 32  # <linux/fb.h>
+
+Con2FbReader = Callable[[Host], "Mapping[int, int] | None"]
+"""Reads fbcon's map, virtual console number -> framebuffer index; None when it cannot."""
 
 
 @dataclass(frozen=True)
 class Reason:
-    """Why one PCI endpoint must stay bound to its host driver."""
+    """Why one PCI endpoint must stay bound to its host driver; `kind` is one of KINDS."""
 
     bdf: str
     text: str
+    kind: str
 
 
-def critical_devices(host: Host) -> dict[str, tuple[Reason, ...]]:
+def critical_devices(
+    host: Host, con2fb: Con2FbReader | None = None
+) -> dict[str, tuple[Reason, ...]]:
     """BDF -> why it must not be unbound, in the order storage, network, display.
 
-    Read-only; never raises for a missing or unreadable file (a missing /proc/net/route just
-    means no routes); logs what it skips at debug level.
+    `con2fb` reads fbcon's console map (default: `read_con2fbmap`, which asks the kernel on the
+    live host only). Read-only; never raises for a missing or unreadable file (a missing
+    /proc/net/route just means no routes); logs what it skips at debug level.
     """
     found: dict[str, list[Reason]] = {}
-    for reason in (*_storage_reasons(host), *_network_reasons(host), *_display_reasons(host)):
+    every = [*_storage_reasons(host), *_network_reasons(host),
+             *_display_reasons(host, con2fb or read_con2fbmap)]
+    for reason in every:
         reasons = found.setdefault(reason.bdf, [])
         if reason not in reasons:
             reasons.append(reason)
     return {bdf: tuple(found[bdf]) for bdf in sorted(found)}
 
 
-def describe(reasons: tuple[Reason, ...]) -> str:
+def describe(reasons: tuple[Reason, ...] | list[Reason]) -> str:
     """One line for the admin: "holds / (vda1); carries the default route via eth0"."""
     return "; ".join(reason.text for reason in reasons)
 
 
-# --- Reading the host -------------------------------------------------------------------------
-
-
-def _resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
-    """The host path `absolute` with every symlink followed, never leaving the host root.
-
-    Returns a host-absolute path (its last components may not exist), or None on a symlink loop.
-    """
-    pending = list(PurePosixPath(absolute).parts[1:])
-    done: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        try:
-            target = os.readlink(host.path("/" + "/".join([*done, part])))
-        except OSError:  # not a symlink, or missing: keep the name as it is
-            done.append(part)
-            continue
-        hops += 1
-        if hops > _MAX_SYMLINK_HOPS:
-            log.debug("symlink loop at %s", absolute)
-            return None
-        if target.startswith("/"):
-            done = []
-        pending[:0] = PurePosixPath(target).parts[1 if target.startswith("/") else 0 :]
-    return PurePosixPath("/", *done)
-
-
-def _host_path(host: Host, absolute: str | PurePosixPath) -> Path | None:
-    resolved = _resolve(host, absolute)
-    return None if resolved is None else host.path(str(resolved))
-
-
-def _read(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> str | None:
-    """A host file's text, or None. `optional`: a missing file is normal, not worth a log line."""
-    path = _host_path(host, absolute)
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        if not optional:
-            log.debug("%s does not exist", absolute)
-        return None
-    except OSError as err:
-        log.debug("cannot read %s: %s", absolute, err.strerror or err)
-        return None
-
-
-def _value(host: Host, absolute: str, *, optional: bool = False) -> str:
-    """A sysfs attribute's value without its newline; "" when it cannot be read."""
-    return (_read(host, absolute, optional=optional) or "").strip()
-
-
-def _lines(host: Host, absolute: str) -> list[str]:
-    text = _read(host, absolute)
-    return [] if text is None else text.splitlines()
-
-
-def _names(host: Host, absolute: str | PurePosixPath) -> list[str]:
-    """Sorted entry names of a host directory; empty when it is missing or unreadable."""
-    path = _host_path(host, absolute)
-    if path is None:
-        return []
-    try:
-        return sorted(entry.name for entry in path.iterdir())
-    except OSError:
-        return []
-
-
-def _exists(host: Host, absolute: str | PurePosixPath) -> bool:
-    path = _host_path(host, absolute)
-    return path is not None and path.exists()
-
-
-def _nearest_bdf(path: PurePosixPath) -> str | None:
-    """The deepest component of a resolved sysfs path that names a PCI function."""
-    for part in reversed(path.parts):
-        if BDF_RE.match(part):
-            return part
-    return None
-
-
-def _unescape(text: str) -> str:
-    r"""Undo the kernel's octal escapes in /proc paths ("\040" is a space)."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
-
-
-def _hex(text: str) -> int | None:
-    try:
-        return int(text, 16)
-    except ValueError:
-        return None
+def _compact(items: list[str]) -> str:
+    """The first few items and a count of the rest: "a, b, c and 2 more"."""
+    shown = ", ".join(items[:_MAX_SHOWN])
+    if len(items) > _MAX_SHOWN:
+        shown += f" and {len(items) - _MAX_SHOWN} more"
+    return shown
 
 
 # --- Storage ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Mount:
-    place: str  # the mount point, or "swap"
-    devno: str  # MAJ:MIN, "" for swap
-    fstype: str
-    source: str
 
 
 @dataclass
@@ -206,20 +157,7 @@ class _Holding:
 
     def text(self) -> str:
         places = _compact(sorted(self.places, key=_place_order))
-        return f"holds {places} ({_compact(sorted(self.devices, key=_natural_order))})"
-
-
-def _compact(items: list[str]) -> str:
-    """The first few items and a count of the rest: "a, b, c and 2 more"."""
-    shown = ", ".join(items[:_MAX_SHOWN])
-    if len(items) > _MAX_SHOWN:
-        shown += f" and {len(items) - _MAX_SHOWN} more"
-    return shown
-
-
-def _natural_order(name: str) -> list[int | str]:
-    """Sort key putting sda2 before sda10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+        return f"holds {places} ({_compact(sorted(self.devices, key=natural_order))})"
 
 
 def _place_order(place: str) -> tuple[int, int, str]:
@@ -229,122 +167,61 @@ def _place_order(place: str) -> tuple[int, int, str]:
     return (0, 0 if place == "/" else place.count("/"), place)
 
 
-def _mounts(host: Host) -> Iterator[_Mount]:
-    """Mounts from /proc/self/mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPT...] -
-    FSTYPE SOURCE SUPEROPTS" (proc(5))."""
-    for line in _lines(host, "/proc/self/mountinfo"):
-        fields = line.split()
-        try:
-            separator = fields.index("-", 6)
-            yield _Mount(
-                place=_unescape(fields[4]),
-                devno=fields[2],
-                fstype=fields[separator + 1],
-                source=_unescape(fields[separator + 2]),
-            )
-        except (ValueError, IndexError):
-            log.debug("unparsable mountinfo line: %r", line)
-
-
-def _swaps(host: Host) -> Iterator[_Mount]:
-    """Swap partitions from /proc/swaps. Swap files live on a mounted filesystem already."""
-    for line in _lines(host, "/proc/swaps")[1:]:
-        fields = line.split()
-        if len(fields) >= 2 and fields[1] == "partition":
-            yield _Mount(place="swap", devno="", fstype="swap", source=_unescape(fields[0]))
-
-
 def _storage_reasons(host: Host) -> list[Reason]:
+    table = mounts(host)
+    root = next((m for m in reversed(table) if m.place == "/"), None)  # the one on top
     holdings: dict[str, _Holding] = {}
-    for mount in (*_mounts(host), *_swaps(host)):
-        for top in _mount_block_devices(host, mount):
-            for bdf, device in _pci_endpoints(host, top, top.name, set()):
-                holdings.setdefault(bdf, _Holding()).add(mount.place, device)
-    return [Reason(bdf, holding.text()) for bdf, holding in holdings.items()]
+    pools: dict[tuple[str, bool], Backing] = {}
+    failing_closed: list[Reason] = []
+    for mount in (*table, *swaps(host)):
+        behind = backing(host, mount, table, follow=mount is root, pools=pools)
+        for bdf, device in behind.disks:
+            holdings.setdefault(bdf, _Holding()).add(mount.place, device)
+        if mount is root:
+            failing_closed = _root_reasons(host, behind)
+    reasons = [Reason(bdf, holding.text(), STORAGE) for bdf, holding in holdings.items()]
+    return reasons + failing_closed
 
 
-def _mount_block_devices(host: Host, mount: _Mount) -> list[PurePosixPath]:
-    """The resolved sysfs directories of the block device(s) a mount sits on directly."""
-    major, _, _minor = mount.devno.partition(":")
-    if major not in ("", "0"):
-        device = _resolve(host, f"/sys/dev/block/{mount.devno}")
-        if device is not None and _exists(host, device):
-            return [device]
-    if not mount.source.startswith("/dev/"):
-        return []  # proc, sysfs, tmpfs, overlay, NFS, ZFS datasets ...
-    name = _block_name(host, mount.source)
-    if name is None:
-        log.debug("no block device for %s on %s", mount.source, mount.place)
+def _root_reasons(host: Host, behind: Backing) -> list[Reason]:
+    """The NICs a network root is reached through, and the fail-closed refusals for what of the
+    root could not be followed."""
+    reasons: list[Reason] = []
+    classes: dict[str, int] | None = None
+    lost = list(dict.fromkeys(behind.unseen))
+    if lost:
+        log.debug("/ rests on %s: failing closed", "; ".join(lost))
+        classes = pci_classes(host)
+        for bdf, code in classes.items():
+            if code >> 16 == STORAGE_CLASS or code >> 8 == FIBRE_CHANNEL_CLASS:
+                reasons.append(Reason(
+                    bdf, f"is a storage controller, and / is on {'; '.join(lost)}", STORAGE))
+    for address, what in dict.fromkeys(behind.remote):
+        found = _route_nics(host, address, f"carries / ({what}) via {{path}}")
+        if found:
+            reasons += found
+            continue
+        unknown = "whose server address" if address is None else f"whose route to {address}"
+        log.debug("/ is on %s, %s is unknown: failing closed", what, unknown)
+        fallback = [reason for iface in _routed_interfaces(host)
+                    for reason in _interface_reasons(
+                        host, iface, f"may carry / ({what}, {unknown} could not be found) "
+                        "via {path}", STORAGE)]
+        if not fallback:
+            classes = classes if classes is not None else pci_classes(host)
+            fallback = [Reason(bdf, f"is a network controller, and / is on {what}, {unknown} "
+                                    "could not be found", STORAGE)
+                        for bdf, code in classes.items() if code >> 16 == NETWORK_CLASS]
+        reasons += fallback
+    return reasons
+
+
+def _route_nics(host: Host, address: str | None, template: str) -> list[Reason]:
+    """The NICs under the interfaces routing to `address` (longest prefix wins)."""
+    if address is None:
         return []
-    names = _btrfs_members(host, name) if mount.fstype == "btrfs" else [name]
-    devices = [_resolve(host, f"/sys/class/block/{member}") for member in names]
-    return [device for device in devices if device is not None]
-
-
-def _block_name(host: Host, source: str) -> str | None:
-    """The kernel name (vda2, dm-0) of a /dev path, as /sys/class/block knows it."""
-    resolved = _resolve(host, source)  # /dev/mapper/x and /dev/disk/... are symlinks
-    if resolved is not None and _exists(host, f"/sys/class/block/{resolved.name}"):
-        return resolved.name
-    if source.startswith("/dev/mapper/"):
-        wanted = source.removeprefix("/dev/mapper/")
-        for name in _names(host, "/sys/class/block"):
-            if _dm_name(host, name) == wanted:
-                return name
-    return None
-
-
-def _dm_name(host: Host, name: str) -> str:
-    """The /dev/mapper name of block device `name` ("" when it is not device-mapper)."""
-    return _value(host, f"/sys/class/block/{name}/dm/name", optional=True)
-
-
-def _btrfs_members(host: Host, name: str) -> list[str]:
-    """All devices of the btrfs filesystem that has `name` among its devices."""
-    for fsid in _names(host, "/sys/fs/btrfs"):
-        members = _names(host, f"/sys/fs/btrfs/{fsid}/devices")
-        if name in members:
-            return members
-    return [name]
-
-
-def _pci_endpoints(
-    host: Host, device: PurePosixPath, label: str, seen: set[PurePosixPath]
-) -> list[tuple[str, str]]:
-    """(BDF, block device name) for each PCI device that the block device `device` rests on."""
-    if device in seen:
-        return []
-    seen.add(device)
-    bdf = _nearest_bdf(device)
-    if bdf is not None:
-        return [(bdf, label)]
-    found: list[tuple[str, str]] = []
-    for lower, lower_label in _lower_devices(host, device, label):
-        found.extend(_pci_endpoints(host, lower, lower_label, seen))
-    if not found:
-        log.debug("block device %s rests on no PCI device", device)
-    return found
-
-
-def _lower_devices(
-    host: Host, device: PurePosixPath, label: str
-) -> Iterator[tuple[PurePosixPath, str]]:
-    """What a virtual block device is built from: its (or, for a partition, its disk's)
-    `slaves/`, and the controllers of an NVMe multipath head (nvme-subsysN/nvmeX)."""
-    disks = [device]
-    if _exists(host, device / "partition"):
-        disks.append(device.parent)
-    for disk in disks:
-        for name in _names(host, disk / "slaves"):
-            lower = _resolve(host, disk / "slaves" / name)
-            if lower is not None:
-                yield lower, lower.name
-        if disk.parent.name.startswith("nvme-subsys"):
-            for name in _names(host, disk.parent):
-                if re.fullmatch(r"nvme\d+", name):
-                    controller = _resolve(host, disk.parent / name)
-                    if controller is not None:
-                        yield controller, label
+    return [reason for iface in _route_to(host, address)
+            for reason in _interface_reasons(host, iface, template, STORAGE)]
 
 
 # --- Network ----------------------------------------------------------------------------------
@@ -363,36 +240,45 @@ def _network_reasons(host: Host) -> list[Reason]:
     return reasons
 
 
-def _interface_reasons(host: Host, iface: str, template: str) -> list[Reason]:
+def _interface_reasons(
+    host: Host, iface: str, template: str, kind: str = NETWORK
+) -> list[Reason]:
     reasons = []
     for bdf, nic in _physical_nics(host, iface, set()):
         path = iface if nic == iface else f"{iface} on {nic}"
-        reasons.append(Reason(bdf, template.format(path=path)))
+        reasons.append(Reason(bdf, template.format(path=path), kind))
     if not reasons:
         log.debug("interface %s rests on no PCI device", iface)
     return reasons
 
 
+def _network_order(raw: int) -> int:
+    """A /proc/net/route address (the __be32 printed as a host-order number) as a number in
+    network order, the way ipaddress reads it."""
+    return int.from_bytes(struct.pack("=I", raw), "big")
+
+
 def _ipv4_routes(host: Host) -> Iterator[tuple[str, int, int, int]]:
     """(interface, destination, mask, flags) of each /proc/net/route line:
-    "Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT", hex fields."""
-    for line in _lines(host, "/proc/net/route")[1:]:
+    "Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT", hex fields;
+    destination and mask in network order."""
+    for line in lines(host, "/proc/net/route")[1:]:
         fields = line.split()
         if len(fields) < 8:
             continue
-        dest, flags, mask = _hex(fields[1]), _hex(fields[3]), _hex(fields[7])
+        dest, flags, mask = hex_int(fields[1]), hex_int(fields[3]), hex_int(fields[7])
         if dest is not None and flags is not None and mask is not None:
-            yield fields[0], dest, mask, flags
+            yield fields[0], _network_order(dest), _network_order(mask), flags
 
 
 def _ipv6_routes(host: Host) -> Iterator[tuple[str, int, int, int]]:
     """(interface, destination, prefix length, flags) of each /proc/net/ipv6_route line:
     "DEST PLEN SRC SPLEN NEXTHOP METRIC REFCNT USE FLAGS DEV", hex fields."""
-    for line in _lines(host, "/proc/net/ipv6_route"):
+    for line in lines(host, "/proc/net/ipv6_route"):
         fields = line.split()
         if len(fields) < 10:
             continue
-        dest, plen, flags = _hex(fields[0]), _hex(fields[1]), _hex(fields[8])
+        dest, plen, flags = hex_int(fields[0]), hex_int(fields[1]), hex_int(fields[8])
         if dest is not None and plen is not None and flags is not None:
             yield fields[9], dest, plen, flags
 
@@ -411,21 +297,54 @@ def _default_route_interfaces(host: Host) -> list[str]:
     return found
 
 
+def _route_to(host: Host, address: str) -> list[str]:
+    """The interfaces of the most specific usable route to `address` (all of them, for an
+    equal-cost multipath route); empty when no route matches."""
+    target = ipaddress.ip_address(address)
+    candidates: list[tuple[int, str]] = []  # (prefix length, interface)
+    if target.version == 4:
+        for iface, dest, mask, flags in _ipv4_routes(host):
+            if int(target) & mask == dest and flags & RTF_UP and not flags & RTF_REJECT:
+                candidates.append((bin(mask).count("1"), iface))
+    else:
+        for iface, dest, plen, flags in _ipv6_routes(host):
+            shift = 128 - min(plen, 128)
+            if (int(target) >> shift == dest >> shift and flags & RTF_UP
+                    and not flags & RTF_REJECT):
+                candidates.append((plen, iface))
+    candidates = [(plen, iface) for plen, iface in candidates if _real_interface(iface)]
+    if not candidates:
+        return []
+    best = max(plen for plen, _ in candidates)
+    return list(dict.fromkeys(iface for plen, iface in candidates if plen == best))
+
+
+def _routed_interfaces(host: Host) -> list[str]:
+    """Every interface with a usable route (IPv6: not only link-local or multicast ones)."""
+    found = [iface for iface, _, _, flags in _ipv4_routes(host) if flags & RTF_UP]
+    for iface, dest, plen, flags in _ipv6_routes(host):
+        local = plen >= 10 and dest >> 118 == 0xFE80 >> 6  # fe80::/10
+        multicast = plen >= 8 and dest >> 120 == 0xFF  # ff00::/8
+        if flags & RTF_UP and not flags & RTF_REJECT and not local and not multicast:
+            found.append(iface)
+    return [iface for iface in dict.fromkeys(found) if _real_interface(iface)]
+
+
 def _addressed_interfaces(host: Host) -> set[str]:
     """Interfaces with an IPv4 address (proxy: a route through them) or a global IPv6 address.
 
     /proc/net/if_inet6: "ADDRESS IFINDEX PREFIXLEN SCOPE FLAGS NAME", hex fields.
     """
     found = {iface for iface, _, _, flags in _ipv4_routes(host) if flags & RTF_UP}
-    for line in _lines(host, "/proc/net/if_inet6"):
+    for line in lines(host, "/proc/net/if_inet6"):
         fields = line.split()
-        if len(fields) >= 6 and _hex(fields[3]) == IPV6_SCOPE_GLOBAL:
+        if len(fields) >= 6 and hex_int(fields[3]) == IPV6_SCOPE_GLOBAL:
             found.add(fields[5])
     return {iface for iface in found if _real_interface(iface)}
 
 
 def _is_up(host: Host, iface: str) -> bool:
-    flags = _hex(_value(host, f"/sys/class/net/{iface}/flags"))
+    flags = hex_int(value(host, f"/sys/class/net/{iface}/flags"))
     return flags is not None and bool(flags & IFF_UP)
 
 
@@ -434,9 +353,9 @@ def _physical_nics(host: Host, iface: str, seen: set[str]) -> list[tuple[str, st
     if iface in seen:
         return []
     seen.add(iface)
-    device = _resolve(host, f"/sys/class/net/{iface}/device")
-    if device is not None and _exists(host, device):
-        bdf = _nearest_bdf(device)
+    device = resolve(host, f"/sys/class/net/{iface}/device")
+    if device is not None and exists(host, device):
+        bdf = nearest_bdf(device)
         return [] if bdf is None else [(bdf, iface)]
     found: list[tuple[str, str]] = []
     for lower in _lower_interfaces(host, iface):
@@ -447,49 +366,106 @@ def _physical_nics(host: Host, iface: str, seen: set[str]) -> list[tuple[str, st
 def _lower_interfaces(host: Host, iface: str) -> list[str]:
     """The interfaces a virtual one is stacked on: lower_* links, else bridge ports, else bond
     slaves."""
-    names = _names(host, f"/sys/class/net/{iface}")
-    lower = [name.removeprefix("lower_") for name in names if name.startswith("lower_")]
+    entries = names(host, f"/sys/class/net/{iface}")
+    lower = [name.removeprefix("lower_") for name in entries if name.startswith("lower_")]
     if not lower:
-        lower = _names(host, f"/sys/class/net/{iface}/brif")
+        lower = names(host, f"/sys/class/net/{iface}/brif")
     if not lower:
-        lower = _value(host, f"/sys/class/net/{iface}/bonding/slaves", optional=True).split()
+        lower = value(host, f"/sys/class/net/{iface}/bonding/slaves", optional=True).split()
     return lower
 
 
 # --- Display ----------------------------------------------------------------------------------
 
 
-def _display_reasons(host: Host) -> list[Reason]:
-    return [*_boot_vga_reasons(host), *_fbcon_reasons(host)]
+def _display_reasons(host: Host, con2fb: Con2FbReader) -> list[Reason]:
+    return [*_boot_vga_reasons(host), *_fbcon_reasons(host, con2fb)]
 
 
 def _boot_vga_reasons(host: Host) -> Iterator[Reason]:
-    for name in _names(host, "/sys/bus/pci/devices"):
-        if _value(host, f"/sys/bus/pci/devices/{name}/boot_vga", optional=True) == "1":
-            yield Reason(name, "is the boot VGA device")
+    for name in names(host, "/sys/bus/pci/devices"):
+        if value(host, f"/sys/bus/pci/devices/{name}/boot_vga", optional=True) == "1":
+            yield Reason(name, "is the boot VGA device", BOOT_VGA)
 
 
 def _fbcon_bound(host: Host) -> bool:
     """Whether fbcon is bound to the virtual consoles (vtconN/name "(M) frame buffer device")."""
-    for vtcon in _names(host, "/sys/class/vtconsole"):
-        name = _value(host, f"/sys/class/vtconsole/{vtcon}/name")
-        bound = _value(host, f"/sys/class/vtconsole/{vtcon}/bind") == "1"
+    for vtcon in names(host, "/sys/class/vtconsole"):
+        name = value(host, f"/sys/class/vtconsole/{vtcon}/name")
+        bound = value(host, f"/sys/class/vtconsole/{vtcon}/bind") == "1"
         if "frame buffer" in name and bound:
             return True
     return False
 
 
-def _fbcon_reasons(host: Host) -> list[Reason]:
-    if not _fbcon_bound(host):
-        return []
-    reasons: list[Reason] = []
-    for fb in _names(host, "/sys/class/graphics"):
+def read_con2fbmap(host: Host) -> Mapping[int, int] | None:
+    """fbcon's console -> framebuffer map, from the kernel (FBIOGET_CON2FBMAP on a /dev/fbN).
+
+    Only on the live host (an ioctl cannot reach into a tree under --root); None when there is
+    no framebuffer device to ask or the kernel refuses."""
+    if not host.is_live:
+        return None
+    for fb in names(host, "/dev"):
         if not re.fullmatch(r"fb\d+", fb):
             continue
-        device = _resolve(host, f"/sys/class/graphics/{fb}/device")
-        bdf = None if device is None or not _exists(host, device) else _nearest_bdf(device)
+        try:
+            fd = os.open(host.path(f"/dev/{fb}"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            log.debug("cannot open /dev/%s: %s", fb, err.strerror or err)
+            continue
+        try:
+            found = {}
+            for console in range(1, MAX_NR_CONSOLES + 1):
+                answer = fcntl.ioctl(fd, FBIOGET_CON2FBMAP, struct.pack("=II", console, 0))
+                found[console] = struct.unpack("=II", answer)[1]
+            return found
+        except OSError as err:
+            log.debug("FBIOGET_CON2FBMAP on /dev/%s: %s", fb, err.strerror or err)
+        finally:
+            os.close(fd)
+    return None
+
+
+def _boot_map(host: Host) -> dict[int, int]:
+    """The kernel's boot-time map: every console on fb0, unless the command line says
+    `fbcon=map:NNN` (console i on digit i mod len, as fbcon's fb_console_setup reads it; the
+    last fbcon= wins; options are comma-separated)."""
+    digits = ""
+    for arg in value(host, "/proc/cmdline").split():
+        if arg.startswith("fbcon="):
+            for option in arg.removeprefix("fbcon=").split(","):
+                if option.startswith("map:") and len(option) > 4:
+                    digits = option[4:]
+    if not digits:
+        return dict.fromkeys(range(1, MAX_NR_CONSOLES + 1), 0)
+    return {console: (ord(digits[(console - 1) % len(digits)]) - ord("0")) % FB_MAX
+            for console in range(1, MAX_NR_CONSOLES + 1)}
+
+
+def _console_framebuffers(host: Host, con2fb: Con2FbReader) -> set[int]:
+    mapping = con2fb(host)
+    if mapping is None:
+        mapping = _boot_map(host)
+        log.debug("fbcon's map read from the boot map: consoles on fb%s",
+                  ", fb".join(str(n) for n in sorted(set(mapping.values()))))
+    return {fb for fb in mapping.values() if 0 <= fb < FB_MAX}
+
+
+def _fbcon_reasons(host: Host, con2fb: Con2FbReader) -> list[Reason]:
+    if not _fbcon_bound(host):
+        return []
+    consoles = _console_framebuffers(host, con2fb)
+    reasons: list[Reason] = []
+    for fb in names(host, "/sys/class/graphics"):
+        if not re.fullmatch(r"fb\d+", fb):
+            continue
+        if int(fb[2:]) not in consoles:
+            log.debug("framebuffer %s carries no console", fb)
+            continue
+        device = resolve(host, f"/sys/class/graphics/{fb}/device")
+        bdf = None if device is None or not exists(host, device) else nearest_bdf(device)
         if bdf is None:
             log.debug("framebuffer %s is not on a PCI device", fb)
             continue
-        reasons.append(Reason(bdf, f"drives the framebuffer console ({fb})"))
+        reasons.append(Reason(bdf, f"drives the framebuffer console ({fb})", CONSOLE))
     return reasons

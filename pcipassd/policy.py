@@ -4,8 +4,11 @@
   selected too, or be unbound or on a stub driver; otherwise the entry is refused.
 - `group: bind`: the other endpoints are bound with it (bridges never are).
 - `group: ignore`: bind what was selected, with a warning that VFIO will not accept the group.
-- A device that is host-critical (root disk controller, NIC with the default route, boot VGA),
-  or that shares an IOMMU group with one, is refused unless its entry says `force: true`.
+- A device that is host-critical (root disk controller, NIC with the default route, boot VGA,
+  console GPU), or that shares an IOMMU group with one, is refused unless its entry's `force:`
+  overrides every one of its reasons: `true` overrides all, a list only the kinds it names
+  (storage, network, boot-vga, console), so that `force: [console]` still refuses the root
+  disk's controller. The refusal names the reasons left and the `force:` list that binds it.
 A refused entry binds nothing; the devices it matched are kept as they are.
 """
 
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 
 from pcipassd.config import STUB_DRIVERS, Entry
 from pcipassd.errors import Problem
+from pcipassd.guard import KINDS, Reason, describe
 from pcipassd.inventory import Device, Inventory
 from pcipassd.selection import Selected, Selection
 
@@ -58,26 +62,29 @@ def _apply_group_policy(
 
 
 def _guard(
-    entry: Entry, items: list[Selected], inventory: Inventory, critical: Mapping[str, str]
+    entry: Entry, items: list[Selected], inventory: Inventory,
+    critical: Mapping[str, tuple[Reason, ...]],
 ) -> Problem | None:
-    if entry.force:
-        return None
     for sel in items:
         dev = sel.device
         for other in [dev, *_group_mates(dev, inventory)]:
-            why = critical.get(other.bdf)
-            if why is None:
+            reasons = [r for r in critical.get(other.bdf, ()) if r.kind not in entry.force]
+            if not reasons:
                 continue
             shared = "" if other is dev else f", and shares IOMMU group {dev.group} with {dev.bdf}"
+            needed = {r.kind for r in reasons} | entry.force
+            force = ", ".join(kind for kind in KINDS if kind in needed)
             return entry.problem(
-                f"refusing {dev.bdf}: {other.bdf} {why}{shared}",
-                "unbinding it would cut the host off; add `force: true` to the entry if you "
-                "really mean it",
+                f"refusing {dev.bdf}: {other.bdf} {describe(reasons)}{shared}",
+                f"unbinding it could cut the host off; add `force: [{force}]` to the entry to "
+                "bind it anyway",
             )
     return None
 
 
-def enforce(selection: Selection, inventory: Inventory, critical: Mapping[str, str]) -> Selection:
+def enforce(
+    selection: Selection, inventory: Inventory, critical: Mapping[str, tuple[Reason, ...]]
+) -> Selection:
     """The selection with group members added and refused entries taken out."""
     by_entry: dict[Entry, list[Selected]] = {}
     for sel in selection.chosen.values():

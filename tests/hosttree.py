@@ -36,12 +36,14 @@ class FakeHost:
 
     # PCI
 
-    def pci(self, *chain: str) -> str:
-        """A PCI device behind the bridges listed before it: pci("0000:00:1d.0", "0000:3d:00.0")."""
+    def pci(self, *chain: str, cls: int = 0x020000) -> str:
+        """A PCI device behind the bridges listed before it: pci("0000:00:1d.0", "0000:3d:00.0");
+        the bridges have class 0x060400, the device `cls`."""
         path = PCI_ROOT
-        for bdf in chain:
+        for index, bdf in enumerate(chain):
             path = self.mkdir(f"{path}/{bdf}")
             self.write(f"{path}/vendor", "0x8086\n")
+            self.write(f"{path}/class", f"0x{cls if index == len(chain) - 1 else 0x060400:06x}\n")
             self.link(f"/sys/bus/pci/devices/{bdf}", path)
         return path
 
@@ -72,6 +74,39 @@ class FakeHost:
         if dm_name:
             self.write(f"{path}/dm/name", f"{dm_name}\n")
         return path
+
+    def loop(self, name: str, devno: str, backing_file: str) -> str:
+        """A loop device bound to a file, as losetup leaves it."""
+        path = self.disk(name, devno, "/sys/devices/virtual")
+        self.write(f"{path}/loop/backing_file", f"{backing_file}\n")
+        return path
+
+    def udev(self, devno: str, **props: str) -> None:
+        """udev's database entry of block device MAJ:MIN: E: lines, as udevd writes them."""
+        lines = [f"E:{key}={value}" for key, value in props.items()]
+        self.write(f"/run/udev/data/b{devno}", "S:disk/by-uuid/x\nI:1234\n" + "\n".join(lines)
+                   + "\nG:systemd\n")
+
+    # Display
+
+    def framebuffer(self, fb: str, device: str) -> None:
+        """A framebuffer registered by the driver of `device` (a sysfs directory)."""
+        self.link(f"/sys/class/graphics/{fb}", self.mkdir(f"{device}/graphics/{fb}"))
+        self.link(f"{device}/graphics/{fb}/device", device)
+
+    def fbcon(self, bound: bool) -> None:
+        """fbcon, and the virtual console drivers: vtcon0 the dummy, vtcon1 fbcon."""
+        self.link("/sys/class/graphics/fbcon", self.mkdir("/sys/devices/virtual/graphics/fbcon"))
+        for index, (name, bind) in enumerate(
+            [("(S) dummy device", "0"), ("(M) frame buffer device", "1" if bound else "0")]
+        ):
+            vtcon = self.mkdir(f"/sys/devices/virtual/vtconsole/vtcon{index}")
+            self.write(f"{vtcon}/name", f"{name}\n")
+            self.write(f"{vtcon}/bind", f"{bind}\n")
+            self.link(f"/sys/class/vtconsole/vtcon{index}", vtcon)
+
+    def cmdline(self, text: str) -> None:
+        self.write("/proc/cmdline", text + "\n")
 
     # Network interfaces
 

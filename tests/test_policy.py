@@ -139,8 +139,8 @@ def test_root_disk_controller_is_refused_and_the_rest_applies(m: Machine) -> Non
     r = m.run("apply")
     assert r.rc == 3, "partly applied: the unit stays active, so stop gives the rest back"
     assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} holds / (vda1) "
-            "(hint: unbinding it would cut the host off; add `force: true` to the entry if you "
-            "really mean it)") in r.err
+            "(hint: unbinding it could cut the host off; add `force: [storage]` to the entry to "
+            "bind it anyway)") in r.err
     assert m.driver(DISK) == "virtio-pci"
     assert m.driver(NIC_A) == "pci-stub"
 
@@ -208,3 +208,167 @@ def test_a_refused_entry_names_all_of_its_problems(m: Machine) -> None:
     assert f"{NIC_A} [8086:10d3] is not the expected 8086:100e" in r.out
     assert f"count: 2, but 1 present: {NIC_A} [8086:10d3]" in r.out
     assert f"refusing {DISK}: {DISK} holds / (vda1)" in r.out
+
+
+# --- roots the guard follows, or fails closed for --------------------------------------------
+
+ZFS_ROOT = "22 1 0:26 / / rw,relatime shared:1 - zfs rpool/ROOT/pve-1 rw,xattr,noacl"
+
+
+def zfs_root(m: Machine, *, udev: bool) -> None:
+    fake = FakeHost(m.root)
+    disk = fake.disk("vda", "254:0", f"{rel(m.sim, DISK)}/virtio2")
+    fake.partition(disk, "vda3", "254:3")
+    if udev:
+        fake.udev("254:3", ID_FS_TYPE="zfs_member", ID_FS_LABEL="rpool", ID_FS_UUID="1234")
+    fake.write("/proc/spl/kstat/zfs/rpool/state", "ONLINE\n")
+    fake.mountinfo(ZFS_ROOT)
+
+
+def test_zfs_root_refuses_the_controller_of_the_pools_disk(m: Machine) -> None:
+    zfs_root(m, udev=True)
+    config(m, f'  - address: "{DISK}"\n  - address: "{NIC_A}"\n')
+    r = m.run("apply")
+    assert r.rc == 3
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} holds / (vda3 of ZFS "
+            "pool rpool) (hint: unbinding it could cut the host off; add `force: [storage]` to "
+            "the entry to bind it anyway)") in r.err
+    assert (m.driver(DISK), m.driver(NIC_A)) == ("virtio-pci", "pci-stub")
+
+
+def test_zfs_root_whose_disks_are_unknown_refuses_storage_controllers_only(m: Machine) -> None:
+    zfs_root(m, udev=False)
+    config(m, f'  - address: "{DISK}"\n  - address: "{NIC_A}"\n  - address: "{E1000_X}"\n'
+              f'  - address: "{E1000_Y}"\n')
+    r = m.run("apply")
+    assert r.rc == 3
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} is a storage controller, "
+            "and / is on ZFS pool rpool, whose disks could not be found (hint: unbinding it "
+            "could cut the host off; add `force: [storage]` to the entry to bind it anyway)"
+            ) in r.err
+    assert m.driver(DISK) == "virtio-pci"
+    assert (m.driver(NIC_A), m.driver(E1000_X), m.driver(E1000_Y)) == ("pci-stub",) * 3
+    config(m, f'  - address: "{DISK}"\n    force: [storage]\n')
+    assert m.run("apply").rc == 0
+    assert m.driver(DISK) == "pci-stub"
+
+
+def test_loop_mounted_root_refuses_the_controller_of_the_image_file(m: Machine) -> None:
+    fake = FakeHost(m.root)
+    fake.partition(fake.disk("vda", "254:0", f"{rel(m.sim, DISK)}/virtio2"), "vda1", "254:1")
+    fake.loop("loop0", "7:0", "/host/root.img")
+    fake.mountinfo("22 1 7:0 / / rw,relatime shared:1 - ext4 /dev/loop0 rw",
+                   "23 22 254:1 / /host rw,relatime shared:2 - ext4 /dev/vda1 rw")
+    config(m, f'  - address: "{DISK}"\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert f"refusing {DISK}: {DISK} holds /, /host (vda1)" in r.err
+    assert m.driver(DISK) == "virtio-pci"
+
+
+def nfs_root_via_nic_a(m: Machine) -> None:
+    fake = FakeHost(m.root)
+    fake.netdev("enp0s2", rel(m.sim, NIC_A))
+    fake.netdev("enp0s3", rel(m.sim, NIC_B), flags="0x1002")
+    fake.routes("enp0s2\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0",
+                "enp0s2\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0")
+    fake.mountinfo("22 1 0:23 / / rw,relatime shared:1 - nfs4 192.168.2.10:/srv/root "
+                   "rw,vers=4.2,proto=tcp,clientaddr=192.168.2.5,addr=192.168.2.10")
+
+
+def test_network_root_refuses_its_nic_even_when_network_is_forced(m: Machine) -> None:
+    nfs_root_via_nic_a(m)
+    config(m, f'  - address: "{NIC_A}"\n    force: [network]\n  - address: "{NIC_B}"\n')
+    r = m.run("apply")
+    assert r.rc == 3
+    assert (f"devices[0]: refusing {NIC_A}: {NIC_A} carries / (NFS 192.168.2.10:/srv/root) via "
+            "enp0s2 (hint: unbinding it could cut the host off; add `force: [storage, network]` "
+            "to the entry to bind it anyway)") in r.err
+    assert (m.driver(NIC_A), m.driver(NIC_B)) == ("e1000e", "pci-stub")
+
+
+def test_force_true_still_overrides_every_reason(m: Machine) -> None:
+    nfs_root_via_nic_a(m)
+    config(m, f'  - address: "{NIC_A}"\n    force: true\n')
+    assert m.run("apply").rc == 0
+    assert m.driver(NIC_A) == "pci-stub"
+
+
+# --- the framebuffer console -----------------------------------------------------------------
+
+def gpus_with_framebuffers(m: Machine, cmdline: str = "ro quiet") -> None:
+    """fb0 on the boot VGA device (the console's), fb1 registered by the discrete GPU's driver."""
+    fake = FakeHost(m.root)
+    fake.framebuffer("fb0", rel(m.sim, BOOT_VGA))
+    fake.framebuffer("fb1", rel(m.sim, GPU))
+    fake.fbcon(bound=True)
+    fake.cmdline(f"BOOT_IMAGE=/vmlinuz-6.1.0 root=/dev/vda1 {cmdline}")
+
+
+GPU_ENTRY = '  - address: "0000:41:00.*"\n    driver: vfio-pci\n'
+
+
+def test_secondary_gpu_whose_framebuffer_has_no_console_is_bound(m: Machine) -> None:
+    gpus_with_framebuffers(m)
+    config(m, GPU_ENTRY + f'  - address: "{BOOT_VGA}"\n')
+    r = m.run("apply")
+    assert r.rc == 3
+    assert (m.driver(GPU), m.driver(GPU_AUDIO)) == ("vfio-pci", "vfio-pci")
+    assert (f"devices[1]: refusing {BOOT_VGA}: {BOOT_VGA} is the boot VGA device; drives the "
+            "framebuffer console (fb0) (hint: unbinding it could cut the host off; add "
+            "`force: [boot-vga, console]` to the entry to bind it anyway)") in r.err
+    assert m.driver(BOOT_VGA) is None, "the boot VGA device stays as it was"
+
+
+def test_fbcon_map_moving_the_consoles_to_fb1_refuses_that_gpu(m: Machine) -> None:
+    gpus_with_framebuffers(m, "fbcon=map:1")
+    config(m, GPU_ENTRY)
+    r = m.run("apply")
+    assert r.rc == 1
+    assert (f"refusing {GPU}: {GPU} drives the framebuffer console (fb1) (hint: unbinding it "
+            "could cut the host off; add `force: [console]` to the entry to bind it anyway)"
+            ) in r.err
+    assert m.driver(GPU_AUDIO) == "snd_hda_intel"
+
+
+def test_force_console_binds_a_console_gpu(m: Machine) -> None:
+    gpus_with_framebuffers(m, "fbcon=map:1")
+    config(m, GPU_ENTRY + "    force: [console]\n")
+    assert m.run("apply").rc == 0
+    assert (m.driver(GPU), m.driver(GPU_AUDIO)) == ("vfio-pci", "vfio-pci")
+
+
+def test_force_console_does_not_override_the_root_disk_in_the_same_group(m: Machine) -> None:
+    # A consumer board without ACS: the GPU and the NVMe drive holding / share IOMMU group 9.
+    nvme = "0000:41:00.2"
+    m.sim.add_driver("nvme", [(0x144D, 0xA808)])
+    m.sim.add_device(nvme, 0x144D, 0xA808, cls=0x010802, iommu_group=9)
+    fake = FakeHost(m.root)
+    fake.partition(fake.disk("nvme0n1", "259:0", f"{rel(m.sim, nvme)}/nvme/nvme0"),
+                   "nvme0n1p2", "259:2")
+    fake.mountinfo("22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw")
+    gpus_with_framebuffers(m, "fbcon=map:1")
+    config(m, f'  - address: "{GPU}"\n    group: bind\n    force: [console]\n')
+    r = m.run("apply")
+    assert r.rc == 1
+    assert (f"refusing {GPU}: {nvme} holds / (nvme0n1p2), and shares IOMMU group 9 with {GPU} "
+            "(hint: unbinding it could cut the host off; add `force: [storage, console]` to the "
+            "entry to bind it anyway)") in r.err
+    assert (m.driver(GPU_AUDIO), m.driver(nvme)) == ("snd_hda_intel", "nvme")
+
+
+def test_force_list_mistakes_are_one_line_each_with_a_hint(m: Machine) -> None:
+    config(m, f'  - address: "{GPU}"\n    force: [consol, storage, storage]\n'
+              f'  - address: "{NIC_A}"\n    force: []\n')
+    r = m.run("validate")
+    assert r.rc == 2
+    assert r.out.splitlines() == [
+        "/etc/pcipass.yaml:4:13: devices[0].force[0]: 'consol' is not one of storage, network, "
+        "boot-vga, console",
+        "    hint: did you mean 'console'?",
+        "/etc/pcipass.yaml:4:30: devices[0].force[2]: 'storage' is listed twice",
+        "    hint: name it once",
+        "/etc/pcipass.yaml:6:12: devices[1].force: an empty list overrides nothing",
+        "    hint: name what to override, e.g. force: [console], or remove the key",
+        "3 problems found",
+    ]

@@ -81,7 +81,11 @@ def _describe(schema: dict[str, Any], node: dict[str, Any]) -> tuple[str, str]:
         target = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
         text = text or target.get("description", "")
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    if "enum" in node:
+    if "anyOf" in node:  # e.g. force: true | false | list of: storage, network, ...
+        takes = " | ".join(_describe(schema, branch)[0] for branch in node["anyOf"])
+    elif node.get("type") == "array" and "enum" in node.get("items", {}):
+        takes = "list of: " + ", ".join(str(v) for v in node["items"]["enum"])
+    elif "enum" in node:
         takes = " | ".join(str(v) for v in node["enum"])
     elif "const" in node:
         takes = str(node["const"])

@@ -189,7 +189,7 @@ def test_root_disk_controller_is_refused_and_the_guest_keeps_running(
     journal = res["journal"]
     assert res.driver(DISK_BDF, "boot") == "virtio-pci", res.where()
     assert f"refusing {DISK_BDF}: {DISK_BDF} holds /" in journal, journal
-    assert "force: true" in journal
+    assert "force: [storage]" in journal
     assert res["active"] == "active", "it holds a device: stop and poweroff must give it back"
     assert res.shutdown == "poweroff" and res.get("alive")
     assert res.driver(E1000, "boot") == "pci-stub", "the rest of the config still applies"

@@ -1,0 +1,131 @@
+"""Reading the host's /sys, /proc and /run for the host-critical guard: every path is resolved
+under the host root, every symlink followed inside it; a missing or unreadable file is "no
+evidence" (logged at debug level), never an error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+from pcipassd.address import BDF_RE
+from pcipassd.host import Host
+
+log = logging.getLogger("pcipassd.guard")  # one logger for everything the guard skips
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_MAX_SYMLINK_HOPS = 40
+
+
+def resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
+    """The host path `absolute` with every symlink followed, never leaving the host root.
+
+    Returns a host-absolute path (its last components may not exist), or None on a symlink loop.
+    """
+    pending = list(PurePosixPath(absolute).parts[1:])
+    done: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink(host.path("/" + "/".join([*done, part])))
+        except OSError:  # not a symlink, or missing: keep the name as it is
+            done.append(part)
+            continue
+        hops += 1
+        if hops > _MAX_SYMLINK_HOPS:
+            log.debug("symlink loop at %s", absolute)
+            return None
+        if target.startswith("/"):
+            done = []
+        pending[:0] = PurePosixPath(target).parts[1 if target.startswith("/") else 0 :]
+    return PurePosixPath("/", *done)
+
+
+def host_path(host: Host, absolute: str | PurePosixPath) -> Path | None:
+    resolved = resolve(host, absolute)
+    return None if resolved is None else host.path(str(resolved))
+
+
+def read(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> str | None:
+    """A host file's text, or None. `optional`: a missing file is normal, not worth a log line."""
+    path = host_path(host, absolute)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if not optional:
+            log.debug("%s does not exist", absolute)
+        return None
+    except OSError as err:
+        log.debug("cannot read %s: %s", absolute, err.strerror or err)
+        return None
+
+
+def value(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> str:
+    """A sysfs attribute's value without its newline; "" when it cannot be read."""
+    return (read(host, absolute, optional=optional) or "").strip()
+
+
+def lines(host: Host, absolute: str, *, optional: bool = False) -> list[str]:
+    text = read(host, absolute, optional=optional)
+    return [] if text is None else text.splitlines()
+
+
+def names(host: Host, absolute: str | PurePosixPath) -> list[str]:
+    """Sorted entry names of a host directory; empty when it is missing or unreadable."""
+    path = host_path(host, absolute)
+    if path is None:
+        return []
+    try:
+        return sorted(entry.name for entry in path.iterdir())
+    except OSError:
+        return []
+
+
+def exists(host: Host, absolute: str | PurePosixPath) -> bool:
+    path = host_path(host, absolute)
+    return path is not None and path.exists()
+
+
+def nearest_bdf(path: PurePosixPath) -> str | None:
+    """The deepest component of a resolved sysfs path that names a PCI function."""
+    for part in reversed(path.parts):
+        if BDF_RE.match(part):
+            return part
+    return None
+
+
+def unescape(text: str) -> str:
+    r"""Undo the kernel's octal escapes in /proc paths ("\040" is a space)."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def hex_int(text: str) -> int | None:
+    try:
+        return int(text, 16)
+    except ValueError:
+        return None
+
+
+def natural_order(name: str) -> list[int | str]:
+    """Sort key putting sda2 before sda10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def pci_classes(host: Host) -> dict[str, int]:
+    """BDF -> 24-bit class code of every PCI function."""
+    found = {}
+    for bdf in names(host, "/sys/bus/pci/devices"):
+        code = hex_int(value(host, f"/sys/bus/pci/devices/{bdf}/class", optional=True))
+        if code is not None:
+            found[bdf] = code
+    return found
