@@ -792,16 +792,18 @@ ALIAS_BOMB = "version: 1\n" + "".join(
         "    hint: write the devices out; pcipassd does not expand large aliases"],
         id="recursive-alias"),
     pytest.param("version: 1\nx:\n" + "".join("  " * i + "-\n" for i in range(1, 200)), [
-        f"{MAIN}: nests more than 64 levels deep; not a pcipassd config",
+        f"{MAIN}:66:129: nests more than 64 levels deep; not a pcipassd config",
         "    hint: is this the right file?"], id="deep-block-nesting"),
+    pytest.param("version: 1\ndevices:\n" + "- " * 30_000 + "x\n", [
+        f"{MAIN}:3:127: nests more than 64 levels deep; not a pcipassd config",
+        "    hint: is this the right file?"], id="deep-compact-sequences"),
     pytest.param(f'version: 1\ndevices:\n  - address: !!python/object:os.system "{NIC_A}"\n', [
-        f"{MAIN}:3:14: YAML: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:python/object:os.system'",
+        f"{MAIN}:3:14: devices[0].address: YAML: the tag !!python/object:os.system is not "
+        "allowed",
         "    hint: pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"], id="python-tag"),
     pytest.param(f'version: 1\nx: &x {{driver: vfio-pci}}\ndevices:\n  - <<: *x\n'
                  f'    address: "{NIC_A}"\n', [
-        f"{MAIN}:4:5: YAML: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:merge'",
+        f"{MAIN}:4:5: devices[0]: YAML: merge keys (<<) are not supported",
         "    hint: pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"], id="merge-key"),
 ])
 def test_a_file_that_is_not_a_config_is_one_clear_line(
@@ -846,9 +848,12 @@ def _deep(line: str) -> bool:
     ("version: 1\nx: " + "[" * 5000 + "]" * 5000 + "\n",
      f"{MAIN}: nests more than 64 levels deep; not a pcipassd config"),
     ("version: 1\nx:\n" + "".join("  " * i + "-\n" for i in range(1, 200)),
-     f"{MAIN}: nests more than 64 levels deep; not a pcipassd config"),
+     f"{MAIN}:66:129: nests more than 64 levels deep; not a pcipassd config"),
+    ("version: 1\ndevices:\n" + "- " * 30_000 + "x\n",
+     f"{MAIN}:3:127: nests more than 64 levels deep; not a pcipassd config"),
     ("version: 1\n\x07\n", f"{MAIN}:2:1: not a text file: control character #x0007"),
-], ids=["alias-bomb", "recursive-alias", "deep-flow", "deep-block", "control-character"])
+], ids=["alias-bomb", "recursive-alias", "deep-flow", "deep-block", "deep-compact",
+        "control-character"])
 def test_both_yaml_loaders_fail_cleanly(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, loader: type[yaml.SafeLoader] | None,
     content: str, expected: str,
