@@ -32,6 +32,8 @@ STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 DEFAULT_DRIVER = "pci-stub"
 DEFAULT_IOMMU = "required"
 DEFAULT_GROUP = "isolated"
+GROUPS = ("isolated", "bind", "ignore")
+IOMMU = ("required", "warn")
 
 
 @dataclass(frozen=True)
@@ -312,9 +314,60 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
     return [doc.problem(path, short(error.message, 120))]
 
 
+# What pcipassd itself relies on, checked here too, whatever the schema check said (or if it
+# was skipped): a wrong type here must never bind a device (`force: "no"` is not true).
+_MEANING = "its value cannot be used"
+_HINT = "run `pcipassd validate`"
+
+
+def _is_one(value: object) -> bool:
+    return type(value) in (int, float) and value == 1
+
+
+def _is_count(value: object) -> bool:
+    if type(value) is float:
+        return value.is_integer() and value >= 1
+    return type(value) is int and value >= 1
+
+
+_TOP_CHECKS = (("version", _is_one), ("driver", STUB_DRIVERS.__contains__),
+               ("group", GROUPS.__contains__), ("iommu", IOMMU.__contains__),
+               ("devices", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)))
+_ENTRY_CHECKS = (("force", lambda v: type(v) is bool), ("count", _is_count),
+                 ("driver", STUB_DRIVERS.__contains__), ("group", GROUPS.__contains__),
+                 ("name", lambda v: isinstance(v, str) and v != ""),
+                 *((k, lambda v: isinstance(v, str)) for k in ("address", "id", "expect")))
+
+
+def _unusable(doc: Document, path: JsonPath, data: object,
+              checks: tuple[tuple[str, Any], ...]) -> list[Problem]:
+    """The keys of `data` (a mapping) whose values pcipassd cannot use; version is required."""
+    if not isinstance(data, dict):
+        return [doc.problem(path, f"expected a mapping, got {_show(data)}", _HINT)]
+    return [doc.problem((*path, key), f"{_show(data.get(key))}: {_MEANING}", _HINT)
+            for key, ok in checks
+            if (key in data or (key == "version" and not path)) and not _safe(ok, data.get(key))]
+
+
+def _safe(check: Any, value: object) -> bool:
+    try:
+        return bool(check(value))
+    except TypeError:  # e.g. an unhashable value looked up in a tuple: not usable
+        return False
+
+
 def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Problem]]:
     """Merge the files; a None (unusable) file is skipped, and the result is then unused."""
     problems: list[Problem] = []
+    usable: list[Document | None] = []
+    for doc in docs:  # what the schema should have caught: never used, whatever it said
+        found = [] if doc is None else _unusable(doc, (), doc.data, _TOP_CHECKS)
+        if doc is not None and not found:
+            for n, item in enumerate(doc.data.get("devices", [])):
+                found += _unusable(doc, ("devices", n), item, _ENTRY_CHECKS)
+        problems += found
+        usable.append(None if found else doc)
+    docs = usable
     main = docs[0].data if docs and docs[0] else {}
     iommu = main.get("iommu", DEFAULT_IOMMU)
     entries: list[Entry] = []
