@@ -143,6 +143,7 @@ def test_the_quick_check_is_strict() -> None:
     """Whatever it accepts, jsonschema accepts; what it is unsure of goes to jsonschema."""
     ok = {"version": 1, "devices": [{"address": "00:02.0", "force": True, "count": 1}]}
     assert config_module.conforms(ok)
+    bad: object
     for bad in ({"version": True, "devices": [{"id": "8086:10d3"}]},
                 {"version": 1, "devices": [{"address": "00:02.0\n"}]},
                 {"version": 1, "devices": [{"address": "00:02.0", "count": 2.0}]},

@@ -15,7 +15,6 @@ from machine import Machine, Result
 from simkernel import BOOT_VGA, NIC_A, NIC_B, SimKernel
 
 import pcipassd
-from pcipassd import strictmodes
 
 MAIN = "/etc/pcipass.yaml"
 NIC = f'version: 1\ndevices:\n  - address: "{NIC_A}"\n'
@@ -219,7 +218,7 @@ def foreign(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
         if os.geteuid() == 0:
             os.chown(path, 65534, 65534)
         else:
-            monkeypatch.setattr(strictmodes.os, "geteuid", lambda: 65534)
+            monkeypatch.setattr(os, "geteuid", lambda: 65534)
 
     return make
 
@@ -274,7 +273,8 @@ def test_a_writable_directory_higher_up_is_refused_up_to_the_root(m: Machine) ->
     assert run(m, "validate").rc == 0
 
 
-def test_a_directory_owned_by_another_user_is_refused(m: Machine, foreign: Callable[[Path], None]) -> None:
+def test_a_directory_owned_by_another_user_is_refused(
+        m: Machine, foreign: Callable[[Path], None]) -> None:
     m.config(NIC)
     foreign(m.root / "etc")
     lines = problem_lines(run(m, "validate"))
