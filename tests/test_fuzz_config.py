@@ -162,7 +162,7 @@ def test_mutated_configs_never_raise(sim_host: SimKernel,
             dropin.unlink()
     assert sim_host.writes == []
     assert outcomes >= {0, 2}, "the mutations should reach both valid and invalid configs"
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 60 * max(1.0, CASES / 300)  # a hang, not a slow CI
 
 
 def test_mutated_configs_never_crash_the_process(sim_host: SimKernel) -> None:
