@@ -37,19 +37,24 @@ def untrusted(st: os.stat_result) -> str:
 
 
 def untrusted_dirs(file: Path, root: Path) -> list[tuple[Path, str]]:
-    """The directories above `file` (symlinks resolved) that are not to be trusted, up to
-    `root` included when the file is under it, else up to /."""
+    """The directories above `file` that are not to be trusted, up to `root` included when the
+    file is under it, else up to /: those above the file a symlink points to, and those above
+    the symlink itself (whoever may replace the link chooses the file)."""
     top = Path(os.path.realpath(root))
-    here = Path(os.path.realpath(file)).parent
-    out = []
-    while True:
-        try:
-            why = untrusted(os.stat(here))
-        except OSError:
-            why = ""  # reading the file will say what is wrong
-        if why:  # named under `root` as given, so that the caller can show it as on the host
-            under = here == top or top in here.parents
-            out.append((root / here.relative_to(top) if under else here, why))
-        if here in (top, here.parent):
-            return out
-        here = here.parent
+    out: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for start in (Path(os.path.realpath(file)).parent, Path(os.path.realpath(file.parent))):
+        here = start
+        while here not in seen:
+            seen.add(here)
+            try:
+                why = untrusted(os.stat(here))
+            except OSError:
+                why = ""  # reading the file will say what is wrong
+            if why:  # named under `root` as given, so that the caller can show it as on the host
+                under = here == top or top in here.parents
+                out.append((root / here.relative_to(top) if under else here, why))
+            if here in (top, here.parent):
+                break
+            here = here.parent
+    return out

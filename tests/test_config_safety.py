@@ -314,3 +314,18 @@ def test_a_dropin_name_with_control_characters_is_escaped(m: Machine) -> None:
     assert problem_lines(r)[0] == "/etc/pcipass.d/a\\x1b[2J.yaml:2:1: colour: unknown key 'colour'"
     r = run(m, "apply")
     assert "\x1b" not in r.err
+
+
+def test_a_link_in_a_trusted_directory_to_a_file_in_a_writable_one_is_refused(
+        m: Machine, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "pcipass.yaml").write_text(NIC)
+    shared.chmod(0o777)
+    (m.root / "etc").mkdir()
+    (m.root / "etc/pcipass.yaml").symlink_to(shared / "pcipass.yaml")
+    lines = problem_lines(run(m, "validate"))
+    assert lines == [
+        f"{shared}: directory is writable by group and others (mode 0777); pcipassd does not "
+        "use a config others can change",
+        f"    hint: chown root:root {shared}; chmod go-w {shared}"]
