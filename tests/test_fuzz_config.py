@@ -165,9 +165,15 @@ def test_mutated_configs_never_raise(sim_host: SimKernel,
     assert time.monotonic() - start < 60 * max(1.0, CASES / 300)  # a hang, not a slow CI
 
 
-def test_mutated_configs_never_crash_the_process(sim_host: SimKernel) -> None:
+def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
-    env["PYTHONPATH"] = str(Path(pcipassd.__file__).parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(pcipassd.__file__).parent.parent), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def test_mutated_configs_never_crash_the_process(sim_host: SimKernel) -> None:
+    env = _child_env()
     main_file = sim_host.root / "etc/pcipass.yaml"
     main_file.parent.mkdir(parents=True)
     all_cases = cases()
@@ -202,8 +208,7 @@ def _limit_memory() -> None:
 ], ids=["billion-laughs", "block-laughs", "deep-doubling", "mapping-doubling"])
 def test_alias_bombs_neither_hang_nor_eat_memory(sim_host: SimKernel, bomb: str) -> None:
     assert len(bomb) < 100_000 and yaml.compose(bomb) is not None  # small, and valid YAML
-    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
-    env["PYTHONPATH"] = str(Path(pcipassd.__file__).parent.parent)
+    env = _child_env()
     main_file = sim_host.root / "etc/pcipass.yaml"
     main_file.parent.mkdir(parents=True)
     main_file.write_text(bomb)
