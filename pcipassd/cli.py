@@ -32,7 +32,7 @@ from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.log import event
 from pcipassd.plan import Action, Plan, Step, make_plan, predict, restore_plan
 from pcipassd.policy import enforce
-from pcipassd.printable import printable
+from pcipassd.printable import in_xml_comment, printable
 from pcipassd.selection import Selection, select
 from pcipassd.service import notify_status, on_sigterm, status_text
 from pcipassd.state import Record, State
@@ -344,7 +344,7 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
             ready.append(s)
     if libvirt:
         for s in ready:
-            name = f" {printable(s.name).replace('--', '- -')}" if s.name else ""  # in <!-- -->
+            name = f" {in_xml_comment(s.name)}" if s.name else ""
             print(f"<!-- {s.bdf} [{s.id}]{name} -->")
             print(vfio.libvirt_hostdev(s.bdf))
     else:

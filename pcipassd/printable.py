@@ -28,3 +28,11 @@ def short(text: str, limit: int = SHOWN) -> str:
     """`text`, printable and cut to about `limit` characters (…) for a message."""
     text = printable(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def in_xml_comment(text: str) -> str:
+    """`text`, printable, and never ending an XML comment (`--` may not occur inside one)."""
+    text = printable(text)
+    while "--" in text:
+        text = text.replace("--", "- -")
+    return text  # the caller puts a blank between it and the closing -->

@@ -52,7 +52,6 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 class Document:
     file: str  # as shown to the admin
     data: Any
-    raw: bytes = b""  # the file's bytes, as read
     marks: dict[JsonPath, Mark] = field(default_factory=dict)
 
     def where(self, path: JsonPath) -> Mark:
@@ -373,7 +372,7 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
         return whole(f"is not UTF-8 text (byte {e.start})", "is this the right file?")
     if not text.strip():
         return whole("is empty", "a config needs at least `version: 1` and `devices:`")
-    doc = Document(shown, None, raw)
+    doc = Document(shown, None)
     builder = _Builder(doc)
     try:
         node = _compose(text)

@@ -332,3 +332,13 @@ def test_a_link_in_a_trusted_directory_to_a_file_in_a_writable_one_is_refused(
         f"{shared}: directory is writable by group and others (mode 0777); pcipassd does not "
         "use a config others can change",
         f"    hint: chown root:root {shared}; chmod go-w {shared}"]
+
+
+def test_a_name_cannot_end_the_libvirt_xml_comment(m: Machine) -> None:
+    m.config(f'version: 1\ndriver: vfio-pci\ndevices:\n  - address: "{NIC_A}"\n'
+             '    name: "x ---> <hostdev/> <!-- \\e[2J -"\n')
+    assert run(m, "apply").rc == 0
+    r = run(m, "status", "--libvirt")
+    comment = r.out.splitlines()[0]
+    assert comment == f"<!-- {NIC_A} [8086:10d3] x - - -> <hostdev/> <!- - \\x1b[2J - -->"
+    assert comment.count("--") == 2
