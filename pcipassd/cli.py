@@ -15,7 +15,6 @@ from pcipassd import __version__, early, vfio
 from pcipassd import log as logsetup
 from pcipassd.address import Address, AddressError
 from pcipassd.apply import Applier
-from pcipassd.cache import ValidationCache
 from pcipassd.config import STUB_DRIVERS, Config, config_files, load_config, schema_text
 from pcipassd.errors import InvalidConfig, PcipassError, Problem
 from pcipassd.guard import critical_devices, describe
@@ -33,6 +32,7 @@ from pcipassd.kernel import Kernel, LiveKernel
 from pcipassd.log import event
 from pcipassd.plan import Action, Plan, Step, make_plan, predict, restore_plan
 from pcipassd.policy import enforce
+from pcipassd.printable import in_xml_comment, printable
 from pcipassd.selection import Selection, select
 from pcipassd.service import notify_status, on_sigterm, status_text
 from pcipassd.state import Record, State
@@ -65,14 +65,10 @@ class Context:
             return config_files(self.host, Path(self.args.config))
         return None
 
-    def load_config(self, *, cached: bool = True, remember: bool = False) -> Config:
-        """The validated config; `cached`: trust files that passed the schema before;
-        `remember` (apply only: read-only verbs write nothing): note these files as passed."""
-        cache = ValidationCache(self.host)
-        config = load_config(self.host, self.config_paths(), cache.load() if cached else ())
-        if remember:
-            cache.remember(config.digests)
-        return config
+    def load_config(self, *, full: bool = False) -> Config:
+        """The validated config; `full` (validate): always run jsonschema too, for its exact
+        messages, not only pcipassd's quick check (see config.load_config)."""
+        return load_config(self.host, self.config_paths(), full=full)
 
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
         """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
@@ -120,7 +116,7 @@ def cmd_validate(ctx: Context) -> int:
     summary = ""
     rc = EXIT_FAIL  # the files are valid, but do not fit this host (as `plan` says too)
     try:
-        config = ctx.load_config(cached=False)
+        config = ctx.load_config(full=True)
         problems: list[Problem] = []
         if not ctx.args.offline:
             _, selection = ctx.selection(config)
@@ -235,7 +231,7 @@ def cmd_apply(ctx: Context) -> int:
         with on_sigterm(applier.stop):
             early.adopt(ctx.host, state)
             try:
-                config = ctx.load_config(remember=True)
+                config = ctx.load_config()
                 _require_iommu(ctx, config.iommu)
             except PcipassError:
                 early.release(ctx.host, ctx.kernel, state)
@@ -337,7 +333,7 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
     for s in plan.steps:
         if s.action not in (Action.UNCHANGED, Action.BIND):
             continue
-        label = f"{s.bdf} [{s.id}]{f' {s.name}' if s.name else ''}"
+        label = f"{s.bdf} [{s.id}]{f' {printable(s.name)}' if s.name else ''}"
         if s.target != vfio.DRIVER:
             print(f"# {label} is held on {s.target}, which QEMU cannot use (it needs vfio-pci): "
                   f"set `driver: vfio-pci` in its entry ({s.entry}) and run "
@@ -348,7 +344,8 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
             ready.append(s)
     if libvirt:
         for s in ready:
-            print(f"<!-- {s.bdf} [{s.id}]{f' {s.name}' if s.name else ''} -->")
+            name = f" {in_xml_comment(s.name)}" if s.name else ""
+            print(f"<!-- {s.bdf} [{s.id}]{name} -->")
             print(vfio.libvirt_hostdev(s.bdf))
     else:
         print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
@@ -381,7 +378,8 @@ def cmd_status(ctx: Context) -> int:
     else:
         rows = [[s.bdf, s.id, s.current or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
-                 s.group or "-", held(s.bdf) or "-", status[s.action], s.name or s.entry or "-"]
+                 s.group or "-", held(s.bdf) or "-", status[s.action],
+                 printable(s.name or s.entry or "-")]
                 for s in plan.steps]
         print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD",
                                       "STATUS", "ENTRY"])))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import json
-from collections.abc import Container
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,16 @@ from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, Problem
 from pcipassd.guard import KINDS
 from pcipassd.host import Host
+from pcipassd.printable import printable, short
+from pcipassd.strictmodes import untrusted_dirs
 from pcipassd.yamldoc import Document, JsonPath, format_path, load
 
 STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 DEFAULT_DRIVER = "pci-stub"
 DEFAULT_IOMMU = "required"
 DEFAULT_GROUP = "isolated"
+GROUPS = ("isolated", "bind", "ignore")
+IOMMU = ("required", "warn")
 
 
 @dataclass(frozen=True)
@@ -69,15 +73,6 @@ class Config:
     files: tuple[str, ...]
     iommu: str
     entries: tuple[Entry, ...]
-    digests: frozenset[str] = frozenset()  # of the files, for the validation cache
-
-
-def digest(doc: Document) -> str:
-    """Names one file's content checked against this schema: a cache key, see cache.py."""
-    h = hashlib.sha256(schema_text().encode())
-    h.update(b"\0")
-    h.update(doc.raw)
-    return h.hexdigest()
 
 
 @functools.cache
@@ -86,31 +81,32 @@ def schema_text() -> str:
 
 
 def config_files(host: Host, main: Path | None = None) -> list[Path]:
-    """The main file, then the drop-ins next to it in name order."""
+    """The main file, then the drop-ins next to it in name order. Hidden files (an editor's
+    `.#x.yaml` lock, `.x.yaml`) are not drop-ins; neither is `x.yaml~`."""
     main = main or host.config_file
     dropins = main.parent / "pcipass.d"
-    found = sorted(p for p in dropins.glob("*.yaml")) if dropins.is_dir() else []
+    found = (sorted(p for p in dropins.glob("*.yaml") if not p.name.startswith("."))
+             if dropins.is_dir() else [])
     return [main, *found]
 
 
-def load_config(
-    host: Host, files: list[Path] | None = None, known: Container[str] = ()
-) -> Config:
+def load_config(host: Host, files: list[Path] | None = None, *, full: bool = True) -> Config:
     """Read and validate every file; raise InvalidConfig listing every problem.
 
-    A file whose digest is in `known` passed the schema before, byte for byte: its schema check
-    (and the import of jsonschema, the slowest part of a boot-time apply) is skipped. Every
-    other check still runs."""
+    `full` False (every verb but validate): a file that passes pcipassd's own strict check of
+    the schema (`conforms`, microseconds) is not checked again by jsonschema, whose import is
+    the slowest part of a boot-time apply; any other file is, for the exact messages. So a
+    file the schema rejects is never used, whatever `full` says."""
     paths = files or config_files(host)
+    shown = [printable(host.display(p)) for p in paths]
     docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
-    problems: list[Problem] = []
-    for path in paths:
-        doc, found = load(path, host.display(path))
-        if doc is not None and digest(doc) not in known:
+    problems = _untrusted_dirs(host, paths)
+    for path, name in zip(paths, shown):
+        doc, found = load(path, name)
+        if doc is not None and (full or not conforms(doc.data)):
             found = _check_schema(doc)
         problems += found
         docs.append(None if found else doc)
-    shown = [host.display(p) for p in paths]
     config, found = _build(docs, shown[0])  # also checks the usable files when others are not
     problems += found
     if problems:  # in file order (main file first), then by position
@@ -120,9 +116,92 @@ def load_config(
     return config
 
 
+def _untrusted_dirs(host: Host, paths: list[Path]) -> list[Problem]:
+    """StrictModes for the directories above the files, up to the root: see strictmodes.py."""
+    problems, seen = [], set()
+    for path in paths:
+        for directory, why in untrusted_dirs(path, host.root):
+            if directory in seen:
+                continue
+            seen.add(directory)
+            name = printable(host.display(directory)).replace("/.", "/") or "/"
+            problems.append(Problem(
+                name, 0, 0, "", f"directory {why}; pcipassd does not use a config others "
+                "can change", f"chown root:root {name}; chmod go-w {name}"))
+    return problems
+
+
+@functools.cache
 def _schema() -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(schema_text())
     return schema
+
+
+# -- the quick check: the schema, read strictly -------------------------------------------------
+# A value of exactly these Python types satisfies the schema's "type" (stricter than jsonschema:
+# a bool is never a number, 2.0 is not an integer; strictness only costs a full check).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
+    "integer": (int,), "number": (int, float), "null": (type(None),)}
+_NOTES = frozenset({"description", "title", "$schema", "$defs", "$comment"})
+
+
+def conforms(data: Any) -> bool:
+    """True only if `data` certainly satisfies schema.json; False also when not sure (a keyword
+    this reading does not know). Never raises: a False only means "ask jsonschema"."""
+    schema = _schema()
+    try:
+        return _conforms(data, schema, schema)
+    except (KeyError, TypeError, ValueError, IndexError, re.error, RecursionError):
+        return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and bool(a == b)
+
+
+def _conforms(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> bool:
+    if "$ref" in schema and not _conforms(  # "#/$defs/name", the only kind this schema uses
+            value, root["$defs"][schema["$ref"].rsplit("/", 1)[1]], root):
+        return False
+    for key, want in schema.items():
+        if key in _NOTES or key == "$ref":
+            continue
+        if key == "type":
+            ok = type(value) in _TYPES[want] and not (
+                isinstance(value, float) and not math.isfinite(value))
+        elif key == "const":
+            ok = _same(value, want)
+        elif key == "enum":
+            ok = any(_same(value, w) for w in want)
+        elif key == "pattern":
+            ok = isinstance(value, str) and re.fullmatch(want, value) is not None
+        elif key == "minLength":
+            ok = isinstance(value, str) and len(value) >= want
+        elif key == "minimum":
+            ok = type(value) in (int, float) and value >= want
+        elif key == "minItems":
+            ok = isinstance(value, list) and len(value) >= want
+        elif key == "uniqueItems" and want is True:  # of strings: the only lists it is used on
+            ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)
+                  and len(set(value)) == len(value))
+        elif key == "items":
+            ok = isinstance(value, list) and all(_conforms(v, want, root) for v in value)
+        elif key == "required":
+            ok = isinstance(value, dict) and all(k in value for k in want)
+        elif key == "properties":
+            ok = isinstance(value, dict) and all(
+                _conforms(v, want[k], root) for k, v in value.items() if k in want)
+        elif key == "additionalProperties" and want is False:
+            ok = isinstance(value, dict) and all(k in schema.get("properties", {})
+                                                 for k in value)
+        elif key == "anyOf":
+            ok = any(_conforms(value, s, root) for s in want)
+        else:
+            return False  # a keyword not read here: not sure
+        if not ok:
+            return False
+    return True
 
 
 def _check_schema(doc: Document) -> list[Problem]:
@@ -154,7 +233,9 @@ def _subschema(schema: dict[str, Any], path: JsonPath) -> dict[str, Any]:
 
 def _did_you_mean(word: object, choices: list[str]) -> str:
     lower = {c.lower(): c for c in choices}  # `ID:` or `VFIO-PCI` is still close to the right one
-    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.6)
+    if not isinstance(word, str) or len(word) > 40:
+        return "expected one of: " + ", ".join(choices)
+    close = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
     return (f"did you mean {lower[close[0]]!r}?" if close
             else "expected one of: " + ", ".join(choices))
 
@@ -172,7 +253,11 @@ def _show(value: object) -> str:
         return "an empty value"
     if isinstance(value, bool):
         return str(value).lower()
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > 64:  # int -> str is slow, then refused
+        return f"a {value.bit_length()}-bit number"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return short(repr(value))
 
 
 def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]:
@@ -182,7 +267,8 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
     if kind == "additionalProperties":
         allowed = sorted(_subschema(schema, path).get("properties", {}))
         return [
-            doc.problem((*path, key, "<key>"), f"unknown key {key!r}", _did_you_mean(key, allowed))
+            doc.problem((*path, key, "<key>"), f"unknown key {_show(key)}",
+                        _did_you_mean(key, allowed))
             for key in error.instance
             if key not in allowed
         ]
@@ -210,9 +296,9 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
         parse = Address.parse if path[-1] == "address" else PciId.parse
         try:
             parse(str(error.instance))  # only blanks around it, then
-            reason = f"{error.instance!r} has blanks around it"
+            reason = f"{_show(error.instance)} has blanks around it"
         except AddressError as e:
-            reason = str(e)
+            reason = short(str(e), 120)
         example = '"0000:02:00.0"' if path[-1] == "address" else '"8086:10d3"'
         return [doc.problem(path, reason, f"write it like {example}, quoted")]
     if kind == "type":
@@ -231,7 +317,56 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
         return [doc.problem(path, f"must be at least {error.validator_value}")]
     if kind == "minLength":
         return [doc.problem(path, "must not be empty", "give it a value, or remove the key")]
-    return [doc.problem(path, error.message)]
+    return [doc.problem(path, short(error.message, 120))]
+
+
+# What pcipassd itself relies on, checked here too, whatever the schema check said (or if it
+# was skipped): a wrong type here must never bind a device (`force: "no"` is not true).
+_MEANING = "its value cannot be used"
+_HINT = "run `pcipassd validate`"
+
+
+def _is_one(value: object) -> bool:
+    return type(value) in (int, float) and value == 1
+
+
+def _is_count(value: object) -> bool:
+    if type(value) is float:
+        return value.is_integer() and value >= 1
+    return type(value) is int and value >= 1
+
+
+_TOP_CHECKS = (("version", _is_one), ("driver", STUB_DRIVERS.__contains__),
+               ("group", GROUPS.__contains__), ("iommu", IOMMU.__contains__),
+               ("devices", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)))
+def _is_force(value: object) -> bool:
+    if type(value) is bool:
+        return True
+    return (isinstance(value, list) and bool(value) and len(set(map(str, value))) == len(value)
+            and all(isinstance(k, str) and k in KINDS for k in value))
+
+
+_ENTRY_CHECKS = (("force", _is_force), ("count", _is_count),
+                 ("driver", STUB_DRIVERS.__contains__), ("group", GROUPS.__contains__),
+                 ("name", lambda v: isinstance(v, str) and v != ""),
+                 *((k, lambda v: isinstance(v, str)) for k in ("address", "id", "expect")))
+
+
+def _unusable(doc: Document, path: JsonPath, data: object,
+              checks: tuple[tuple[str, Any], ...]) -> list[Problem]:
+    """The keys of `data` (a mapping) whose values pcipassd cannot use; version is required."""
+    if not isinstance(data, dict):
+        return [doc.problem(path, f"expected a mapping, got {_show(data)}", _HINT)]
+    return [doc.problem((*path, key), f"{_show(data.get(key))}: {_MEANING}", _HINT)
+            for key, ok in checks
+            if (key in data or (key == "version" and not path)) and not _safe(ok, data.get(key))]
+
+
+def _safe(check: Any, value: object) -> bool:
+    try:
+        return bool(check(value))
+    except TypeError:  # e.g. an unhashable value looked up in a tuple: not usable
+        return False
 
 
 def _explain_force(doc: Document, path: JsonPath, value: object) -> list[Problem]:
@@ -264,6 +399,15 @@ def _force_kinds(value: bool | list[str]) -> frozenset[str]:
 def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Problem]]:
     """Merge the files; a None (unusable) file is skipped, and the result is then unused."""
     problems: list[Problem] = []
+    usable: list[Document | None] = []
+    for doc in docs:  # what the schema should have caught: never used, whatever it said
+        found = [] if doc is None else _unusable(doc, (), doc.data, _TOP_CHECKS)
+        if doc is not None and not found:
+            for n, item in enumerate(doc.data.get("devices", [])):
+                found += _unusable(doc, ("devices", n), item, _ENTRY_CHECKS)
+        problems += found
+        usable.append(None if found else doc)
+    docs = usable
     main = docs[0].data if docs and docs[0] else {}
     iommu = main.get("iommu", DEFAULT_IOMMU)
     entries: list[Entry] = []
@@ -286,8 +430,7 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
         problems.append(first.problem((), "no devices are configured",
                                       f"edit {main_file} first: add a `devices:` list with at "
                                       "least one entry (`pcipassd list` shows the devices)"))
-    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries),
-                    frozenset(digest(d) for d in docs if d))
+    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries))
     return config, problems
 
 
@@ -295,10 +438,13 @@ def _entry(
     doc: Document, path: JsonPath, item: dict[str, Any], driver: str, group: str
 ) -> tuple[Entry | None, list[Problem]]:
     line, col = doc.where(path)
-    address = Address.parse(item["address"]) if "address" in item else None
-    pci_id = PciId.parse(item["id"]) if "id" in item else None
-    expect = PciId.parse(item["expect"]) if "expect" in item else None
     problems = []
+    try:  # the schema has checked the form; this only guards against a gap between the two
+        address = Address.parse(item["address"]) if "address" in item else None
+        pci_id = PciId.parse(item["id"]) if "id" in item else None
+        expect = PciId.parse(item["expect"]) if "expect" in item else None
+    except AddressError as e:
+        return None, [doc.problem(path, short(str(e), 120))]
     if pci_id and expect and pci_id != expect:
         problems.append(doc.problem((*path, "expect"), f"expect {expect} contradicts id {pci_id}",
                                     "keep one of them"))
@@ -314,7 +460,7 @@ def _entry(
         address=address,
         id=pci_id,
         expect=expect or (pci_id if address else None),
-        count=item.get("count"),
+        count=None if item.get("count") is None else int(item["count"]),  # 2.0 is 2
         driver=item.get("driver", driver),
         group=item.get("group", group),
         force=_force_kinds(item.get("force", False)),

@@ -1,12 +1,21 @@
 """Read one YAML file into plain data, remembering where every value stands (line, column).
 
-Every way a file can be unusable (missing, a directory, unreadable, too large, not UTF-8, not
-YAML, several documents, an alias bomb, duplicate keys) becomes a `Problem`, never a traceback.
+Every way a file can be unusable (missing, a directory or a FIFO, unreadable, writable by
+others, too large, not UTF-8, not YAML, several documents, nested too deep, an alias bomb,
+duplicate keys, a value YAML cannot convert) becomes a `Problem`, never a traceback.
+
+The tree is built here from PyYAML's event stream, not by PyYAML's composer and constructor:
+the composer recurses (in C: a deep file crashed it), and the constructor raises on values it
+cannot convert (`2024-02-30`, `!!int "02:00.0"`, a 4301-digit number). Here the depth is
+counted as the events come, and every scalar converts or becomes a Problem at its position.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -14,17 +23,26 @@ from typing import Any, Union
 import yaml
 
 from pcipassd.errors import Problem
+from pcipassd.printable import printable, short
+from pcipassd.strictmodes import untrusted
 
 MAX_BYTES = 1 << 20  # a config is a few kB; anything this big is a mistake
 MAX_NODES = 50_000  # bounds alias expansion ("billion laughs")
-MAX_DEPTH = 64  # bounds nesting: libyaml's composer recurses in C and overflows the stack
+MAX_DEPTH = 64  # bounds nesting, flow ([{) and block (indentation, `- - -`) alike
+MAX_DIGITS = 100  # a longer number is not a pcipassd value (and int() refuses > 4300 digits)
 
 JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
+Mark = tuple[int, int]  # 1-based line, column
 # a character YAML does not accept in a stream (PyYAML's reader allows only these); compiled
 # only when a file has one, since compiling it costs more than reading a config
 _NOT_YAML_TEXT = r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+_TAG = "tag:yaml.org,2002:"
+_BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False}
+_WHAT = {"int": "a whole number", "float": "a number", "bool": "true or false",
+         "null": "an empty value"}
+_NOT_PLAIN = "pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"
 
-try:  # the C loader is faster where libyaml is present; both give node marks
+try:  # the C parser is faster where libyaml is present; both give marks
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = yaml.SafeLoader
@@ -34,10 +52,9 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 class Document:
     file: str  # as shown to the admin
     data: Any
-    raw: bytes = b""  # the file's bytes, as read
-    marks: dict[JsonPath, tuple[int, int]] = field(default_factory=dict)  # 1-based line, col
+    marks: dict[JsonPath, Mark] = field(default_factory=dict)
 
-    def where(self, path: JsonPath) -> tuple[int, int]:
+    def where(self, path: JsonPath) -> Mark:
         """The position of `path`, or of its nearest ancestor that has one."""
         while path not in self.marks and path:
             path = path[:-1]
@@ -53,111 +70,289 @@ def format_path(path: JsonPath) -> str:
     for part in path:
         if part == "<key>":  # the position of a key, not a value: same path
             continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        text = short(str(part))
+        out += f"[{text}]" if isinstance(part, int) else (f".{text}" if out else text)
     return out
 
 
-class _TooBig(Exception):
-    pass
+# -- the node tree --------------------------------------------------------------------------
+@dataclass
+class _Scalar:
+    tag: str
+    explicit: bool  # the file wrote the tag (!!int 5), YAML did not infer it
+    value: str
+    mark: Mark
 
 
-class _TooDeep(Exception):
-    pass
+@dataclass
+class _Collection:
+    mapping: bool  # a mapping: items are key, value, key, value...; else a sequence
+    tag: str | None  # an explicit tag, if the file wrote one
+    mark: Mark
+    items: list[_Node] = field(default_factory=list)
 
 
-class _Cycle(Exception):
-    def __init__(self, node: yaml.Node) -> None:
-        super().__init__()
-        self.node = node
+_Node = Union[_Scalar, _Collection]
 
 
-def _mark(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+class _Stop(Exception):
+    """The file cannot be read as a config; `problem` (file-wide when it has no mark) says why."""
+
+    def __init__(self, message: str, hint: str = "", mark: Mark | None = None) -> None:
+        super().__init__(message)
+        self.message, self.hint, self.mark = message, hint, mark
 
 
-def _too_deep(text: str) -> bool:
-    """Whether the flow collections ([...], {...}) nest deeper than MAX_DEPTH. Block nesting
-    needs indentation, so a file under MAX_BYTES cannot nest deep enough to harm the composer;
-    flow nesting can (a 60 kB file of brackets crashed it). The event parser does not recurse."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return False  # every config an admin writes: no second parse
-    depth = 0
+def _resolve(resolver: yaml.resolver.Resolver, value: str, implicit: tuple[bool, bool]) -> str:
+    """The tag YAML gives an untagged scalar (plain: by its form; quoted: always text)."""
+    tag: str = resolver.resolve(yaml.ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
+    return tag
+
+
+def _mark(event: Any) -> Mark:
+    return event.start_mark.line + 1, event.start_mark.column + 1
+
+
+def _too_deep(mark: Mark | None = None) -> _Stop:
+    return _Stop(f"nests more than {MAX_DEPTH} levels deep; not a pcipassd config",
+                 "is this the right file?", mark)
+
+
+def _compose(text: str) -> _Node | None:
+    """The one document of `text` as a node tree; aliases are shared nodes. Never recurses."""
+    resolver = yaml.resolver.Resolver()
+    anchors: dict[str, _Node] = {}
+    opening: dict[str, _Collection] = {}  # anchors of the collections still open
+    stack: list[tuple[_Collection, str | None]] = []
+    root: _Node | None = None
+    documents = 0
+
+    def add(node: _Node) -> None:
+        nonlocal root
+        if stack:
+            stack[-1][0].items.append(node)
+        else:
+            root = node
+
     for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
+        if isinstance(event, yaml.ScalarEvent):
+            explicit = event.tag not in (None, "!")
+            tag = (event.tag if explicit and event.tag
+                   else _resolve(resolver, event.value, event.implicit))
+            node: _Node = _Scalar(tag, explicit, event.value, _mark(event))
+            if event.anchor:
+                anchors[event.anchor] = node
+            add(node)
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise _too_deep(_mark(event))
+            coll = _Collection(isinstance(event, yaml.MappingStartEvent),
+                               event.tag if event.tag not in (None, "!") else None, _mark(event))
+            stack.append((coll, event.anchor))
+            if event.anchor:
+                opening[event.anchor] = coll
         elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-    return False
+            coll, anchor = stack.pop()
+            if anchor:
+                anchors[anchor] = opening.pop(anchor, coll)
+            add(coll)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in opening:  # `a: &x [*x]`: an alias inside itself
+                raise _Stop("a YAML alias refers to itself",
+                            "write the devices out; pcipassd does not expand large aliases",
+                            opening[event.anchor].mark)
+            if event.anchor not in anchors:
+                raise _Stop(f"YAML syntax: found undefined alias {short(str(event.anchor))!r}",
+                            "define the anchor (&name) before the alias (*name)", _mark(event))
+            add(anchors[event.anchor])
+        elif isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise _Stop("YAML syntax: expected a single document in the stream but found "
+                            "another document", "check the indentation and quoting on that line",
+                            _mark(event))
+    return root
 
 
+# -- node tree -> data ----------------------------------------------------------------------
 class _Builder:
-    """Turns a composed node tree into Python data and a path -> position map."""
+    """Turns the node tree into Python data and a path -> position map; every value that cannot
+    be converted is a Problem at its position."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
         self.nodes = 0
-        self.open: list[yaml.Node] = []  # the collections being built, outermost first
+        self.open: list[_Collection] = []  # the collections being built, outermost first
         self.problems: list[Problem] = []
-        self.constructor = yaml.SafeLoader("")
+        self.resolver = yaml.resolver.Resolver()
 
-    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+    def problem(self, mark: Mark, path: JsonPath, message: str, hint: str = "") -> None:
+        line, col = mark
+        self.problems.append(Problem(self.doc.file, line, col, format_path(path), message, hint))
+
+    def build(self, node: _Node, path: JsonPath) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise _TooBig
-        self.doc.marks[path] = _mark(node)
-        if not isinstance(node, yaml.ScalarNode):
-            if any(node is n for n in self.open):
-                raise _Cycle(node)  # `a: &x [*x]`: an alias inside itself
-            if len(self.open) >= MAX_DEPTH:
-                raise _TooDeep
-            self.open.append(node)
-            try:
-                return self.collection(node, path)
-            finally:
-                self.open.pop()
-        return self.scalar(node)
+            raise _Stop(f"has more than {MAX_NODES} values (YAML aliases expanding?)",
+                        "write the devices out; pcipassd does not expand large aliases")
+        self.doc.marks[path] = node.mark
+        if isinstance(node, _Scalar):
+            return self.scalar(node, path)
+        if len(self.open) >= MAX_DEPTH:  # an alias of a deep node, placed deep
+            raise _too_deep(node.mark)
+        self.open.append(node)
+        try:
+            return self.collection(node, path)
+        finally:
+            self.open.pop()
 
-    def collection(self, node: yaml.Node, path: JsonPath) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
-                if not isinstance(key, str):
-                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                    self.problems.append(Problem(
-                        self.doc.file, line, col, format_path(path),
-                        "keys must be plain words", "write the key as text, e.g. driver:",
-                    ))
-                    continue
-                if key in out:
-                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                    self.problems.append(Problem(
-                        self.doc.file, line, col, format_path((*path, key)),
-                        f"duplicate key {key!r}", "each key may appear once per mapping",
-                    ))
-                    continue
-                out[key] = self.build(value_node, (*path, key))
-                # the key's own position is better than the value's for "unknown key" messages
-                key_path: JsonPath = (*path, key, "<key>")
-                self.doc.marks[key_path] = (
-                    key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                )
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.scalar(node)  # pragma: no cover - a node is a scalar, mapping or sequence
+    def collection(self, node: _Collection, path: JsonPath) -> Any:
+        wanted = f"{_TAG}map" if node.mapping else f"{_TAG}seq"
+        if node.tag is not None and node.tag != wanted:
+            self.problem(node.mark, path, f"YAML: the tag {_tag(node.tag)} is not allowed",
+                         _NOT_PLAIN)
+            return None
+        if not node.mapping:
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.items)]
+        out: dict[str, Any] = {}
+        for key_node, value_node in zip(node.items[::2], node.items[1::2]):
+            if isinstance(key_node, _Scalar) and key_node.tag == f"{_TAG}merge":
+                self.problem(key_node.mark, path, "YAML: merge keys (<<) are not supported",
+                             _NOT_PLAIN)
+                continue
+            key = self.scalar(key_node, path) if isinstance(key_node, _Scalar) else None
+            if key is _BAD:
+                continue
+            if not isinstance(key, str):
+                self.problem(key_node.mark, path, "keys must be plain words",
+                             "write the key as text, e.g. driver:")
+                continue
+            if key in out:
+                self.problem(key_node.mark, (*path, key), f"duplicate key {short(key)!r}",
+                             "each key may appear once per mapping")
+                continue
+            out[key] = self.build(value_node, (*path, key))
+            # the key's own position is better than the value's for "unknown key" messages
+            key_path: JsonPath = (*path, key, "<key>")
+            self.doc.marks[key_path] = key_node.mark
+        return out
 
-    def scalar(self, node: yaml.Node) -> Any:
-        value = self.constructor.construct_object(node, deep=True)
+    def scalar(self, node: _Scalar, path: JsonPath) -> Any:
+        tag, value = node.tag, node.value
+        kind = tag[len(_TAG):] if tag.startswith(_TAG) else ""
+        if node.explicit and kind in _WHAT:  # `!!int x`: x must be what the tag says
+            plain = _resolve(self.resolver, value, (True, False))
+            if plain != tag and not (kind == "float" and plain == f"{_TAG}int"):
+                self.problem(node.mark, path, f"{short(value)!r} is not {_WHAT[kind]} "
+                             f"(it is tagged {_tag(tag)})", f"remove the tag {_tag(tag)}")
+                return _BAD
+            kind = plain[len(_TAG):]
+        elif node.explicit and kind not in ("str", "timestamp"):
+            self.problem(node.mark, path, f"YAML: the tag {_tag(tag)} is not allowed",
+                         _NOT_PLAIN)
+            return _BAD
+        if kind == "null":
+            return None
+        if kind == "bool":
+            return _BOOLS[value.lower()]
         # YAML 1.1 reads unquoted 02:00.0 as the base-60 number 120.0; YAML 1.2 dropped that.
         # A value with a colon in it is always meant as text here (addresses, IDs).
-        if node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in str(
-            node.value
-        ):
-            return str(node.value)
-        return value
+        if kind in ("int", "float") and ":" not in value:
+            if len(value) > MAX_DIGITS:
+                self.problem(node.mark, path, f"a number {len(value)} characters long is not "
+                             "a pcipassd value", "is this the right file?")
+                return _BAD
+            try:
+                return _int(value) if kind == "int" else _float(value)
+            except ValueError:  # a form the resolver lets through: 0b_, ._
+                self.problem(node.mark, path, f"{short(value)!r} is not {_WHAT[kind]}",
+                             "write the number plainly, or quote the text")
+                return _BAD
+        return value  # text; also dates (2024-02-30), which pcipassd never needs as dates
+
+
+_BAD = object()  # a value that could not be converted: its Problem is already recorded
+
+
+def _tag(tag: str) -> str:
+    return short(f"!!{tag[len(_TAG):]}" if tag.startswith(_TAG) else tag)
+
+
+def _int(text: str) -> int:
+    """A YAML 1.1 integer (the resolver has checked the form): 10, -0x1f, 0b101, 017, 1_000."""
+    text = text.replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    text = text.lstrip("+-")
+    if text.startswith("0b"):
+        return sign * int(text[2:], 2)
+    if text.startswith("0x"):
+        return sign * int(text[2:], 16)
+    if len(text) > 1 and text.startswith("0"):
+        return sign * int(text, 8)
+    return sign * int(text)
+
+
+def _float(text: str) -> float:
+    text = text.replace("_", "").lower()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    if text == ".inf":
+        return sign * float("inf")
+    if text == ".nan":
+        return float("nan")
+    return sign * float(text)
+
+
+# -- reading the file -----------------------------------------------------------------------
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def _read(path: Path, shown: str) -> bytes | Problem:
+    """The file's bytes, read only if it is a regular file that only root (or this user) can
+    have written; else why not."""
+
+    def whole(message: str, hint: str = "") -> Problem:
+        return Problem(shown, 0, 0, "", message, hint)
+
+    try:
+        st = os.stat(path)  # first, so that a FIFO or a device is never opened
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return whole("no such file", "create it from the example: make install, or see README")
+    except PermissionError:
+        return whole("cannot read: permission denied",
+                     "run as root" if os.geteuid() != 0
+                     else "check its mode and owner (and SELinux/AppArmor labels)")
+    except OSError as e:
+        return whole(f"cannot read: {e.strerror or errno.errorcode.get(e.errno or 0, e)}")
+    if stat.S_ISDIR(st.st_mode):
+        return whole("is a directory, not a YAML file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+        return whole(f"is {kind}, not a regular file; pcipassd reads only regular files",
+                     "remove it, or rename it so that its name does not end in .yaml")
+    try:
+        st = os.fstat(fd)  # what was opened, in case it was swapped since
+        if not stat.S_ISREG(st.st_mode):
+            return whole("is not a regular file; pcipassd reads only regular files")
+        why = untrusted(st)
+        if why:
+            return whole(f"{why}; pcipassd does not use a config others can change",
+                         f"chown root:root {shown}; chmod go-w {shown}")
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        return whole(f"cannot read: {e.strerror}")
+    finally:
+        os.close(fd)
 
 
 def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
@@ -166,18 +361,9 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
     def whole(message: str, hint: str = "") -> tuple[None, list[Problem]]:
         return None, [Problem(shown, 0, 0, "", message, hint)]
 
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        return whole("no such file", "create it from the example: make install, or see README")
-    except IsADirectoryError:
-        return whole("is a directory, not a YAML file")
-    except PermissionError:
-        return whole("cannot read: permission denied",
-                     "check its mode and owner (and SELinux/AppArmor labels)")
-    except OSError as e:
-        return whole(f"cannot read: {e.strerror}")
+    raw = _read(path, shown)
+    if isinstance(raw, Problem):
+        return None, [raw]
     if len(raw) > MAX_BYTES:
         return whole(f"is larger than {MAX_BYTES // 1024} KiB; not a pcipassd config")
     try:
@@ -186,13 +372,16 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
         return whole(f"is not UTF-8 text (byte {e.start})", "is this the right file?")
     if not text.strip():
         return whole("is empty", "a config needs at least `version: 1` and `devices:`")
-    doc = Document(shown, None, raw)
-    too_deep = whole(f"nests more than {MAX_DEPTH} levels deep; not a pcipassd config",
-                     "is this the right file?")
+    doc = Document(shown, None)
+    builder = _Builder(doc)
     try:
-        if _too_deep(text):
-            return too_deep
-        node = yaml.compose(text, Loader=_Loader)
+        node = _compose(text)
+        if node is None:
+            return whole("is empty", "a config needs at least `version: 1` and `devices:`")
+        doc.data = builder.build(node, ())
+    except _Stop as e:
+        line, col = e.mark or (0, 0)
+        return None, [Problem(shown, line, col, "", e.message, e.hint)]
     except yaml.reader.ReaderError as e:  # a control character: binary data, not text
         bad = re.search(_NOT_YAML_TEXT, text)
         line = text.count("\n", 0, bad.start()) + 1 if bad else 0
@@ -202,29 +391,10 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
                               "is this the right file? a config is plain text")]
     except yaml.MarkedYAMLError as e:
         return _marked(shown, e, "YAML syntax", "check the indentation and quoting on that line")
-    except yaml.YAMLError as e:
-        return whole(" ".join(f"YAML syntax: {e}".split()))
-    except RecursionError:  # pragma: no cover - the pure-Python composer, when not caught above
-        return too_deep
-    if node is None:
-        return whole("is empty", "a config needs at least `version: 1` and `devices:`")
-    builder = _Builder(doc)
-    try:
-        doc.data = builder.build(node, ())
-    except _TooBig:
-        return whole(f"has more than {MAX_NODES} values (YAML aliases expanding?)",
-                     "write the devices out; pcipassd does not expand large aliases")
-    except _TooDeep:
-        return too_deep
-    except _Cycle as e:
-        line, col = _mark(e.node)
-        return None, [Problem(shown, line, col, "", "a YAML alias refers to itself",
-                              "write the devices out; pcipassd does not expand large aliases")]
-    except yaml.MarkedYAMLError as e:  # e.g. a tag (!!python/..., !foo) or a merge key (<<)
-        return _marked(shown, e, "YAML", "pcipassd reads plain YAML: no tags (!x) or merge "
-                       "keys (<<)")
-    except yaml.YAMLError as e:  # pragma: no cover - the constructor's errors carry a mark
-        return whole(" ".join(f"YAML: {e}".split()))
+    except yaml.YAMLError as e:  # pragma: no cover - the parser's errors carry a mark
+        return whole(short(" ".join(f"YAML syntax: {e}".split()), 200))
+    except RecursionError:  # pragma: no cover - nothing here recurses deeper than MAX_DEPTH
+        return None, [Problem(shown, 0, 0, "", _too_deep().message, _too_deep().hint)]
     return (None if builder.problems else doc), builder.problems
 
 
@@ -235,4 +405,4 @@ def _marked(
     mark = e.problem_mark or e.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
     text = " ".join(" ".join(x.split()) for x in (e.context, e.problem) if x)
-    return None, [Problem(shown, line, col, "", f"{what}: {text}", hint)]
+    return None, [Problem(shown, line, col, "", printable(short(f"{what}: {text}", 200)), hint)]

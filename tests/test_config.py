@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -796,16 +798,18 @@ ALIAS_BOMB = "version: 1\n" + "".join(
         "    hint: write the devices out; pcipassd does not expand large aliases"],
         id="recursive-alias"),
     pytest.param("version: 1\nx:\n" + "".join("  " * i + "-\n" for i in range(1, 200)), [
-        f"{MAIN}: nests more than 64 levels deep; not a pcipassd config",
+        f"{MAIN}:66:129: nests more than 64 levels deep; not a pcipassd config",
         "    hint: is this the right file?"], id="deep-block-nesting"),
+    pytest.param("version: 1\ndevices:\n" + "- " * 30_000 + "x\n", [
+        f"{MAIN}:3:127: nests more than 64 levels deep; not a pcipassd config",
+        "    hint: is this the right file?"], id="deep-compact-sequences"),
     pytest.param(f'version: 1\ndevices:\n  - address: !!python/object:os.system "{NIC_A}"\n', [
-        f"{MAIN}:3:14: YAML: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:python/object:os.system'",
+        f"{MAIN}:3:14: devices[0].address: YAML: the tag !!python/object:os.system is not "
+        "allowed",
         "    hint: pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"], id="python-tag"),
     pytest.param(f'version: 1\nx: &x {{driver: vfio-pci}}\ndevices:\n  - <<: *x\n'
                  f'    address: "{NIC_A}"\n', [
-        f"{MAIN}:4:5: YAML: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:merge'",
+        f"{MAIN}:4:5: devices[0]: YAML: merge keys (<<) are not supported",
         "    hint: pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"], id="merge-key"),
 ])
 def test_a_file_that_is_not_a_config_is_one_clear_line(
@@ -850,9 +854,12 @@ def _deep(line: str) -> bool:
     ("version: 1\nx: " + "[" * 5000 + "]" * 5000 + "\n",
      f"{MAIN}: nests more than 64 levels deep; not a pcipassd config"),
     ("version: 1\nx:\n" + "".join("  " * i + "-\n" for i in range(1, 200)),
-     f"{MAIN}: nests more than 64 levels deep; not a pcipassd config"),
+     f"{MAIN}:66:129: nests more than 64 levels deep; not a pcipassd config"),
+    ("version: 1\ndevices:\n" + "- " * 30_000 + "x\n",
+     f"{MAIN}:3:127: nests more than 64 levels deep; not a pcipassd config"),
     ("version: 1\n\x07\n", f"{MAIN}:2:1: not a text file: control character #x0007"),
-], ids=["alias-bomb", "recursive-alias", "deep-flow", "deep-block", "control-character"])
+], ids=["alias-bomb", "recursive-alias", "deep-flow", "deep-block", "deep-compact",
+        "control-character"])
 def test_both_yaml_loaders_fail_cleanly(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, loader: type[yaml.SafeLoader] | None,
     content: str, expected: str,
@@ -918,18 +925,62 @@ def test_a_symlink_loop(cli: Cli) -> None:
         f"{MAIN}: cannot read: Too many levels of symbolic links"))
 
 
+NOBODY = 65534
+SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+
+
+def _as_nobody(work: Path) -> tuple[list[str], dict[str, str]]:
+    """The argv prefix and environment that run pcipassd's Python as nobody: a Python nobody may
+    run (this one, unless it lives under /root, mode 0700, as a venv's may; else the system's),
+    with copies of pcipassd and, if that Python lacks it, PyYAML in `work` (world-readable)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8"}
+
+    def runs(argv: list[str]) -> bool:
+        return subprocess.run([*SETPRIV, *argv], env=env, capture_output=True,
+                              check=False).returncode == 0
+
+    python = next((p for p in (os.path.realpath(sys.executable), "/usr/bin/python3")
+                   if os.path.exists(p) and runs([p, "-c", "pass"])), None)
+    assert python, "no Python that nobody may run: install python3"
+    shutil.copytree(Path(pcipassd.__file__).parent, work / "pcipassd")
+    if not runs([python, "-c", "import yaml"]):  # e.g. Debian's python3 without python3-yaml
+        shutil.copytree(Path(yaml.__file__).parent, work / "yaml")  # its C part may not load:
+    work.chmod(0o755)  # then PyYAML's pure-Python parser serves, as pcipassd allows
+    for d, _, names in os.walk(work):
+        os.chmod(d, 0o755)
+        for n in names:
+            os.chmod(os.path.join(d, n), 0o644)
+    return [*SETPRIV, python, "-m", "pcipassd"], {**env, "PYTHONPATH": str(work)}
+
+
 def test_an_unreadable_file(cli: Cli) -> None:
-    path = cli.write(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n')
-    path.chmod(0)
-    try:
-        path.read_bytes()
-    except PermissionError:
-        pass
-    else:
-        pytest.skip("this user (root, or CAP_DAC_OVERRIDE) reads a mode-000 file anyway")
-    result = cli.validate()
-    assert (result.rc, result.out) == (2, problems(
-        f"{MAIN}: cannot read: permission denied", "    hint: run as root"))
+    """A mode-000 file is readable to root (CAP_DAC_OVERRIDE), so as root this runs pcipassd as
+    nobody: a child process, with a root that nobody may enter."""
+    expected = (2, problems(f"{MAIN}: cannot read: permission denied", "    hint: run as root"))
+    if os.geteuid() != 0:
+        cli.write(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n').chmod(0)
+        result = cli.validate()
+        assert (result.rc, result.out) == expected
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # not tmp_path: under /tmp/pytest-of-root, 0700
+        top = Path(tmp)
+        top.chmod(0o755)
+        (top / "root/etc").mkdir(parents=True)
+        config = top / "root/etc/pcipass.yaml"
+        config.write_text(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n')
+        config.chmod(0)
+        argv, env = _as_nobody(top / "lib")
+        child = subprocess.run([*argv, "--root", str(top / "root"), "validate", "--offline"],
+                               capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert (child.returncode, child.stdout) == expected, child.stderr
+        assert child.stderr == ""
+        config.write_text("version: [1\n")  # and the same reader, given a readable file,
+        config.chmod(0o644)  # reads it (its YAML: jsonschema may not be there for nobody)
+        child = subprocess.run([*argv, "--root", str(top / "root"), "validate", "--offline"],
+                               capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert (child.returncode, child.stdout.splitlines()[0]) == (
+            2, f"{MAIN}:2:1: YAML syntax: while parsing a flow sequence did not find expected "
+            "',' or ']'"), child.stderr
 
 
 # ---- validate FILE..., --offline, --root ----------------------------------------------------
