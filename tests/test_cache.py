@@ -86,7 +86,7 @@ def _old_cache_key(raw: bytes) -> str:
 
 @pytest.mark.parametrize(("text", "line"), [
     (f'version: 1\ndevices:\n  - address: "{BOOT_VGA}"\n    force: "no"\n',
-     f"{MAIN}:4:12: devices[0].force: expected true or false, got text"),
+     f"{MAIN}:4:12: devices[0].force: expected true or false, or a list of"),
     (f'version: 2\ndevices:\n  - address: "{NIC_A}"\n',
      f"{MAIN}:1:10: version: version must be 1, not 2"),
 ], ids=["force-no", "version-2"])
