@@ -89,9 +89,10 @@ def _resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
 
     Returns a host-absolute path (its last components may not exist), or None on a symlink loop.
     """
-    pending = list(PurePosixPath(absolute).parts[1:])
+    pending = str(absolute).split("/")  # "" and "." parts are skipped below
     done: list[str] = []
     hops = 0
+    root = str(host.root)  # joined as text: this runs per device (scale: bench/scale_plan.py)
     while pending:
         part = pending.pop(0)
         if part in ("", "."):
@@ -101,7 +102,7 @@ def _resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
                 done.pop()
             continue
         try:
-            target = os.readlink(host.path("/" + "/".join([*done, part])))
+            target = os.readlink(os.path.join(root, *done, part))
         except OSError:  # not a symlink, or missing: keep the name as it is
             done.append(part)
             continue
@@ -111,7 +112,7 @@ def _resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
             return None
         if target.startswith("/"):
             done = []
-        pending[:0] = PurePosixPath(target).parts[1 if target.startswith("/") else 0 :]
+        pending[:0] = target.split("/")
     return PurePosixPath("/", *done)
 
 

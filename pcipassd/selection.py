@@ -46,12 +46,12 @@ def match(entry: Entry, inventory: Inventory) -> tuple[list[Device], list[Proble
     """The devices `entry` selects, and every problem that refuses it."""
     if entry.address is not None:
         address = entry.address
-        devices = [d for d in inventory.devices.values() if address.matches(d.bdf)]
+        devices = inventory.at(address)
         if not devices:
             return [], [entry.problem(f"no device at {address}", LSPCI_HINT)]
     else:
         assert entry.id is not None  # the schema requires address or id
-        devices = [d for d in inventory.devices.values() if d.id == entry.id]
+        devices = inventory.with_id(entry.id)
         if not devices:
             return [], [entry.problem(f"no device with ID {entry.id} is present", LSPCI_HINT)]
     problems = []
