@@ -12,7 +12,6 @@ All problems of all files are reported at once.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
@@ -152,6 +151,8 @@ def _subschema(schema: dict[str, Any], path: JsonPath) -> dict[str, Any]:
 
 
 def _did_you_mean(word: object, choices: list[str]) -> str:
+    import difflib  # noqa: PLC0415 - only for a misspelt word
+
     lower = {c.lower(): c for c in choices}  # `ID:` or `VFIO-PCI` is still close to the right one
     close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.6)
     return (f"did you mean {lower[close[0]]!r}?" if close

@@ -66,7 +66,11 @@ def _link_name(path: str | Path) -> str | None:
 
 def read_device(host: Host, bdf: str) -> Device | None:
     """The device's current state, or None when it is not present."""
-    d = os.path.join(host.pci_devices, bdf, "")
+    return _read_device(os.fspath(host.pci_devices), bdf)
+
+
+def _read_device(devices: str, bdf: str) -> Device | None:
+    d = f"{devices}/{bdf}/"
     vendor, device, cls = _attr(d + "vendor"), _attr(d + "device"), _attr(d + "class")
     if vendor is None or device is None:
         return None
@@ -139,8 +143,9 @@ def scan(host: Host) -> Inventory:
     except FileNotFoundError:
         names = []
     devices = {}
+    where = os.fspath(host.pci_devices)
     for bdf in names:
-        dev = read_device(host, bdf)
+        dev = _read_device(where, bdf)
         if dev is not None:
             devices[bdf] = dev
     return Inventory(devices)
