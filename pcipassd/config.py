@@ -18,12 +18,14 @@ import json
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, Problem
 from pcipassd.host import Host
-from pcipassd.yamldoc import Document, JsonPath, format_path, load
+
+if TYPE_CHECKING:  # yamldoc (PyYAML) is imported when a file is read: restore needs neither
+    from pcipassd.yamldoc import Document, JsonPath
 
 STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 DEFAULT_DRIVER = "pci-stub"
@@ -99,11 +101,13 @@ def load_config(
     A file whose digest is in `known` passed the schema before, byte for byte: its schema check
     (and the import of jsonschema, the slowest part of a boot-time apply) is skipped. Every
     other check still runs."""
+    from pcipassd import yamldoc  # noqa: PLC0415 - see the imports above
+
     paths = files or config_files(host)
     docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
     problems: list[Problem] = []
     for path in paths:
-        doc, found = load(path, host.display(path))
+        doc, found = yamldoc.load(path, host.display(path))
         if doc is not None and digest(doc) not in known:
             found = _check_schema(doc)
         problems += found
@@ -265,6 +269,8 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
 def _entry(
     doc: Document, path: JsonPath, item: dict[str, Any], driver: str, group: str
 ) -> tuple[Entry | None, list[Problem]]:
+    from pcipassd.yamldoc import format_path  # noqa: PLC0415
+
     line, col = doc.where(path)
     address = Address.parse(item["address"]) if "address" in item else None
     pci_id = PciId.parse(item["id"]) if "id" in item else None

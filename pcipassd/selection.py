@@ -7,12 +7,15 @@ as they are rather than being restored by a config mistake.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pcipassd.config import Config, Entry
-from pcipassd.errors import Problem
-from pcipassd.inventory import Device, Inventory
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pcipassd.config import Config, Entry
+    from pcipassd.errors import Problem
+    from pcipassd.inventory import Device, Inventory
 
 LSPCI_HINT = "list the devices with `lspci -Dnn`; addresses change after hardware or BIOS changes"
 
