@@ -73,8 +73,8 @@ def test_without_pyyaml_restore_still_gives_the_devices_back(
     assert m.run("apply").rc == 0
     assert m.driver("0000:00:02.0") == "pci-stub"
     for name in list(sys.modules):
-        if name.partition(".")[0] == "yaml" or name.startswith("pcipassd.") and name not in (
-                "pcipassd.cli", "pcipassd.errors"):  # errors: the simulated kernel raises them
+        if name.partition(".")[0] == "yaml" or (name.startswith("pcipassd.") and name not in (
+                "pcipassd.cli", "pcipassd.errors")):  # errors: the simulated kernel raises them
             monkeypatch.delitem(sys.modules, name)
             if name.startswith("pcipassd."):  # else `from pcipassd import early` finds it
                 monkeypatch.delattr(pcipassd, name.partition(".")[2])
