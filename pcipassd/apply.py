@@ -8,6 +8,12 @@ with the same ID. A device that does not end up on its target is rolled back.
 Restore: reset driver_override, unbind from the stub, re-probe, verify the original driver, and
 bind it explicitly (loading its module) when the probe picked nothing. A device that was unbound
 before stays unbound.
+
+The state file is written once for all the devices a run binds, before the first is touched
+(and again at the end to forget those it did not get to), not once per device; a restored
+device is forgotten at the end of the run, which is safe because restoring it again changes
+nothing (see `run`). A device held before any driver bound it is the exception: it is forgotten
+at once, since restoring it again would unbind its native driver.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from dataclasses import dataclass, field, replace
 from pcipassd import vfio
 from pcipassd.errors import KernelError
 from pcipassd.host import Host
-from pcipassd.inventory import Device, driver_loaded, modalias, module_of, read_device
+from pcipassd.inventory import (
+    Device,
+    driver_loaded,
+    driver_of,
+    modalias,
+    module_of,
+    read_device,
+)
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
 from pcipassd.plan import Action, Plan, Step
@@ -59,6 +72,10 @@ class Applier:
         self.state = state
         self.outcome = Outcome()
         self.stopping = False  # set on SIGTERM: finish the device in hand, start no other
+        # Devices read and recorded (in one save) before the first bind of the run:
+        # BDF -> (the device as read, the record before this run, or None when it had none).
+        self._ready: dict[str, tuple[Device, Record | None]] = {}
+        self._unsaved = False  # records dropped in memory only (see `run`)
 
     def stop(self) -> None:
         """Finish the device in hand, then start no other (SIGTERM)."""
@@ -93,6 +110,13 @@ class Applier:
             raise StepFailed(f"{bdf} disappeared")
         return dev
 
+    def _driver(self, bdf: str) -> str | None:
+        """The device's driver now: after a write, only the `driver` link needs reading."""
+        driver = driver_of(self.host, bdf)
+        if driver is None:
+            return self._device(bdf).driver  # unbound, or gone: say which
+        return driver
+
     def ensure_driver(self, driver: str, module: str | None = None) -> None:
         """Load the module behind `driver` unless its driver directory exists."""
         if driver_loaded(self.host, driver):
@@ -117,18 +141,56 @@ class Applier:
                      f"{step.source}", logging.WARNING, kind="in use")
         return True
 
-    def bind(self, step: Step) -> None:
+    def _record(self, step: Step, dev: Device) -> Record:
+        """What the state file says about the device while it is bound for `step`."""
         assert step.target is not None
-        dev = self._device(step.bdf)
-        if dev.driver != step.target and self._in_use(step, dev):
-            return
         record = self.state.records.get(step.bdf) or Record(
             bdf=step.bdf, id=str(dev.id), original_driver=dev.driver,
             original_override=dev.override,
             original_module=module_of(self.host, dev.driver) if dev.driver else None,
             target=step.target, entry=step.entry or "",
         )
-        self.state.put(replace(record, target=step.target, entry=step.entry or ""))
+        return replace(record, target=step.target, entry=step.entry or "")
+
+    def _prepare(self, steps: list[Step]) -> None:
+        """Record every device these binds will move, in one save, before touching any. A
+        device that is gone, or that a VM has open, is left to `bind`, which says so."""
+        for step in steps:
+            dev = read_device(self.host, step.bdf)
+            if dev is None or (dev.driver != step.target and vfio.users(self.host, dev)):
+                continue
+            self._ready[step.bdf] = (dev, self.state.records.get(step.bdf))
+            self.state.records[step.bdf] = self._record(step, dev)
+        if self._ready:
+            self.state.save()
+
+    def _unprepare(self) -> None:
+        """Forget (in memory) what `_prepare` recorded for devices this run did not get to."""
+        for bdf, (_, before) in self._ready.items():
+            if before is None:
+                self.state.records.pop(bdf, None)
+            else:
+                self.state.records[bdf] = before
+            self._unsaved = True
+        self._ready.clear()
+
+    def bind(self, step: Step) -> None:
+        assert step.target is not None
+        ready = self._ready.pop(step.bdf, None)
+        if ready is not None and driver_of(self.host, step.bdf) == ready[0].driver:
+            dev = ready[0]  # as read and recorded before the first bind of this run
+            record = self.state.records[step.bdf]
+        else:
+            if ready is not None:  # it moved since: record it afresh, from what it had before
+                if ready[1] is None:
+                    self.state.records.pop(step.bdf, None)
+                else:
+                    self.state.records[step.bdf] = ready[1]
+            dev = self._device(step.bdf)
+            if dev.driver != step.target and self._in_use(step, dev):
+                return
+            record = self._record(step, dev)
+            self.state.put(record)
         try:
             self._set_override(step.bdf, step.target)
             if dev.driver == step.target:  # held early, then bound when the target's module
@@ -137,7 +199,7 @@ class Applier:
             if dev.driver is not None:
                 self._unbind(step.bdf, dev.driver)
             self._probe(step.bdf)
-            now = self._device(step.bdf).driver
+            now = self._driver(step.bdf)
             if now != step.target:
                 raise StepFailed(f"the kernel bound it to {now or 'no driver'}, not to "
                                  f"{step.target} (see `dmesg` for the probe error)")
@@ -160,10 +222,10 @@ class Applier:
         log.warning("%s: rolled back to %s", step.bdf, now or "no driver",
                     extra={"journal": replace(back, target=now).journal_fields})
 
-    def _restore_device(self, record: Record) -> str | None:
-        """Give the device back; return the driver it is on now."""
+    def _restore_device(self, record: Record, dev: Device | None = None) -> str | None:
+        """Give the device back (`dev`: as just read); return the driver it is on now."""
         bdf, stub, original = record.bdf, record.target, record.original_driver
-        dev = self._device(bdf)
+        dev = dev or self._device(bdf)
         self._set_override(bdf, record.original_override)
         if dev.driver == stub or (dev.driver is not None and dev.driver != original):
             self._unbind(bdf, dev.driver)
@@ -174,11 +236,11 @@ class Applier:
             if alias:
                 self.kernel.load_native(alias)
             self._probe(bdf)
-            return self._device(bdf).driver
+            return self._driver(bdf)
         if original is None:
             return None
         self._probe(bdf)
-        now = self._device(bdf).driver
+        now = self._driver(bdf)
         if now == original:
             return now
         if now is not None:  # the re-probe chose another driver: move it to the recorded one
@@ -196,15 +258,20 @@ class Applier:
 
     def restore(self, step: Step) -> None:
         record = self.state.records[step.bdf]
-        if self._in_use(step, self._device(step.bdf)):
+        dev = self._device(step.bdf)
+        if self._in_use(step, dev):
             return
         try:
-            now = self._restore_device(record)
+            now = self._restore_device(record, dev)
         except StepFailed as e:
             self._report(step, Action.FAIL, f"{step.summary}: restore failed: {e}",
                          logging.ERROR)
             return
-        self.state.drop(step.bdf)
+        if record.native_unknown:  # restoring it again would unbind its native driver
+            self.state.drop(step.bdf)
+        else:  # restoring it again changes nothing: saved once, at the end of the run
+            del self.state.records[step.bdf]
+            self._unsaved = True
         done = replace(step, target=now)
         note = ""
         if record.native_unknown and now is None:
@@ -226,6 +293,10 @@ class Applier:
 
     # -- the whole plan ------------------------------------------------------------------
     def run(self, plan: Plan) -> Outcome:
+        """Carry out the plan. The devices to bind are recorded first, in one save; the state
+        is saved again at the end (also after an exception) if restores or a stop changed it.
+        Until then the file may still name devices already given back: restoring one again
+        finds it on its original driver and changes nothing."""
         wanted = sorted({s.target for s in plan.steps if s.action is Action.BIND and s.target})
         missing: dict[str, str] = {}
         for driver in wanted:
@@ -233,6 +304,18 @@ class Applier:
                 self.ensure_driver(driver)
             except KernelError as e:
                 missing[driver] = e.message
+        try:
+            self._prepare([s for s in plan.steps
+                           if s.action is Action.BIND and s.target not in missing])
+            self._steps(plan, missing)
+        finally:
+            self._unprepare()
+            if self._unsaved:
+                self.state.save()
+                self._unsaved = False
+        return self.outcome
+
+    def _steps(self, plan: Plan, missing: dict[str, str]) -> None:
         for step in plan.steps:
             if self.stopping:
                 break
@@ -256,4 +339,3 @@ class Applier:
             else:
                 self._report(step, Action.UNCHANGED,
                              f"{step.bdf} [{step.id}] already on {step.target}{step.source}")
-        return self.outcome

@@ -137,6 +137,11 @@ class Inventory:
         return list(self._by_group.get(group, ()))
 
 
+def driver_of(host: Host, bdf: str) -> str | None:
+    """The driver the device is bound to now (None: unbound, or not present)."""
+    return _link_name(os.path.join(host.pci_devices, bdf, "driver"))
+
+
 def scan(host: Host) -> Inventory:
     try:
         names = sorted(n for n in os.listdir(host.pci_devices) if BDF_RE.match(n))
