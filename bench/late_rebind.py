@@ -1,0 +1,200 @@
+"""The late path on a real kernel: moving 16 e1000e NICs to pci-stub and back, pcipassd against
+the raw sysfs loop, in one QEMU guest (the tests/vm harness; TCG unless PCIPASSD_VM_ACCEL=kvm).
+
+Inside the guest (as root, pci-stub loaded beforehand, bytecode and validation cache warm), each
+measure is repeated (`--rounds`, default 3, the variants taking turns) and the median is kept:
+
+- raw: per device driver_override + unbind + drivers_probe, then back (empty override, unbind
+  from pci-stub, drivers_probe), for the 16 NICs and for one;
+- pcipassd: `pcipassd apply` (a config naming them by address) + `pcipassd restore`, same
+  devices; with `--before REF`, also the pcipassd of that commit, installed beside it;
+- start-up: `python3 -c pass`, `pcipassd --version` and a converged (no-op) `pcipassd apply`.
+
+Prints the medians and the ratios against the baseline measured in the same run.
+
+    python3 bench/late_rebind.py [--before 2dfbda7] [--rounds 3] [--timeout 1500]
+
+Needs root (the harness builds a disk with mkfs.ext4 -d) and the cached base image
+(/var/cache/pcipassd-vm, or $PCIPASSD_VM_CACHE): built on first use, a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from vm.harness import E1000E_ID, BootError, PciDevice, Topology, boot  # noqa: E402
+from vm.image import (  # noqa: E402
+    HarnessUnavailable,
+    ImageError,
+    build_image,
+    ensure_base,
+    ensure_host_tools,
+    install_with_make,
+)
+
+COUNT = 16
+NICS = tuple(
+    PciDevice(name=f"nic{n}", bdf=f"0000:00:{3 + n:02x}.0", vendor_device=E1000E_ID,
+              driver="e1000e", qemu_args=(
+                  "-netdev", f"user,id=net-nic{n},restrict=on",
+                  "-device", f"e1000e,netdev=net-nic{n},id=nic{n},bus=pcie.0,addr={3 + n:#x}"))
+    for n in range(COUNT)
+)
+TOPOLOGY = Topology(devices=NICS)
+ALL = " ".join(d.bdf for d in NICS)
+ONE = NICS[0].bdf
+BEFORE_DIR = "/opt/pcipassd-before"
+
+
+def config(bdfs: list[str]) -> str:
+    return "version: 1\ndriver: pci-stub\ndevices:\n" + "".join(
+        f'  - address: "{b}"\n' for b in bdfs)
+
+
+SCRIPT = r"""
+set -u
+modprobe pci-stub
+ALL="@ALL@"
+ONE="@ONE@"
+VERSIONS="@VERSIONS@"
+ROUNDS=@ROUNDS@
+ns() { date +%s%N; }
+raw() {
+    for d in "$@"; do
+        echo pci-stub > /sys/bus/pci/devices/$d/driver_override
+        echo $d > /sys/bus/pci/devices/$d/driver/unbind
+        echo $d > /sys/bus/pci/drivers_probe
+    done
+    for d in "$@"; do
+        echo > /sys/bus/pci/devices/$d/driver_override
+        echo $d > /sys/bus/pci/drivers/pci-stub/unbind
+        echo $d > /sys/bus/pci/drivers_probe
+    done
+}
+# pcipassd VERSION ARGS...: the installed pcipassd ("after") or the one beside it ("before")
+run() {
+    local v=$1; shift
+    if [ "$v" = after ]; then pcipassd "$@"; else pcipassd-before "$@"; fi
+}
+cycle() {  # VERSION CONFIG: apply, then restore (whatever apply did)
+    local a=0 r=0
+    run "$1" --config "$2" apply || a=$?
+    run "$1" restore || r=$?
+    return $(( a || r ))
+}
+drivers() {
+    for d in $ALL; do basename "$(readlink -f /sys/bus/pci/devices/$d/driver)"; done \
+        | sort | uniq -c | tr -s ' \n' ' '
+}
+result drivers.start "$(drivers)"
+for v in $VERSIONS; do  # warm: bytecode, validation cache, page cache
+    cycle $v /etc/pcipass.yaml >/dev/null 2>&1; cycle $v /etc/pcipass-one.yaml >/dev/null 2>&1
+    run $v --version >/dev/null
+done
+raw $ALL; raw $ONE
+for r in $(seq $ROUNDS); do
+    t=$(ns); raw $ALL; result t.raw.16.$r $(( $(ns) - t ))
+    t=$(ns); raw $ONE; result t.raw.1.$r $(( $(ns) - t ))
+    for v in $VERSIONS; do
+        t=$(ns); cycle $v /etc/pcipass.yaml 2>/tmp/err.$v.16; rc=$?
+        result t.$v.16.$r $(( $(ns) - t )); result rc.$v.16.$r $rc
+        t=$(ns); cycle $v /etc/pcipass-one.yaml 2>/tmp/err.$v.1; rc=$?
+        result t.$v.1.$r $(( $(ns) - t )); result rc.$v.1.$r $rc
+    done
+    t=$(ns); python3 -c pass; result t.python.$r $(( $(ns) - t ))
+    for v in $VERSIONS; do
+        t=$(ns); run $v --version >/dev/null; result t.$v.version.$r $(( $(ns) - t ))
+        run $v --config /etc/pcipass.yaml apply 2>/dev/null
+        t=$(ns); run $v --config /etc/pcipass.yaml apply 2>/tmp/noop.$v; rc=$?
+        result t.$v.noop.$r $(( $(ns) - t )); result rc.$v.noop.$r $rc
+        run $v restore 2>/dev/null
+    done
+done
+result drivers.end "$(drivers)"
+for v in $VERSIONS; do capture err.$v cat /tmp/err.$v.16 /tmp/noop.$v; done
+"""
+
+
+def before_installer(ref: str) -> Callable[[Path], None]:
+    """make install of this tree, plus the pcipassd package of `ref` beside it."""
+
+    def install(rootfs: Path) -> None:
+        install_with_make(rootfs)
+        target = rootfs / BEFORE_DIR.lstrip("/")
+        target.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "pcipassd"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        launcher = rootfs / "usr/sbin/pcipassd-before"
+        launcher.write_text(f'#!/usr/bin/python3\nimport sys\nsys.path.insert(0, "{BEFORE_DIR}")'
+                            "\nfrom pcipassd.cli import main\nraise SystemExit(main())\n")
+        launcher.chmod(0o755)
+
+    return install
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--before", metavar="REF", help="also time the pcipassd of this commit")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=1500, help="seconds for the boot")
+    args = ap.parse_args()
+    versions = ["after", "before"] if args.before else ["after"]
+    script = (SCRIPT.replace("@ALL@", ALL).replace("@ONE@", ONE)
+              .replace("@VERSIONS@", " ".join(versions)).replace("@ROUNDS@", str(args.rounds)))
+    extra = {"/etc/pcipass-one.yaml": config([ONE])}
+    try:
+        ensure_host_tools()
+        base = ensure_base()
+        workdir = Path(tempfile.mkdtemp(prefix="pcipassd-late-rebind-"))
+        install = before_installer(args.before) if args.before else install_with_make
+        image = build_image(config([d.bdf for d in NICS]), script, extra, base=base,
+                            workdir=workdir, install=install, enable_pcipassd=False)
+        print(f"booting a guest with {COUNT} e1000e (logs in {workdir}) ...", flush=True)
+        try:
+            res = boot(image, topology=TOPOLOGY, timeout=args.timeout)
+        finally:
+            image.disk.unlink(missing_ok=True)
+    except (HarnessUnavailable, ImageError, BootError) as exc:
+        print(f"late_rebind: {exc}", file=sys.stderr)
+        return 1
+
+    def median_ms(key: str) -> float:
+        values = [int(res[f"t.{key}.{r}"]) for r in range(1, args.rounds + 1)]
+        return statistics.median(values) / 1e6
+
+    rcs = {k: v for k, v in res.results.items() if k.startswith("rc.") and v != "0"}
+    print(f"guest: {res['kernel.release']}; boot to poweroff {res.seconds:.0f}s; "
+          f"median of {args.rounds} rounds")
+    print(f"NIC drivers at start: {res['drivers.start']}; at the end: {res['drivers.end']}")
+    if rcs:
+        print(f"non-zero exit codes: {rcs}\n{res.get('err.after', '')}")
+    names = {"after": "pcipassd (this tree)", "before": f"pcipassd ({args.before})"}
+    for n in (16, 1):
+        raw = median_ms(f"raw.{n}")
+        print(f"\n{n} device{'s' if n > 1 else ''} to pci-stub and back")
+        print(f"  {'raw sysfs loop':<32} {raw:8.1f} ms   1.00x")
+        for v in versions:
+            t = median_ms(f"{v}.{n}")
+            print(f"  {names[v] + ' apply + restore':<32} {t:8.1f} ms  {t / raw:5.2f}x")
+    py = median_ms("python")
+    print("\nstart-up")
+    print(f"  {'python3 -c pass':<32} {py:8.1f} ms   1.00x")
+    for v in versions:
+        for what, label in (("version", "--version"), ("noop", "apply, converged (no-op)")):
+            t = median_ms(f"{v}.{what}")
+            print(f"  {names[v].split()[-1] + ' ' + label:<32} {t:8.1f} ms  {t / py:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
