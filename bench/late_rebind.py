@@ -68,6 +68,22 @@ ONE="@ONE@"
 VERSIONS="@VERSIONS@"
 ROUNDS=@ROUNDS@
 ns() { date +%s%N; }
+# CPU=the milliseconds (user + system) this shell and its children have used so far: less
+# disturbed than the wall clock by a loaded host. `times` runs in this shell, not a subshell.
+cpu() {
+    times >/tmp/times
+    CPU=$(awk '{ for (i = 1; i <= NF; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } }
+               END { printf "%d", s * 1000 }' /tmp/times)
+}
+# timed KEY CMD...: the wall-clock ns (t.KEY) and CPU ms (c.KEY) of CMD; its exit code as rc.KEY
+timed() {
+    local key=$1 t c rc=0
+    shift
+    cpu; c=$CPU; t=$(ns)
+    "$@" || rc=$?
+    t=$(( $(ns) - t )); cpu
+    result t.$key $t; result c.$key $(( CPU - c )); result rc.$key $rc
+}
 raw() {
     for d in "$@"; do
         echo pci-stub > /sys/bus/pci/devices/$d/driver_override
@@ -102,20 +118,17 @@ for v in $VERSIONS; do  # warm: bytecode, validation cache, page cache
 done
 raw $ALL; raw $ONE
 for r in $(seq $ROUNDS); do
-    t=$(ns); raw $ALL; result t.raw.16.$r $(( $(ns) - t ))
-    t=$(ns); raw $ONE; result t.raw.1.$r $(( $(ns) - t ))
+    timed raw.16.$r raw $ALL
+    timed raw.1.$r raw $ONE
     for v in $VERSIONS; do
-        t=$(ns); cycle $v /etc/pcipass.yaml 2>/tmp/err.$v.16; rc=$?
-        result t.$v.16.$r $(( $(ns) - t )); result rc.$v.16.$r $rc
-        t=$(ns); cycle $v /etc/pcipass-one.yaml 2>/tmp/err.$v.1; rc=$?
-        result t.$v.1.$r $(( $(ns) - t )); result rc.$v.1.$r $rc
+        timed $v.16.$r cycle $v /etc/pcipass.yaml 2>/tmp/err.$v.16
+        timed $v.1.$r cycle $v /etc/pcipass-one.yaml 2>/tmp/err.$v.1
     done
-    t=$(ns); python3 -c pass; result t.python.$r $(( $(ns) - t ))
+    timed python.$r python3 -c pass
     for v in $VERSIONS; do
-        t=$(ns); run $v --version >/dev/null; result t.$v.version.$r $(( $(ns) - t ))
+        timed $v.version.$r run $v --version >/dev/null
         run $v --config /etc/pcipass.yaml apply 2>/dev/null
-        t=$(ns); run $v --config /etc/pcipass.yaml apply 2>/tmp/noop.$v; rc=$?
-        result t.$v.noop.$r $(( $(ns) - t )); result rc.$v.noop.$r $rc
+        timed $v.noop.$r run $v --config /etc/pcipass.yaml apply 2>/tmp/noop.$v
         run $v restore 2>/dev/null
     done
 done
@@ -169,30 +182,37 @@ def main() -> int:
         return 1
 
     def median_ms(key: str) -> float:
-        values = [int(res[f"t.{key}.{r}"]) for r in range(1, args.rounds + 1)]
-        return statistics.median(values) / 1e6
+        """The median wall-clock time of `key`, in ms."""
+        return statistics.median(int(res[f"t.{key}.{r}"]) for r in range(1, args.rounds + 1)) / 1e6
+
+    def cpu_ms(key: str) -> float:
+        """The median CPU time (user + system, children included) of `key`, in ms."""
+        return statistics.median(int(res[f"c.{key}.{r}"]) for r in range(1, args.rounds + 1))
+
+    def table(rows: list[tuple[str, str]], base: str) -> None:
+        wall, cpu = median_ms(base), cpu_ms(base)
+        for label, key in rows:
+            t, c = median_ms(key), cpu_ms(key)
+            print(f"  {label:<40} {t:8.1f} ms {t / wall:5.2f}x   cpu {c:7.0f} ms {c / cpu:5.2f}x")
 
     rcs = {k: v for k, v in res.results.items() if k.startswith("rc.") and v != "0"}
     print(f"guest: {res['kernel.release']}; boot to poweroff {res.seconds:.0f}s; "
-          f"median of {args.rounds} rounds")
+          f"median of {args.rounds} rounds; wall clock, and CPU time (user + system)")
     print(f"NIC drivers at start: {res['drivers.start']}; at the end: {res['drivers.end']}")
     if rcs:
         print(f"non-zero exit codes: {rcs}\n{res.get('err.after', '')}")
     names = {"after": "pcipassd (this tree)", "before": f"pcipassd ({args.before})"}
     for n in (16, 1):
-        raw = median_ms(f"raw.{n}")
         print(f"\n{n} device{'s' if n > 1 else ''} to pci-stub and back")
-        print(f"  {'raw sysfs loop':<32} {raw:8.1f} ms   1.00x")
-        for v in versions:
-            t = median_ms(f"{v}.{n}")
-            print(f"  {names[v] + ' apply + restore':<32} {t:8.1f} ms  {t / raw:5.2f}x")
-    py = median_ms("python")
+        rows = [("raw sysfs loop", f"raw.{n}")]
+        rows += [(f"{names[v]} apply + restore", f"{v}.{n}") for v in versions]
+        table(rows, f"raw.{n}")
     print("\nstart-up")
-    print(f"  {'python3 -c pass':<32} {py:8.1f} ms   1.00x")
+    rows = [("python3 -c pass", "python")]
     for v in versions:
-        for what, label in (("version", "--version"), ("noop", "apply, converged (no-op)")):
-            t = median_ms(f"{v}.{what}")
-            print(f"  {names[v].split()[-1] + ' ' + label:<32} {t:8.1f} ms  {t / py:5.2f}x")
+        rows += [(f"{names[v]} --version", f"{v}.version"),
+                 (f"{names[v]} apply (no-op)", f"{v}.noop")]
+    table(rows, "python")
     return 0
 
 

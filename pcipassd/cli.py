@@ -28,13 +28,6 @@ if TYPE_CHECKING:
 
     Groups = dict[str, list[Device]]
 
-
-
-def _log() -> logging.Logger:
-    import logging  # noqa: PLC0415
-
-    return logging.getLogger("pcipassd")
-
 EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_USAGE = 64  # sysexits' EX_USAGE: the command line itself is wrong
 JSON_FORMAT = 1  # every `--json` prints one object: {"format": 1, ...}
@@ -45,6 +38,13 @@ PACKAGES = {
     "yaml": "python3-yaml (Fedora/RHEL: python3-pyyaml; pip: PyYAML)",
     "jsonschema": "python3-jsonschema",
 }
+
+
+def _log() -> logging.Logger:
+    """The `pcipassd` logger (logging is imported only once a verb runs)."""
+    import logging  # noqa: PLC0415
+
+    return logging.getLogger("pcipassd")
 
 
 class Context:
