@@ -10,6 +10,10 @@ measure is repeated (`--rounds`, default 3, the variants taking turns) and the m
   devices; with `--before REF`, also the pcipassd of that commit, installed beside it;
 - start-up: `python3 -c pass`, `pcipassd --version` and a converged (no-op) `pcipassd apply`.
 
+Each timed window ends with `udevadm settle`, so that each variant pays for the udev work its
+own rebinds caused. The guest also reports `python3 -X importtime` and a cProfile of a
+one-device apply (in the boot's results.log: `importtime`, `profile`).
+
 Prints the medians and the ratios against the baseline measured in the same run.
 
     python3 bench/late_rebind.py [--before 2dfbda7] [--rounds 3] [--timeout 1500]
@@ -75,12 +79,15 @@ cpu() {
     CPU=$(awk '{ for (i = 1; i <= NF; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } }
                END { printf "%d", s * 1000 }' /tmp/times)
 }
-# timed KEY CMD...: the wall-clock ns (t.KEY) and CPU ms (c.KEY) of CMD; its exit code as rc.KEY
+# timed KEY CMD...: the wall-clock ns (t.KEY) and CPU ms (c.KEY) of CMD and of udev handling
+# the events it caused (so that no variant leaves its aftermath to the next); rc.KEY: its status
 timed() {
     local key=$1 t c rc=0
     shift
+    udevadm settle
     cpu; c=$CPU; t=$(ns)
     "$@" || rc=$?
+    udevadm settle
     t=$(( $(ns) - t )); cpu
     result t.$key $t; result c.$key $(( CPU - c )); result rc.$key $rc
 }
@@ -133,6 +140,11 @@ for r in $(seq $ROUNDS); do
     done
 done
 result drivers.end "$(drivers)"
+capture importtime python3 -X importtime /usr/sbin/pcipassd --config /etc/pcipass-one.yaml apply
+pcipassd restore 2>/dev/null
+capture profile python3 -m cProfile -s cumtime /usr/sbin/pcipassd --config /etc/pcipass-one.yaml \
+    apply
+pcipassd restore 2>/dev/null
 for v in $VERSIONS; do capture err.$v cat /tmp/err.$v.16 /tmp/noop.$v; done
 """
 
