@@ -13,6 +13,7 @@ from pcipassd.host import Host
 
 CLASS_BRIDGE_HOST = 0x0600
 CLASS_BRIDGE_PCI = 0x0604
+VGA_CLASSES = (0x0300, 0x0001)  # VGA controller; a pre-PCI-2.0 VGA device
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,16 @@ def _read_device(devices: str, bdf: str) -> Device | None:
     if vendor is None or device is None:
         return None
     override = _attr(d + "driver_override")
+    code = int(cls, 16) if cls else 0
     return Device(
         bdf=bdf,
         id=PciId(int(vendor, 16), int(device, 16)),
-        cls=int(cls, 16) if cls else 0,
+        cls=code,
         driver=_link_name(d + "driver"),
         override=None if override in (None, "", "(null)") else override,
         group=_link_name(d + "iommu_group"),
-        boot_vga=_attr(d + "boot_vga") == "1",
+        # the kernel has boot_vga only for VGA devices (pci_is_vga): spare the others a read
+        boot_vga=code >> 8 in VGA_CLASSES and _attr(d + "boot_vga") == "1",
     )
 
 
