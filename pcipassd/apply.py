@@ -28,7 +28,14 @@ from dataclasses import dataclass, field, replace
 from pcipassd import vfio
 from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
-from pcipassd.inventory import Device, driver_loaded, modalias, module_of, read_device
+from pcipassd.inventory import (
+    Device,
+    driver_loaded,
+    driver_of,
+    modalias,
+    module_of,
+    read_device,
+)
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
 from pcipassd.plan import Action, Plan, Step
@@ -130,6 +137,13 @@ class Applier:
         log.error("%s: its record stays: %s (hint: %s)", step.bdf, e.message, e.hint,
                   extra={"journal": replace(step, action=Action.FAIL).journal_fields})
 
+    def _driver(self, bdf: str) -> str | None:
+        """The device's driver now: after a write, only the `driver` link needs reading."""
+        driver = driver_of(self.host, bdf)
+        if driver is None:
+            return self._device(bdf).driver  # unbound, or gone: say which
+        return driver
+
     def ensure_driver(self, driver: str, module: str | None = None) -> None:
         """Load the module behind `driver` unless its driver directory exists."""
         if driver_loaded(self.host, driver):
@@ -179,7 +193,7 @@ class Applier:
             if dev.driver is not None:
                 self._unbind(step.bdf, dev.driver)
             self._probe(step.bdf)
-            now = self._device(step.bdf).driver
+            now = self._driver(step.bdf)
             if now != step.target:
                 raise StepFailed(f"the kernel bound it to {now or 'no driver'}, not to "
                                  f"{step.target} (see `dmesg` for the probe error)")
@@ -213,10 +227,10 @@ class Applier:
                     extra={"journal": replace(back, target=now).journal_fields})
         self._forget(step)
 
-    def _restore_device(self, record: Record) -> str | None:
-        """Give the device back; return the driver it is on now."""
+    def _restore_device(self, record: Record, dev: Device | None = None) -> str | None:
+        """Give the device back (`dev`: as just read); return the driver it is on now."""
         bdf, stub, original = record.bdf, record.target, record.original_driver
-        dev = self._device(bdf)
+        dev = dev or self._device(bdf)
         self._set_override(bdf, record.original_override)
         if dev.driver == stub or (dev.driver is not None and dev.driver != original):
             self._unbind(bdf, dev.driver)
@@ -227,11 +241,11 @@ class Applier:
             if alias:
                 self.kernel.load_native(alias)
             self._probe(bdf)
-            return self._device(bdf).driver
+            return self._driver(bdf)
         if original is None:
             return None
         self._probe(bdf)
-        now = self._device(bdf).driver
+        now = self._driver(bdf)
         if now == original:
             return now
         if now is not None:  # the re-probe chose another driver: move it to the recorded one

@@ -3,61 +3,71 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import signal
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
 
-from pcipassd import __version__, early, vfio
-from pcipassd import log as logsetup
-from pcipassd.address import Address, AddressError
-from pcipassd.apply import Applier
-from pcipassd.config import STUB_DRIVERS, Config, config_files, load_config, schema_text
-from pcipassd.errors import InvalidConfig, PcipassError, Problem
-from pcipassd.guard import critical_devices, describe
-from pcipassd.host import Host
-from pcipassd.inventory import Device, Inventory, group_key, scan
-from pcipassd.iommu import (
-    Finding,
-    Level,
-    check,
-    iommu_active,
-    module_available,
-    passthrough_possible,
-)
-from pcipassd.kernel import Kernel, LiveKernel
-from pcipassd.log import event
-from pcipassd.plan import Action, Plan, Step, make_plan, predict, restore_plan
-from pcipassd.policy import enforce
-from pcipassd.printable import in_xml_comment, printable
-from pcipassd.selection import Selection, select
-from pcipassd.service import notify_status, on_sigterm, status_text
-from pcipassd.state import Record, State
+from pcipassd import __version__
 
-log = logging.getLogger("pcipassd")
+# Each verb imports what it needs when it runs (see bench/noop_apply.py): `--version` and a
+# converged `apply` stay near a bare interpreter start, and a missing dependency (PyYAML,
+# jsonschema) is met inside main(), which names the package to install.
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+    from typing import Any, NoReturn
 
-Groups = dict[str, list[Device]]
+    from pcipassd.config import Config
+    from pcipassd.errors import Problem
+    from pcipassd.host import Host
+    from pcipassd.inventory import Device, Inventory
+    from pcipassd.kernel import Kernel
+    from pcipassd.plan import Plan, Step
+    from pcipassd.selection import Selection
+    from pcipassd.state import Record, State
+
+    Groups = dict[str, list[Device]]
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_USAGE = 64  # sysexits' EX_USAGE: the command line itself is wrong
 JSON_FORMAT = 1  # every `--json` prints one object: {"format": 1, ...}
-EXIT_STOPPED = 128 + signal.SIGTERM  # stopped while applying; everything was given back
+EXIT_STOPPED = 128 + 15  # SIGTERM: stopped while applying; everything was given back
+
+# A dependency that is not installed: the package to install, by distribution.
+PACKAGES = {
+    "yaml": "python3-yaml (Fedora/RHEL: python3-pyyaml; pip: PyYAML)",
+    "jsonschema": "python3-jsonschema",
+}
+
+
+def _log() -> logging.Logger:
+    """The `pcipassd` logger (logging is imported only once a verb runs)."""
+    import logging  # noqa: PLC0415
+
+    return logging.getLogger("pcipassd")
 
 
 class Context:
     def __init__(self, args: argparse.Namespace, kernel: Kernel | None) -> None:
+        from pathlib import Path  # noqa: PLC0415 - see the imports above
+
+        from pcipassd.host import Host  # noqa: PLC0415
+
         self.args = args
-        self.host = Host(Path(args.root))
+        self.host: Host = Host(Path(args.root))
         self._kernel = kernel
 
     @property
     def kernel(self) -> Kernel:
+        from pcipassd.kernel import LiveKernel  # noqa: PLC0415
+
         return self._kernel or LiveKernel(self.host)
 
     def config_paths(self) -> list[Path] | None:
+        from pathlib import Path  # noqa: PLC0415
+
+        from pcipassd.config import config_files  # noqa: PLC0415
+
         files = getattr(self.args, "files", None)
         if files:
             return [Path(f) for f in files]
@@ -68,10 +78,17 @@ class Context:
     def load_config(self, *, full: bool = False) -> Config:
         """The validated config; `full` (validate): always run jsonschema too, for its exact
         messages, not only pcipassd's quick check (see config.load_config)."""
+        from pcipassd.config import load_config  # noqa: PLC0415
+
         return load_config(self.host, self.config_paths(), full=full)
 
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
         """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
+        from pcipassd.guard import critical_devices  # noqa: PLC0415
+        from pcipassd.inventory import scan  # noqa: PLC0415
+        from pcipassd.policy import enforce  # noqa: PLC0415
+        from pcipassd.selection import select  # noqa: PLC0415
+
         inventory = scan(self.host)
         critical = critical_devices(self.host)
         return inventory, enforce(select(config, inventory), inventory, critical)
@@ -79,6 +96,8 @@ class Context:
 
 def _print_json(data: dict[str, Any]) -> None:
     """The one JSON convention: one object per run, its format version first."""
+    import json  # noqa: PLC0415
+
     print(json.dumps({"format": JSON_FORMAT, **data}, indent=2))
 
 
@@ -92,9 +111,11 @@ def _problem_lines(problems: Sequence[Problem]) -> list[str]:
 
 
 def _log_problems(problems: Sequence[Problem], kind: str | None = None) -> None:
+    from pcipassd.log import event  # noqa: PLC0415
+
     fields = event(kind) if kind else {}
     for p in problems:
-        log.error("%s%s", p, f" (hint: {p.hint})" if p.hint else "", extra={"journal": fields})
+        _log().error("%s%s", p, f" (hint: {p.hint})" if p.hint else "", extra={"journal": fields})
 
 
 def _table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> list[str]:
@@ -108,11 +129,15 @@ def _table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> lis
 
 # -- verbs -------------------------------------------------------------------------------
 def cmd_schema(ctx: Context) -> int:
+    from pcipassd.config import schema_text  # noqa: PLC0415
+
     sys.stdout.write(schema_text())
     return EXIT_OK
 
 
 def cmd_validate(ctx: Context) -> int:
+    from pcipassd.errors import InvalidConfig  # noqa: PLC0415
+
     summary = ""
     rc = EXIT_FAIL  # the files are valid, but do not fit this host (as `plan` says too)
     try:
@@ -136,6 +161,9 @@ def cmd_validate(ctx: Context) -> int:
 
 
 def cmd_check(ctx: Context) -> int:
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.iommu import Finding, Level, check, passthrough_possible  # noqa: PLC0415
+
     findings = check(ctx.host)
     if stale := early.stale_initramfs(ctx.host):
         findings.append(Finding(Level.WARN, stale, early.rebuild_command(ctx.host) or ""))
@@ -155,16 +183,19 @@ def cmd_check(ctx: Context) -> int:
 
 
 def _require_iommu(ctx: Context, policy: str) -> None:
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.iommu import Level, check, iommu_active  # noqa: PLC0415
+
     if iommu_active(ctx.host):
         return
     findings = [f for f in check(ctx.host) if f.level is Level.FAIL]
     fixes = "; ".join(f.fix for f in findings if f.fix)
     if policy == "warn":
-        log.warning("the IOMMU is off (iommu: warn): binding anyway; vfio-pci will fail. "
+        _log().warning("the IOMMU is off (iommu: warn): binding anyway; vfio-pci will fail. "
                     "Fix: %s", fixes)
         return
     for f in findings:
-        log.error("%s%s", f.what, f" (fix: {f.fix})" if f.fix else "")
+        _log().error("%s%s", f.what, f" (fix: {f.fix})" if f.fix else "")
     raise PcipassError("the IOMMU is off: nothing was bound (iommu: required)",
                        fixes or "run `pcipassd check`")
 
@@ -172,6 +203,11 @@ def _require_iommu(ctx: Context, policy: str) -> None:
 def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> tuple[Plan, Groups]:
     """The plan as apply will fare on this kernel, and the members of every IOMMU group it
     touches."""
+    from pcipassd.config import STUB_DRIVERS  # noqa: PLC0415
+    from pcipassd.inventory import group_key  # noqa: PLC0415
+    from pcipassd.iommu import iommu_active, module_available  # noqa: PLC0415
+    from pcipassd.plan import make_plan, predict  # noqa: PLC0415
+
     inventory, selection = ctx.selection(config)
     unavailable = frozenset(d for d in STUB_DRIVERS if module_available(ctx.host, d) is None)
     plan = predict(make_plan(selection, inventory, records), iommu_on=iommu_active(ctx.host),
@@ -201,6 +237,9 @@ def _groups_json(groups: Groups) -> dict[str, list[dict[str, Any]]]:
 
 
 def cmd_plan(ctx: Context) -> int:
+    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.state import State  # noqa: PLC0415
+
     config = ctx.load_config()
     plan, groups = _planned(ctx, config, State(ctx.host).load().records)
     if ctx.args.json:
@@ -226,6 +265,13 @@ def _step_dict(step: Step) -> dict[str, Any]:
 
 
 def cmd_apply(ctx: Context) -> int:
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.apply import Applier  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.plan import make_plan  # noqa: PLC0415
+    from pcipassd.service import notify_status, on_sigterm, status_text  # noqa: PLC0415
+    from pcipassd.state import State  # noqa: PLC0415
+
     with State(ctx.host).locked() as state:
         applier = Applier(ctx.host, ctx.kernel, state)
         with on_sigterm(applier.stop):
@@ -242,14 +288,14 @@ def cmd_apply(ctx: Context) -> int:
             outcome = applier.run(plan)
             if early.sync(ctx.host, early.render(plan, selection)) and (
                     stale := early.stale_initramfs(ctx.host)):
-                log.warning("%s", stale)
+                _log().warning("%s", stale)
             if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
-                log.info("stopping before apply finished: giving every device back")
+                _log().info("stopping before apply finished: giving every device back")
                 _restore(ctx, state)
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
-    log.info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
+    _log().info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
     notify_status(status_text(held, plan.problems, outcome.failed))
     if not plan.problems and not outcome.failed and not outcome.in_use:
         return EXIT_OK
@@ -257,22 +303,31 @@ def cmd_apply(ctx: Context) -> int:
 
 
 def _restore(ctx: Context, state: State) -> int:
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.apply import Applier  # noqa: PLC0415
+    from pcipassd.inventory import scan  # noqa: PLC0415
+    from pcipassd.plan import restore_plan  # noqa: PLC0415
+
     early.adopt(ctx.host, state)
     plan = restore_plan(scan(ctx.host), state.records)
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     early.arm(ctx.host, False)
-    log.info("%s", outcome.line("restored", "failed"))
+    _log().info("%s", outcome.line("restored", "failed"))
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
 
 def cmd_restore(ctx: Context) -> int:
     # Restore needs no config: a broken config must never keep devices from coming back.
+    from pcipassd.state import State  # noqa: PLC0415
+
     with State(ctx.host).locked() as state:
         return _restore(ctx, state)
 
 
 def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
     """What the admin should know about how the devices were held."""
+    from pcipassd import early  # noqa: PLC0415
+
     out = [f"{bdf}: {why}" for bdf, r in sorted(records.items())
            if (why := early.first_probe(ctx.host, r))]
     if stale := early.stale_initramfs(ctx.host):
@@ -282,7 +337,12 @@ def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
 
 def cmd_list(ctx: Context) -> int:
     from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
+    from pcipassd.address import Address, AddressError  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.guard import critical_devices, describe  # noqa: PLC0415
+    from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.names import NameDb  # noqa: PLC0415
+    from pcipassd.state import State  # noqa: PLC0415
 
     inventory = scan(ctx.host)
     critical = {bdf: describe(r) for bdf, r in critical_devices(ctx.host).items()}
@@ -329,6 +389,10 @@ def cmd_list(ctx: Context) -> int:
 def _handoff(plan: Plan, libvirt: bool) -> int:
     """`status --qemu` / `--libvirt`: what to give QEMU or libvirt for each device held on
     vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
+    from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.printable import in_xml_comment, printable  # noqa: PLC0415
+
     ready = []
     for s in plan.steps:
         if s.action not in (Action.UNCHANGED, Action.BIND):
@@ -353,6 +417,10 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
 
 
 def cmd_status(ctx: Context) -> int:
+    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.printable import printable  # noqa: PLC0415
+    from pcipassd.state import State  # noqa: PLC0415
+
     config = ctx.load_config()
     state = State(ctx.host).load()
     records = state.records
@@ -417,7 +485,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def parser() -> argparse.ArgumentParser:
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line, when it is plainly there: then only its own parser is built
+    (building all eight costs more than a no-op apply's work). None: build them all."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        word = argv[i]
+        if word in ("-h", "--help") or word.startswith("--v"):
+            return None  # the help lists every verb; --version wants none
+        takes_value = "=" not in word and len(word) > 2 and any(
+            option.startswith(word) for option in ("--root", "--config"))  # also abbreviated
+        i += 2 if takes_value else 1
+    return argv[i] if i < len(argv) and argv[i] in VERBS else None
+
+
+def parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `verb`, only that verb's parser (see _verb)."""
     common = _Parser(add_help=False)
     common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
                         help="resolve every host path (sys, proc, etc, run) under DIR; "
@@ -439,6 +522,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pcipassd {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (_, help_text) in VERBS.items():
+        if verb is not None and name != verb:
+            continue
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         if name in ("validate", "check", "plan", "status", "list"):
             sp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -463,22 +548,26 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(_verb(argv)).parse_args(argv)
     for name, default in (("root", "/"), ("config", None), ("debug", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    from pcipassd import log as logsetup  # noqa: PLC0415 - after --version and --help
+    from pcipassd.errors import InvalidConfig, PcipassError  # noqa: PLC0415
+
     logsetup.setup(debug=args.debug)
-    ctx = Context(args, kernel)
     try:
+        ctx = Context(args, kernel)
         rc = VERBS[args.verb][0](ctx)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
         return rc
     except InvalidConfig as e:
         _log_problems(e.problems)
-        log.error("invalid configuration: nothing was changed")
+        _log().error("invalid configuration: nothing was changed")
         return e.exit_code
     except PcipassError as e:
-        log.error("%s%s", e.message, f" (hint: {e.hint})" if e.hint else "")
+        _log().error("%s%s", e.message, f" (hint: {e.hint})" if e.hint else "")
         if args.debug:
             raise
         return e.exit_code
@@ -488,11 +577,18 @@ def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> 
         sys.stderr.close()  # and no "Exception ignored" when Python flushes stdout at exit
         return EXIT_FAIL
     except PermissionError as e:
-        log.error("%s: %s", e.filename or "permission denied", e.strerror,
+        _log().error("%s: %s", e.filename or "permission denied", e.strerror,
                   extra={"journal": {}})
-        log.error("pcipassd %s needs root", args.verb)
+        _log().error("pcipassd %s needs root", args.verb)
         if args.debug:
             raise
+        return EXIT_FAIL
+    except ModuleNotFoundError as e:
+        module = (e.name or "").partition(".")[0]
+        if module not in PACKAGES or args.debug:
+            raise
+        _log().error("pcipassd %s needs the Python module %s, which is not installed "
+                  "(hint: install %s)", args.verb, module, PACKAGES[module])
         return EXIT_FAIL
 
 

@@ -12,14 +12,13 @@ All problems of all files are reported at once.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, Problem
@@ -27,7 +26,9 @@ from pcipassd.guard import KINDS
 from pcipassd.host import Host
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
-from pcipassd.yamldoc import Document, JsonPath, format_path, load
+
+if TYPE_CHECKING:  # yamldoc (PyYAML) is imported when a file is read: restore needs neither
+    from pcipassd.yamldoc import Document, JsonPath
 
 STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 DEFAULT_DRIVER = "pci-stub"
@@ -97,12 +98,14 @@ def load_config(host: Host, files: list[Path] | None = None, *, full: bool = Tru
     the schema (`conforms`, microseconds) is not checked again by jsonschema, whose import is
     the slowest part of a boot-time apply; any other file is, for the exact messages. So a
     file the schema rejects is never used, whatever `full` says."""
+    from pcipassd import yamldoc  # noqa: PLC0415 - see the imports above
+
     paths = files or config_files(host)
     shown = [printable(host.display(p)) for p in paths]
     docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
     problems = _untrusted_dirs(host, paths)
     for path, name in zip(paths, shown):
-        doc, found = load(path, name)
+        doc, found = yamldoc.load(path, name)
         if doc is not None and (full or not conforms(doc.data)):
             found = _check_schema(doc)
         problems += found
@@ -232,6 +235,8 @@ def _subschema(schema: dict[str, Any], path: JsonPath) -> dict[str, Any]:
 
 
 def _did_you_mean(word: object, choices: list[str]) -> str:
+    import difflib  # noqa: PLC0415 - only for a misspelt word
+
     lower = {c.lower(): c for c in choices}  # `ID:` or `VFIO-PCI` is still close to the right one
     if not isinstance(word, str) or len(word) > 40:
         return "expected one of: " + ", ".join(choices)
@@ -437,6 +442,8 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
 def _entry(
     doc: Document, path: JsonPath, item: dict[str, Any], driver: str, group: str
 ) -> tuple[Entry | None, list[Problem]]:
+    from pcipassd.yamldoc import format_path  # noqa: PLC0415
+
     line, col = doc.where(path)
     problems = []
     try:  # the schema has checked the form; this only guards against a gap between the two

@@ -23,29 +23,34 @@ def resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
 
     Returns a host-absolute path (its last components may not exist), or None on a symlink loop.
     """
-    pending = list(PurePosixPath(absolute).parts[1:])
+    pending = str(absolute).split("/")[::-1]  # a stack; "" and "." parts are skipped below
     done: list[str] = []
+    # where each prefix of `done` is under the root, as text: this runs for every device
+    # (bench/scale_plan.py), and building Paths costs more than the readlink calls
+    where = [str(host.root).rstrip("/")]
     hops = 0
     while pending:
-        part = pending.pop(0)
+        part = pending.pop()
         if part in ("", "."):
             continue
         if part == "..":
             if done:
                 done.pop()
+                where.pop()
             continue
         try:
-            target = os.readlink(host.path("/" + "/".join([*done, part])))
+            target = os.readlink(f"{where[-1]}/{part}")
         except OSError:  # not a symlink, or missing: keep the name as it is
             done.append(part)
+            where.append(f"{where[-1]}/{part}")
             continue
         hops += 1
         if hops > _MAX_SYMLINK_HOPS:
             log.debug("symlink loop at %s", absolute)
             return None
         if target.startswith("/"):
-            done = []
-        pending[:0] = PurePosixPath(target).parts[1 if target.startswith("/") else 0 :]
+            done, where = [], where[:1]
+        pending += target.split("/")[::-1]
     return PurePosixPath("/", *done)
 
 

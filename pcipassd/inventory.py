@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from pcipassd.address import BDF_RE, PciId
+from pcipassd.address import BDF_RE, Address, PciId
 from pcipassd.host import Host
 
 CLASS_BRIDGE_HOST = 0x0600
 CLASS_BRIDGE_PCI = 0x0604
+VGA_CLASSES = (0x0300, 0x0001)  # VGA controller; a pre-PCI-2.0 VGA device
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,22 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _link_name(path: Path) -> str | None:
+def _attr(path: str) -> str | None:
+    """A sysfs attribute's text, stripped; None when it cannot be read. One open and one read:
+    a scan reads five of these per device (see bench/scale_plan.py)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _link_name(path: str | Path) -> str | None:
     try:
         return os.path.basename(os.readlink(path))
     except OSError:
@@ -50,30 +67,82 @@ def _link_name(path: Path) -> str | None:
 
 def read_device(host: Host, bdf: str) -> Device | None:
     """The device's current state, or None when it is not present."""
-    d = host.pci_devices / bdf
-    vendor, device, cls = _read(d / "vendor"), _read(d / "device"), _read(d / "class")
+    return _read_device(os.fspath(host.pci_devices), bdf)
+
+
+def _read_device(devices: str, bdf: str) -> Device | None:
+    d = f"{devices}/{bdf}/"
+    vendor, device, cls = _attr(d + "vendor"), _attr(d + "device"), _attr(d + "class")
     if vendor is None or device is None:
         return None
-    override = _read(d / "driver_override")
+    override = _attr(d + "driver_override")
+    code = int(cls, 16) if cls else 0
     return Device(
         bdf=bdf,
         id=PciId(int(vendor, 16), int(device, 16)),
-        cls=int(cls, 16) if cls else 0,
-        driver=_link_name(d / "driver"),
+        cls=code,
+        driver=_link_name(d + "driver"),
         override=None if override in (None, "", "(null)") else override,
-        group=_link_name(d / "iommu_group"),
-        boot_vga=_read(d / "boot_vga") == "1",
+        group=_link_name(d + "iommu_group"),
+        # the kernel has boot_vga only for VGA devices (pci_is_vga): spare the others a read
+        boot_vga=code >> 8 in VGA_CLASSES and _attr(d + "boot_vga") == "1",
     )
+
+
+Slot = tuple[int, int, int]  # domain, bus, slot
 
 
 @dataclass(frozen=True)
 class Inventory:
+    """The devices by BDF, and indexes built once on first use, so that selecting N devices
+    by N entries, and looking up their IOMMU groups, costs N lookups, not N scans."""
+
     devices: Mapping[str, Device]  # by BDF, sorted
+
+    @cached_property
+    def _by_slot(self) -> dict[Slot, dict[int, Device]]:
+        out: dict[Slot, dict[int, Device]] = {}
+        for d in self.devices.values():
+            a = Address.parse(d.bdf)
+            out.setdefault((a.domain, a.bus, a.slot), {})[a.function or 0] = d
+        return out
+
+    @cached_property
+    def _by_id(self) -> dict[PciId, list[Device]]:
+        out: dict[PciId, list[Device]] = {}
+        for d in self.devices.values():
+            out.setdefault(d.id, []).append(d)
+        return out
+
+    @cached_property
+    def _by_group(self) -> dict[str, list[Device]]:
+        out: dict[str, list[Device]] = {}
+        for d in self.devices.values():
+            if d.group is not None:
+                out.setdefault(d.group, []).append(d)
+        return out
+
+    def at(self, address: Address) -> list[Device]:
+        """The devices at `address` (every function of the slot for `.*`), in BDF order."""
+        functions = self._by_slot.get((address.domain, address.bus, address.slot), {})
+        if address.function is not None:
+            found = functions.get(address.function)
+            return [found] if found is not None else []
+        return [functions[f] for f in sorted(functions)]
+
+    def with_id(self, pci_id: PciId) -> list[Device]:
+        """The devices with this vendor:device, in BDF order."""
+        return list(self._by_id.get(pci_id, ()))
 
     def group_members(self, group: str | None) -> list[Device]:
         if group is None:
             return []
-        return [d for d in self.devices.values() if d.group == group]
+        return list(self._by_group.get(group, ()))
+
+
+def driver_of(host: Host, bdf: str) -> str | None:
+    """The driver the device is bound to now (None: unbound, or not present)."""
+    return _link_name(os.path.join(host.pci_devices, bdf, "driver"))
 
 
 def scan(host: Host) -> Inventory:
@@ -82,8 +151,9 @@ def scan(host: Host) -> Inventory:
     except FileNotFoundError:
         names = []
     devices = {}
+    where = os.fspath(host.pci_devices)
     for bdf in names:
-        dev = read_device(host, bdf)
+        dev = _read_device(where, bdf)
         if dev is not None:
             devices[bdf] = dev
     return Inventory(devices)
@@ -124,4 +194,4 @@ def module_of(host: Host, driver: str) -> str:
 
 def modalias(host: Host, bdf: str) -> str | None:
     """What udev loads a driver for: `pci:v00008086d000010D3sv...`."""
-    return _read(host.pci_devices / bdf / "modalias")
+    return _attr(os.path.join(host.pci_devices, bdf, "modalias"))

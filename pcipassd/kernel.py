@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -60,7 +59,8 @@ class LiveKernel:
                 f"module {module} is not loaded under {self.host.root}",
                 "with --root other than /, pcipassd never runs modprobe; load it yourself",
             )
-        import subprocess  # noqa: PLC0415 - only here, off the converged boot path
+        import shutil  # noqa: PLC0415 - only here, off the converged boot path
+        import subprocess  # noqa: PLC0415
 
         exe = shutil.which("modprobe") or "/sbin/modprobe"
         log.debug("running %s %s", exe, module)

@@ -35,7 +35,7 @@ def _apply_group_policy(
     entry: Entry, items: list[Selected], inventory: Inventory, selected: set[str]
 ) -> tuple[list[Selected], Problem | None]:
     out = list(items)
-    for sel in items:
+    for i, sel in enumerate(items):
         dev = sel.device
         mates = _group_mates(dev, inventory)
         if entry.group == "bind":  # every other endpoint, whatever it is on now: also on re-apply
@@ -57,7 +57,7 @@ def _apply_group_policy(
             )
         note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
                 f"{_busy(loose)}")
-        out[out.index(sel)] = Selected(dev, entry, sel.via, sel.notes, note)
+        out[i] = Selected(dev, entry, sel.via, sel.notes, note)
     return out, None
 
 

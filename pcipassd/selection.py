@@ -7,12 +7,15 @@ as they are rather than being restored by a config mistake.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pcipassd.config import Config, Entry
-from pcipassd.errors import Problem
-from pcipassd.inventory import Device, Inventory
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pcipassd.config import Config, Entry
+    from pcipassd.errors import Problem
+    from pcipassd.inventory import Device, Inventory
 
 LSPCI_HINT = "list the devices with `lspci -Dnn`; addresses change after hardware or BIOS changes"
 
@@ -46,12 +49,12 @@ def match(entry: Entry, inventory: Inventory) -> tuple[list[Device], list[Proble
     """The devices `entry` selects, and every problem that refuses it."""
     if entry.address is not None:
         address = entry.address
-        devices = [d for d in inventory.devices.values() if address.matches(d.bdf)]
+        devices = inventory.at(address)
         if not devices:
             return [], [entry.problem(f"no device at {address}", LSPCI_HINT)]
     else:
         assert entry.id is not None  # the schema requires address or id
-        devices = [d for d in inventory.devices.values() if d.id == entry.id]
+        devices = inventory.with_id(entry.id)
         if not devices:
             return [], [entry.problem(f"no device with ID {entry.id} is present", LSPCI_HINT)]
     problems = []

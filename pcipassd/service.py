@@ -33,14 +33,14 @@ def status_text(held: int, refused: Sequence[Problem], failed: int) -> str:
 
 def notify_status(text: str, environ: Mapping[str, str] | None = None) -> bool:
     """Set the unit's status text; False when not running under systemd (or it failed)."""
-    import array  # noqa: PLC0415 - only under systemd
-    import select  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
     environ = os.environ if environ is None else environ
     address = environ.get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
         return False
+    import array  # noqa: PLC0415 - only under systemd
+    import select  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
     if address[0] == "@":
         address = "\0" + address[1:]
     try:

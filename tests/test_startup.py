@@ -1,0 +1,138 @@
+"""Start-up: each verb imports only what it needs, so a missing dependency is one line that
+names the package to install (never a traceback), and `--version` loads nothing but the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from machine import Machine
+from simkernel import SimKernel
+
+import pcipassd
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Run `python -m pcipassd ARGS` as an admin would, with the module `missing` not installed: a
+# meta-path finder that fails its import as Python does when it is absent.
+BLOCKED = """\
+import runpy, sys
+missing = sys.argv[1]
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name == missing or name.startswith(missing + "."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Missing())
+sys.argv = ["pcipassd", *sys.argv[2:]]
+runpy.run_module("pcipassd", run_name="__main__", alter_sys=True)
+"""
+
+YAML_LINE = ("pcipassd: error: pcipassd {verb} needs the Python module yaml, which is not "
+             "installed (hint: install python3-yaml (Fedora/RHEL: python3-pyyaml; pip: PyYAML))")
+JSONSCHEMA_LINE = ("pcipassd: error: pcipassd {verb} needs the Python module jsonschema, which "
+                   "is not installed (hint: install python3-jsonschema)")
+
+
+def without(module: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BLOCKED, module, *argv], cwd=REPO,
+                          capture_output=True, text=True, check=False, timeout=60)
+
+
+@pytest.fixture
+def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    return Machine(sim_host, capsys).with_guest_nic()
+
+
+@pytest.mark.parametrize("verb", ["validate", "plan", "apply", "status", "list"])
+def test_without_pyyaml_each_verb_names_the_package(m: Machine, verb: str) -> None:
+    r = without("yaml", "--root", str(m.root), verb)
+    assert (r.returncode, r.stderr.splitlines(), r.stdout) == (
+        1, [YAML_LINE.format(verb=verb)], "")
+    assert m.sim.writes == []
+
+
+class _Missing:
+    """A meta-path finder for which `module` is not installed."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == self.module or name.startswith(self.module + "."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def test_without_pyyaml_restore_still_gives_the_devices_back(
+        m: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore needs no config, so not the YAML reader either: a broken installation must not
+    keep devices from coming back. (In-process, for the simulated kernel: pcipassd's modules
+    are imported afresh, as in a new process, with PyYAML gone.)"""
+    assert m.run("apply").rc == 0
+    assert m.driver("0000:00:02.0") == "pci-stub"
+    for name in list(sys.modules):
+        if name.partition(".")[0] == "yaml" or (name.startswith("pcipassd.") and name not in (
+                "pcipassd.cli", "pcipassd.errors")):  # errors: the simulated kernel raises them
+            monkeypatch.delitem(sys.modules, name)
+            if name.startswith("pcipassd."):  # else `from pcipassd import early` finds it
+                monkeypatch.delattr(pcipassd, name.partition(".")[2])
+    monkeypatch.setattr(sys, "meta_path", [_Missing("yaml"), *sys.meta_path])
+    r = m.run("restore")
+    assert (r.rc, r.err.splitlines()[-1]) == (0, "pcipassd: 1 restored, 0 failed")
+    assert m.driver("0000:00:02.0") == "e1000e"
+    assert "yaml" not in sys.modules
+
+
+def test_without_jsonschema_validate_names_the_package(m: Machine) -> None:
+    r = without("jsonschema", "--root", str(m.root), "validate")
+    assert (r.returncode, r.stderr.splitlines(), r.stdout) == (
+        1, [JSONSCHEMA_LINE.format(verb="validate")], "")
+
+
+def test_without_jsonschema_a_converged_apply_still_works(m: Machine) -> None:
+    """The validation cache spares a boot the schema check, and so the dependency."""
+    assert m.run("apply").rc == 0
+    before = m.driver("0000:00:02.0")
+    r = without("jsonschema", "--root", str(m.root), "apply")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[-1] == "pcipassd: 0 bound, 1 unchanged, 0 restored, 0 failed"
+    assert m.driver("0000:00:02.0") == before == "pci-stub"
+
+
+def test_version_and_schema_need_no_dependency() -> None:
+    r = without("yaml", "--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "pcipassd 0.1.0\n", "")
+    r = without("jsonschema", "schema")
+    assert r.returncode == 0
+    assert '"$schema": "http://json-schema.org/draft-07/schema#"' in r.stdout
+
+
+def test_version_loads_only_the_command_line() -> None:
+    probe = ("import sys\nfrom pcipassd.cli import main\ntry:\n    main(['--version'])\n"
+             "except SystemExit:\n    pass\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('pcipassd') or m in "
+             "('yaml', 'jsonschema', 'json', 'logging', 'dataclasses', 'typing'))))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                       check=True, timeout=60)
+    assert r.stdout.splitlines() == ["pcipassd 0.1.0", "pcipassd pcipassd.cli"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--root", "/x", "plan", "--json"], ["--root=/x", "--debug", "status"], ["--ro", "/x", "list"],
+    ["--config", "apply", "check"], ["--co=apply", "schema"],
+])
+def test_the_verb_is_found_past_the_common_options(argv: list[str]) -> None:
+    from pcipassd.cli import _verb, parser  # noqa: PLC0415
+
+    assert _verb(argv) == argv[-1] if argv[-1] != "--json" else "plan"
+    assert parser(_verb(argv)).parse_args(argv).verb == parser().parse_args(argv).verb
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["--root", "/x"], ["nonsense"],
+                                  ["--root", "/x", "-h", "plan"]])
+def test_without_a_plain_verb_every_verb_is_built(argv: list[str]) -> None:
+    from pcipassd.cli import _verb  # noqa: PLC0415
+
+    assert _verb(argv) is None
