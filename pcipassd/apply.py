@@ -231,6 +231,11 @@ class Applier:
         """Give the device back (`dev`: as just read); return the driver it is on now."""
         bdf, stub, original = record.bdf, record.target, record.original_driver
         dev = dev or self._device(bdf)
+        if original is not None and not record.native_unknown and dev.driver != original:
+            try:  # before anything moves: a driver that cannot be had leaves it on the stub
+                self.ensure_driver(original, record.original_module)
+            except KernelError as e:
+                raise StepFailed(f"{e.message}; left on {dev.driver or 'no driver'}") from e
         self._set_override(bdf, record.original_override)
         if dev.driver == stub or (dev.driver is not None and dev.driver != original):
             self._unbind(bdf, dev.driver)

@@ -235,6 +235,25 @@ def test_restore_loads_the_original_module_when_it_was_unloaded(m: Machine) -> N
     assert m.driver(NIC_A) == "e1000e"
 
 
+def test_restore_to_a_driver_that_cannot_be_had_leaves_the_device_on_the_stub(
+        m: Machine) -> None:
+    """A record naming a driver this kernel has no module for (renamed, or a typo in an edited
+    state file): the device is not unbound into nothing; it stays held, with its record."""
+    m.config(ONE_NIC)
+    assert m.run("apply").rc == 0
+    path = m.root / "run/pcipass/state.json"
+    data = json.loads(path.read_text())
+    data["devices"][0].update(original_driver="e1000f", original_module="e1000f")
+    path.write_text(json.dumps(data))
+    r = m.run("restore")
+    assert r.rc == 1
+    assert m.driver(NIC_A) == "pci-stub"
+    assert m.state[NIC_A]["original_driver"] == "e1000f"
+    assert "Traceback" not in r.err
+    assert [line for line in r.err.splitlines() if "restore failed" in line and "e1000f" in line
+            and "left on pci-stub" in line]
+
+
 def test_restore_binds_explicitly_when_the_probe_picks_another_driver(m: Machine) -> None:
     # NIC_A was on e1000 (say, through an admin's new_id); a re-probe would pick e1000e.
     m.sim.write(m.root / "sys/bus/pci/drivers/e1000/new_id", "8086 10d3")
