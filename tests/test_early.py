@@ -349,7 +349,7 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
         while not done.is_set():
             try:
                 data, ancdata, _, _ = server.recvmsg(4096, socket.CMSG_SPACE(16))
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from Python 3.10 on, not yet in 3.9
                 continue
             got.append(data.decode())
             for _level, _type, fds in ancdata:
