@@ -20,7 +20,7 @@ from pkgbuild import build_deb, debian_version
 
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, BootResult, boot
-from .image import BaseImage, build_image, no_install
+from .image import BaseImage, FileContent, build_image, no_install
 
 E1000E_A = DEFAULT_TOPOLOGY.bdf("e1000e-a")
 E1000E_B = DEFAULT_TOPOLOGY.bdf("e1000e-b")
@@ -90,7 +90,8 @@ esac
 def lifecycle(vm_base: BaseImage,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[BootResult, BootResult]:
     first, newer = build_deb(), build_deb(revision=NEWER)
-    files = {f"/root/{deb.name}": (deb.read_bytes(), 0o644) for deb in (first, newer)}
+    files: dict[str, FileContent] = {f"/root/{deb.name}": (deb.read_bytes(), 0o644)
+                                     for deb in (first, newer)}
     files["/root/pcipass.yaml"] = CONFIG
     image = build_image(None, SCRIPT, files, base=vm_base, install=no_install,
                         workdir=tmp_path_factory.mktemp("package"))
