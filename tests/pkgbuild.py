@@ -120,8 +120,20 @@ def _run_logged(cmd: Sequence[str], cwd: Path, log: Path) -> None:
 
 def _build_dir(kind: str, revision: str | None, repo: Path) -> tuple[Path, list[str]]:
     files = source_files(repo)
-    key = f"{kind}-{source_digest(files, repo)}" + (f"-{revision}" if revision else "")
-    return cache_root() / key, files
+    current = f"{kind}-{source_digest(files, repo)}"
+    _prune(kind, keep=current)
+    return cache_root() / (current + (f"-{revision}" if revision else "")), files
+
+
+def _prune(kind: str, keep: str) -> None:
+    """Delete the builds of earlier sources (the cache would grow with every edit)."""
+    cache = cache_root()
+    if not cache.is_dir():
+        return
+    for old in cache.glob(f"{kind}-*"):
+        if old.is_dir() and not old.name.startswith(keep):
+            shutil.rmtree(old, ignore_errors=True)
+            old.with_name(old.name + ".lock").unlink(missing_ok=True)
 
 
 def build_deb(revision: str | None = None, *, repo: Path = REPO) -> Path:
