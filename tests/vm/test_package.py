@@ -38,7 +38,7 @@ devices:
 SCRIPT = rf"""
 initrd=/boot/initrd.img-$(uname -r)
 exists() {{ if [ -e "$1" ] || [ -L "$1" ]; then echo present; else echo absent; fi; }}
-in_initramfs() {{ lsinitramfs "$initrd" | grep pcipass | tr '\n' ' '; }}
+in_initramfs() {{ lsinitramfs "$initrd" | grep -E 'pcipassd|pcipass\.early' | tr '\n' ' '; }}
 mkdir -p /var/lib/apt/lists/partial  # the test image's apt lists were pruned
 case $PCIPASS_BOOT in
 1)
