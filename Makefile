@@ -21,8 +21,9 @@ BUILD_PYTHON ?= python3
 SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g'
 
 SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pcipassd/__init__.py)
 
-.PHONY: all install uninstall test demo
+.PHONY: all install uninstall clean rpm test demo
 
 # The man pages and the bash completion, generated from the argument parser and the schema.
 all: build/doc/.stamp
@@ -69,6 +70,18 @@ uninstall:
 		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd \
 		$(DESTDIR)$(CATALOGDIR)/pcipassd.catalog $(DESTDIR)$(MANDIR)/man8/pcipassd.8 \
 		$(DESTDIR)$(MANDIR)/man5/pcipass.yaml.5 $(DESTDIR)$(COMPLETIONDIR)/pcipassd
+
+clean:
+	rm -rf build
+
+# The Debian package: dpkg-buildpackage -us -uc -b (see debian/). The RPM, from a tarball of
+# HEAD, into build/rpm/RPMS; RPMFLAGS=--nodeps where Fedora's build dependencies cannot be
+# installed (on Debian, say).
+rpm:
+	mkdir -p build/rpm/SOURCES
+	git archive --format=tar.gz --prefix=pcipassd-$(VERSION)/ \
+		-o build/rpm/SOURCES/pcipassd-$(VERSION).tar.gz HEAD
+	rpmbuild -bb $(RPMFLAGS) --define "_topdir $(CURDIR)/build/rpm" pcipassd.spec
 
 test:
 	bash .ci/run

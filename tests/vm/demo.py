@@ -27,7 +27,7 @@ from vm.image import (
     build_image,
     ensure_base,
     ensure_host_tools,
-    install_with_make,
+    install_from_deb,
 )
 
 NICS = [dev.bdf for dev in DEFAULT_TOPOLOGY.devices]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         base = ensure_base()
         workdir = Path(tempfile.mkdtemp(prefix="pcipassd-demo-"))
         print(f"kernel {base.kernel_release}; building the guest disk in {workdir} ...")
-        image = build_image(CONFIG, SCRIPT, workdir=workdir, base=base, install=install_with_make)
+        image = build_image(CONFIG, SCRIPT, workdir=workdir, base=base, install=install_from_deb)
         section("/etc/pcipass.yaml in the guest", CONFIG)
         print("\nbooting (QEMU, TCG) ...", flush=True)
         try:

@@ -7,7 +7,8 @@ Two layers:
   ``$PCIPASSD_VM_CACHE`` (default ``/var/cache/pcipassd-vm``), keyed on a hash
   of the suite, the package list and the build script itself.
 * A per-test :class:`Image`: a copy of the base rootfs with the project
-  installed (``make install DESTDIR=...``), the scenario's ``/etc/pcipass.yaml``,
+  installed from its Debian package (``dpkg -i`` in a chroot, :func:`install_from_deb`; or
+  ``make install DESTDIR=...``), the scenario's ``/etc/pcipass.yaml``,
   the guest test runner and any extra files, packed into a raw ext4 disk with
   ``mkfs.ext4 -d`` (no loop devices, no mounts).
 """
@@ -28,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
+
+from pkgbuild import build_deb
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -295,6 +298,43 @@ def install_with_make(rootfs: Path, repo: Path = REPO_ROOT) -> None:
         raise ImageError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
+#: The environment of commands run in a chroot of the staged root.
+CHROOT_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+              "DEBIAN_FRONTEND=noninteractive")
+
+
+def install_debs(rootfs: Path, debs: Sequence[Path]) -> None:
+    """``dpkg -i`` the packages in a chroot of the staged root, as on a host: the maintainer
+    scripts enable the units and byte-compile the package, the initramfs trigger rebuilds the
+    staged root's initramfs. Nothing is mounted in the chroot, and nothing runs there that
+    could start a service: it has no /run/systemd/system, and a policy-rc.d refuses starts."""
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    had_policy = policy.exists() or policy.is_symlink()
+    staged = [rootfs / "tmp" / deb.name for deb in debs]
+    try:
+        if not had_policy:
+            _write(policy, "#!/bin/sh\nexit 101\n", 0o755)
+        for deb in debs:
+            shutil.copy2(deb, rootfs / "tmp" / deb.name)
+        cmd = ["chroot", str(rootfs), "/usr/bin/env", "-i", *CHROOT_ENV, "dpkg", "-i",
+               *(f"/tmp/{deb.name}" for deb in debs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ImageError(f"dpkg -i {' '.join(d.name for d in debs)} in the image failed:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    finally:
+        for copy in staged:
+            copy.unlink(missing_ok=True)
+        if not had_policy:
+            policy.unlink(missing_ok=True)
+
+
+def install_from_deb(rootfs: Path) -> None:
+    """The package an admin installs: pcipassd's .deb, built from the working tree once per
+    session (tests/pkgbuild.py), installed with :func:`install_debs`."""
+    install_debs(rootfs, [build_deb()])
+
+
 def install_stub(rootfs: Path) -> None:
     """A stand-in pcipassd (shell script + oneshot unit) for harness work."""
     _write(rootfs / "usr/sbin/pcipassd", (GUEST_DIR / "stub-pcipassd").read_bytes(), 0o755)
@@ -306,13 +346,15 @@ def install_stub(rootfs: Path) -> None:
 
 
 def install_project(rootfs: Path) -> None:
-    """``make install`` when the project has one, otherwise the stub.
+    """The Debian package when the project has one, else ``make install``, else the stub.
 
-    ``$PCIPASSD_VM_INSTALL`` = ``make`` or ``stub`` forces one of them.
+    ``$PCIPASSD_VM_INSTALL`` = ``deb``, ``make`` or ``stub`` forces one of them.
     """
     mode = os.environ.get("PCIPASSD_VM_INSTALL", "auto")
     if mode == "stub":
         install_stub(rootfs)
+    elif mode == "deb" or (mode == "auto" and (REPO_ROOT / "debian/control").is_file()):
+        install_from_deb(rootfs)
     elif mode == "make" or project_has_make_install():
         install_with_make(rootfs)
     else:
@@ -434,8 +476,8 @@ def build_image(
     ``guest/lib.sh`` (``result``, ``blob``, ``capture``, ``next_action``, ``log``)
     already sourced.  ``extra_files``: guest path -> content; text starting with
     ``#!`` is made executable, or give ``(content, mode)``.  ``install``: how
-    pcipassd gets into the image (:func:`install_project`, :func:`install_stub`,
-    :func:`install_with_make`, :func:`no_install`, or your own).
+    pcipassd gets into the image (:func:`install_project`, :func:`install_from_deb`,
+    :func:`install_stub`, :func:`install_with_make`, :func:`no_install`, or your own).
     """
     base = base or ensure_base()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="pcipassd-vm-"))

@@ -22,7 +22,7 @@ import pytest
 
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, DISK_BDF, E1000E_ID, BootResult, _nic, boot
-from .image import REPO_ROOT, BaseImage, build_image, enable_unit, install_with_make
+from .image import REPO_ROOT, BaseImage, build_image, enable_unit, install_from_deb
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -118,7 +118,7 @@ esac
 
 
 def _install(root: Path) -> None:
-    install_with_make(root)
+    install_from_deb(root)
     (root / "etc/systemd/system/observer.service").write_text(OBSERVER)
     observe = root / "usr/local/sbin/observe"
     observe.write_text(OBSERVE)

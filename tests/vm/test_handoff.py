@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, DISK_BDF, BootResult, boot
-from .image import REPO_ROOT, BaseImage, build_image, install_with_make
+from .image import REPO_ROOT, BaseImage, build_image, install_from_deb
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -58,7 +58,7 @@ pci_inventory after
 @pytest.fixture(scope="module")
 def handoff(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
     image = build_image(CONFIG, SCRIPT, base=vm_base, workdir=tmp_path_factory.mktemp("handoff"),
-                        install=install_with_make)
+                        install=install_from_deb)
     try:
         return boot(image, log_dir=out_root() / "handoff" / "boot-1", timeout=420)
     finally:

@@ -1,4 +1,4 @@
-"""The real project, installed with its own ``make install``, on a real kernel."""
+"""The real project, installed from its Debian package, on a real kernel."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from .conftest import BootFn, ImageFactory, out_root
 from .harness import DEFAULT_TOPOLOGY, BootResult, boot
-from .image import REPO_ROOT, BaseImage, build_image, install_with_make
+from .image import REPO_ROOT, BaseImage, build_image, install_from_deb
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -27,7 +27,7 @@ devices:
 
 
 def test_pcipassd_runs_in_guest(vm_image: ImageFactory, vm_boot: BootFn) -> None:
-    """make install's files work on Debian's python3: --help, --version, check, validate."""
+    """The package's files work on Debian's python3: --help, --version, check, validate."""
     script = r"""
 capture help pcipassd --help
 capture version pcipassd --version
@@ -37,7 +37,7 @@ capture plan pcipassd plan
 capture example pcipassd --config /usr/share/doc/pcipassd/pcipass.yaml.example validate
 result unit.enabled "$(systemctl is-enabled pcipassd.service 2>&1)"
 """
-    res = vm_boot(vm_image(ONE_E1000E, script, install=install_with_make))
+    res = vm_boot(vm_image(ONE_E1000E, script, install=install_from_deb))
     print(res["help"])
     print(res["check"])
     assert res.rc("help") == 0, res["help"]
@@ -71,7 +71,7 @@ def applied(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> Boo
     """One boot shared by the tests below: apply at boot, then ``systemctl stop``."""
     workdir = tmp_path_factory.mktemp("apply-then-stop")
     image = build_image(
-        ONE_E1000E, APPLY_THEN_STOP, base=vm_base, workdir=workdir, install=install_with_make
+        ONE_E1000E, APPLY_THEN_STOP, base=vm_base, workdir=workdir, install=install_from_deb
     )
     try:
         return boot(image, log_dir=out_root() / "apply_then_stop" / "boot-1")

@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, DISK_BDF, BootResult, boot
-from .image import REPO_ROOT, BaseImage, Image, build_image, install_with_make
+from .image import REPO_ROOT, BaseImage, Image, build_image, install_from_deb
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -85,7 +85,7 @@ def lifecycle(vm_base: BaseImage,
               tmp_path_factory: pytest.TempPathFactory) -> list[BootResult]:
     workdir = tmp_path_factory.mktemp("lifecycle")
     image = build_image(LIFECYCLE_CONFIG, LIFECYCLE, base=vm_base, workdir=workdir,
-                        install=install_with_make)
+                        install=install_from_deb)
     return _boots(image, "lifecycle", 2)
 
 
@@ -179,7 +179,7 @@ result alive "$(cat /proc/uptime)"
 @pytest.fixture(scope="module")
 def refusals(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
     image = build_image(REFUSING_CONFIG, REFUSALS, base=vm_base,
-                        workdir=tmp_path_factory.mktemp("refusals"), install=install_with_make)
+                        workdir=tmp_path_factory.mktemp("refusals"), install=install_from_deb)
     return _boots(image, "refusals", 1)[0]
 
 
@@ -234,7 +234,7 @@ capture check pcipassd check
 @pytest.fixture(scope="module")
 def no_iommu(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
     image = build_image(INVALID_CONFIG, NO_IOMMU, base=vm_base,
-                        workdir=tmp_path_factory.mktemp("no-iommu"), install=install_with_make)
+                        workdir=tmp_path_factory.mktemp("no-iommu"), install=install_from_deb)
     try:
         return boot(image, topology=DEFAULT_TOPOLOGY.without_iommu(),
                     log_dir=out_root() / "no_iommu" / "boot-1")

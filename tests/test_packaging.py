@@ -1,0 +1,307 @@
+"""The Debian package and the RPM: built from the working tree as an admin builds them
+(tests/pkgbuild.py, once per session), they ship what `make install` installs, lintian finds no
+error, and their maintainer scripts do what admins expect of a service that holds devices:
+enable on install without starting, never stop on upgrade (a stop gives every device back) but
+reload, stop on removal. The VM test tests/vm/test_package.py runs the same steps for real."""
+
+from __future__ import annotations
+
+import io
+import re
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from machine import Machine
+from pkgbuild import (
+    REPO,
+    build_deb,
+    build_rpm,
+    changes_of,
+    debian_version,
+    lintian,
+    upstream_version,
+)
+from simkernel import NIC_A, NIC_B, SimKernel
+
+#: Files of the .deb that `make install` does not install: Debian's own.
+DEBIAN_ONLY = {
+    "/usr/share/doc/pcipassd/README.Debian",
+    "/usr/share/doc/pcipassd/changelog.Debian.gz",
+    "/usr/share/doc/pcipassd/copyright",
+    "/usr/share/python3/runtime.d/pcipassd.rtupdate",  # dh_python3: recompile on a new python3
+}
+#: Files of `make install` the RPM leaves out: Fedora and RHEL build their initramfs with dracut.
+NOT_IN_RPM_PREFIX = "/usr/share/initramfs-tools/"
+UNITS = ("pcipassd.service", "pcipassd-early.service")
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    return build_deb()
+
+
+@pytest.fixture(scope="module")
+def rpm() -> Path:
+    return build_rpm()
+
+
+@pytest.fixture(scope="module")
+def make_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Path -> permission bits of every file `make install DESTDIR=... PREFIX=/usr` installs."""
+    dest = tmp_path_factory.mktemp("make-install")
+    subprocess.run(["make", "-s", "install", f"DESTDIR={dest}", "PREFIX=/usr"], cwd=REPO,
+                   check=True)
+    return {"/" + str(p.relative_to(dest)): stat.S_IMODE(p.lstat().st_mode)
+            for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _deb_files(deb: Path) -> dict[str, int]:
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                          check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.lstrip("."): m.mode & 0o7777 for m in tar.getmembers()
+                if m.isfile() or m.issym()}
+
+
+def _as_make_installs(path: str) -> str:
+    """A .deb path as `make install PREFIX=/usr` names it: bookworm's units are in /lib
+    (/usr/lib on a merged /usr), dh_compress gzips the man pages."""
+    if path.startswith("/lib/"):
+        path = "/usr" + path
+    if path.startswith("/usr/share/man/") and path.endswith(".gz"):
+        path = path[: -len(".gz")]
+    return path
+
+
+def _field(deb: Path, name: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+# ---- versions ----------------------------------------------------------------------------------
+
+def test_every_version_is_the_same() -> None:
+    """pcipassd --version, pyproject.toml, debian/changelog and pcipassd.spec agree."""
+    version = upstream_version()
+    pyproject = re.search(r'^version = "([^"]+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    assert pyproject and pyproject.group(1) == version
+    assert debian_version().rsplit("-", 1)[0] == version
+    spec = re.search(r"^Version:\s+(\S+)$", (REPO / "pcipassd.spec").read_text(), re.M)
+    assert spec and spec.group(1) == version
+
+
+# ---- the Debian package ------------------------------------------------------------------------
+
+def test_deb_ships_what_make_install_installs(deb: Path, make_installed: dict[str, int]) -> None:
+    shipped = _deb_files(deb)
+    assert shipped.keys() >= DEBIAN_ONLY
+    as_make = {_as_make_installs(p): mode for p, mode in shipped.items() if p not in DEBIAN_ONLY}
+    assert sorted(as_make.keys() - make_installed.keys()) == [], "only in the .deb"
+    assert sorted(make_installed.keys() - as_make.keys()) == [], "missing from the .deb"
+    assert as_make == make_installed, "same permissions"
+    assert "/lib/systemd/system/pcipassd.service" in shipped
+
+
+def test_deb_dependencies_and_conffile(deb: Path) -> None:
+    assert _field(deb, "Version") == debian_version()
+    assert _field(deb, "Architecture") == "all"
+    depends = {d.strip().split()[0] for d in _field(deb, "Depends").split(",")}
+    assert {"python3-yaml", "python3-jsonschema"} <= depends
+    assert any(d.startswith("python3") and d.split(":")[0] == "python3" for d in depends), depends
+    assert _field(deb, "Recommends") == "python3-systemd"
+    control = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(control)) as tar:
+        def member(name: str) -> str:
+            f = tar.extractfile(f"./{name}")
+            assert f is not None, name
+            return f.read().decode()
+        assert member("conffiles").split() == ["/etc/pcipass.yaml"]
+        # Installing, upgrading and removing the package rebuild the initramfs, so that no
+        # initramfs is left holding devices after a removal.
+        assert "activate-noawait update-initramfs" in member("triggers").splitlines()
+
+
+def test_the_shipped_config_binds_nothing(deb: Path, sim_host: SimKernel,
+                                          capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    """The unit is enabled on install: with the shipped /etc/pcipass.yaml, apply holds nothing."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "deb")], check=True)
+    m = Machine(sim_host, capsys)
+    m.config((tmp_path / "deb/etc/pcipass.yaml").read_text())
+    before = {bdf: m.driver(bdf) for bdf in (NIC_A, NIC_B)}
+    r = m.run("apply")
+    assert "no devices are configured" in r.out + r.err
+    assert {bdf: m.driver(bdf) for bdf in (NIC_A, NIC_B)} == before
+    assert m.writes_to("driver_override") == []
+    assert m.writes_to("bind") == []
+    assert m.state == {}
+
+
+def test_lintian_finds_no_error_and_the_readme_lists_its_warnings(deb: Path) -> None:
+    tags = lintian(changes_of(deb))
+    assert [t for t in tags if t.startswith("E:")] == []
+    readme = (REPO / "README.md").read_text()
+    for line in tags:
+        tag = line.split()[2]
+        assert f"`{tag}`" in readme, f"README.md does not explain lintian's {line}"
+
+
+class Stubs:
+    """A PATH of stand-ins for the commands maintainer scripts call; each records its argv."""
+
+    COMMANDS = ("deb-systemd-helper", "deb-systemd-invoke", "systemctl", "py3compile",
+                "py3clean", "dpkg-trigger", "update-initramfs")
+
+    def __init__(self, root: Path) -> None:
+        self.bin = root / "bin"
+        self.bin.mkdir(parents=True)
+        self.log = root / "calls"
+        self.log.touch()
+        self.systemd = root / "run-systemd-system"  # stands in for /run/systemd/system
+        self.systemd.mkdir()
+        for name in self.COMMANDS:
+            stub = self.bin / name
+            stub.write_text(f'#!/bin/sh\necho "{name} $*" >>"{self.log}"\nexit 0\n')
+            stub.chmod(0o755)
+
+    def run(self, script: Path, *args: str) -> list[str]:
+        """Run a maintainer script as dpkg or rpm would; the calls it made, in order."""
+        text = script.read_text().replace("/run/systemd/system", str(self.systemd))
+        local = script.with_name(script.name + ".local")
+        local.write_text(text)
+        self.log.write_text("")
+        path = f"{self.bin}:/usr/bin:/bin"
+        proc = subprocess.run(["sh", "-e", str(local), *args], env={"PATH": path},
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return self.log.read_text().splitlines()
+
+
+SERVICE_ACTIONS = {"start", "stop", "restart", "try-restart", "reload", "reload-or-restart",
+                   "try-reload-or-restart", "--now"}
+
+
+def _service_actions(calls: list[str]) -> list[str]:
+    """The calls that would start, stop, restart or reload a service."""
+    return [c for c in calls if c.split()[0] in ("deb-systemd-invoke", "systemctl")
+            and SERVICE_ACTIONS & set(c.split()[1:])]
+
+
+@pytest.fixture(scope="module")
+def deb_scripts(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deb-control")
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(out)], check=True)
+    return out
+
+
+def test_deb_install_enables_both_units_and_starts_nothing(deb_scripts: Path,
+                                                           tmp_path: Path) -> None:
+    stubs = Stubs(tmp_path)
+    calls = stubs.run(deb_scripts / "postinst", "configure", "")
+    for unit in UNITS:
+        assert f"deb-systemd-helper enable {unit}" in calls, calls
+    assert _service_actions(calls) == []
+
+
+def test_deb_upgrade_reloads_and_never_stops(deb_scripts: Path, tmp_path: Path) -> None:
+    """dpkg's upgrade: old prerm upgrade, new postinst configure OLD-VERSION."""
+    stubs = Stubs(tmp_path)
+    assert _service_actions(stubs.run(deb_scripts / "prerm", "upgrade", "0.1.0-2")) == []
+    calls = stubs.run(deb_scripts / "postinst", "configure", "0.1.0-0")
+    assert _service_actions(calls) == ["deb-systemd-invoke try-reload-or-restart "
+                                       "pcipassd.service"]
+
+
+def test_deb_removal_stops_pcipassd(deb: Path, deb_scripts: Path, tmp_path: Path) -> None:
+    """Stopping pcipassd.service is what gives every device back (ExecStop=pcipassd restore)."""
+    stubs = Stubs(tmp_path)
+    calls = stubs.run(deb_scripts / "prerm", "remove")
+    assert _service_actions(calls) == ["deb-systemd-invoke stop pcipassd.service "
+                                       "pcipassd-early.service"]
+    unit = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                          check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(unit)) as tar:
+        f = tar.extractfile("./lib/systemd/system/pcipassd.service")
+        assert f is not None
+        assert "ExecStop=/usr/sbin/pcipassd restore" in f.read().decode().splitlines()
+
+
+# ---- the RPM -----------------------------------------------------------------------------------
+
+def _rpm_query(rpm: Path, fmt: str) -> str:
+    return subprocess.run(["rpm", "-qp", "--qf", fmt, str(rpm)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_rpm_ships_what_make_install_installs(rpm: Path, make_installed: dict[str, int]) -> None:
+    files: dict[str, int] = {}
+    flags: dict[str, str] = {}
+    for line in _rpm_query(rpm, "[%{FILEMODES:perms} %{FILEFLAGS:fflags} %{FILENAMES}\n]"
+                           ).splitlines():
+        perms, fflags, path = line.split(" ", 2)  # fflags is empty for a plain file
+        if perms.startswith("-"):
+            files[path] = _perm_bits(perms)
+            flags[path] = fflags
+    wanted = {p: m for p, m in make_installed.items() if not p.startswith(NOT_IN_RPM_PREFIX)}
+    compiled = {p for p in files if "/__pycache__/" in p}  # Fedora byte-compiles at build time
+    shipped = {p: m for p, m in files.items() if p not in compiled}
+    assert shipped.pop("/etc/pcipass.early", None) is not None, "the hold list is owned (ghost)"
+    assert sorted(shipped.keys() - wanted.keys()) == [], "only in the RPM"
+    assert sorted(wanted.keys() - shipped.keys()) == [], "missing from the RPM"
+    assert shipped == wanted, "same permissions"
+    assert flags["/etc/pcipass.yaml"] == "cn"  # %config(noreplace)
+    assert flags["/etc/pcipass.early"] == "g"  # %ghost: removed with the package
+
+
+def _perm_bits(perms: str) -> int:
+    bits = 0
+    for i, ch in enumerate(perms[1:10]):
+        if ch != "-":
+            bits |= 1 << (8 - i)
+    return bits
+
+
+def test_rpm_version_and_dependencies(rpm: Path) -> None:
+    assert _rpm_query(rpm, "%{VERSION}") == upstream_version()
+    requires = subprocess.run(["rpm", "-qp", "--requires", str(rpm)], capture_output=True,
+                              text=True, check=True).stdout.split("\n")
+    assert {"python3", "python3-pyyaml", "python3-jsonschema"} <= set(requires)
+    recommends = subprocess.run(["rpm", "-qp", "--recommends", str(rpm)], capture_output=True,
+                                text=True, check=True).stdout.split()
+    assert recommends == ["python3-systemd"]
+
+
+@pytest.fixture(scope="module")
+def rpm_scripts(rpm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rpm-scripts")
+    for tag in ("POSTIN", "PREUN", "POSTUN"):
+        (out / tag.lower()).write_text(_rpm_query(rpm, f"%{{{tag}}}\n"))
+    return out
+
+
+def test_rpm_scriptlets(rpm_scripts: Path, tmp_path: Path) -> None:
+    """rpm passes the number of installed versions after the step: install 1, upgrade 2 (the
+    old package's %preun/%postun then get 1), erase 0."""
+    stubs = Stubs(tmp_path)
+    # install: the presets decide (Fedora policy); nothing starts
+    calls = stubs.run(rpm_scripts / "postin", "1")
+    assert calls == ["systemctl --no-reload preset pcipassd.service pcipassd-early.service"]
+    # upgrade: nothing stops; the old package's %postun reloads pcipassd
+    assert _service_actions(stubs.run(rpm_scripts / "postin", "2")) == []
+    assert _service_actions(stubs.run(rpm_scripts / "preun", "1")) == []
+    assert _service_actions(stubs.run(rpm_scripts / "postun", "1")) == [
+        "systemctl try-reload-or-restart pcipassd.service"]
+    # erase: stop (gives every device back)
+    assert _service_actions(stubs.run(rpm_scripts / "preun", "0")) == [
+        "systemctl --no-reload disable --now pcipassd.service pcipassd-early.service"]
+    assert _service_actions(stubs.run(rpm_scripts / "postun", "0")) == []
+
+
+def test_the_build_leaves_the_checkout_clean(deb: Path) -> None:
+    status = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--ignored",
+                             "debian"], capture_output=True, text=True, check=True).stdout
+    assert status == "", status
