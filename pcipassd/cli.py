@@ -267,7 +267,7 @@ def _step_dict(step: Step) -> dict[str, Any]:
 def cmd_apply(ctx: Context) -> int:
     from pcipassd import early  # noqa: PLC0415
     from pcipassd.apply import Applier  # noqa: PLC0415
-    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.errors import NothingConfigured, PcipassError  # noqa: PLC0415
     from pcipassd.plan import make_plan  # noqa: PLC0415
     from pcipassd.service import notify_status, on_sigterm, status_text  # noqa: PLC0415
     from pcipassd.state import State  # noqa: PLC0415
@@ -279,6 +279,12 @@ def cmd_apply(ctx: Context) -> int:
             try:
                 config = ctx.load_config()
                 _require_iommu(ctx, config.iommu)
+            except NothingConfigured as e:  # installed and enabled, not configured yet
+                _log().warning("%s: holding nothing (hint: %s)", e.message, e.hint)
+                early.sync(ctx.host, "")
+                rc = _restore(ctx, state)
+                notify_status("holding nothing: no devices are configured")
+                return rc
             except PcipassError:
                 early.release(ctx.host, ctx.kernel, state)
                 raise

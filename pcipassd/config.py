@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcipassd.address import Address, AddressError, PciId
-from pcipassd.errors import InvalidConfig, Problem
+from pcipassd.errors import InvalidConfig, NothingConfigured, Problem
 from pcipassd.guard import KINDS
 from pcipassd.host import Host
 from pcipassd.printable import printable, short
@@ -30,6 +30,7 @@ from pcipassd.strictmodes import untrusted_dirs
 if TYPE_CHECKING:  # yamldoc (PyYAML) is imported when a file is read: restore needs neither
     from pcipassd.yamldoc import Document, JsonPath
 
+NOTHING_CONFIGURED = "no devices are configured"
 STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 DEFAULT_DRIVER = "pci-stub"
 DEFAULT_IOMMU = "required"
@@ -115,6 +116,8 @@ def load_config(host: Host, files: list[Path] | None = None, *, full: bool = Tru
     if problems:  # in file order (main file first), then by position
         order = {name: i for i, name in reversed(list(enumerate(shown)))}
         problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line, p.col))
+        if len(problems) == 1 and problems[0].message == NOTHING_CONFIGURED:
+            raise NothingConfigured(problems)
         raise InvalidConfig(problems)
     return config
 
@@ -432,7 +435,7 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
                 entries.append(entry)
     first = docs[0] if docs else None
     if not entries and not problems and first and all(docs):
-        problems.append(first.problem((), "no devices are configured",
+        problems.append(first.problem((), NOTHING_CONFIGURED,
                                       f"edit {main_file} first: add a `devices:` list with at "
                                       "least one entry (`pcipassd list` shows the devices)"))
     config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries))

@@ -60,3 +60,9 @@ class InvalidConfig(ConfigError):
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"{first}{more}", first.hint)
         self.problems = problems
+
+
+class NothingConfigured(InvalidConfig):
+    """The config is valid but lists no device: `validate` and `plan` say so (exit 2); `apply`,
+    the service, holds nothing and succeeds, so that a freshly installed, enabled unit does
+    not fail at every boot before the admin has listed a device."""

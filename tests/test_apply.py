@@ -468,3 +468,18 @@ def test_a_device_hot_removed_during_restore_is_forgotten_and_the_others_restore
     assert (m.driver(NIC_B), m.driver(NIC_E1000)) == ("e1000e", "e1000")
     assert m.state == {}
     assert "2 restored, 1 failed" in r.err
+
+
+def test_apply_with_no_devices_configured_holds_nothing_and_succeeds(m: Machine) -> None:
+    """The package enables the unit on install: until the admin lists a device, apply at boot
+    holds nothing, gives back anything still held, and does not fail the unit."""
+    m.config(ONE_NIC)
+    assert m.run("apply").rc == 0
+    assert m.driver(NIC_A) == "pci-stub"
+    m.config("version: 1\ndriver: vfio-pci\n")
+    r = m.run("apply")
+    assert r.rc == 0
+    assert "no devices are configured: holding nothing" in r.err
+    assert m.driver(NIC_A) == "e1000e"
+    assert m.state == {}
+    assert m.run("validate").rc == 2, "validate still says the config lists nothing"

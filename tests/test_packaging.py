@@ -134,6 +134,7 @@ def test_the_shipped_config_binds_nothing(deb: Path, sim_host: SimKernel,
     m.config((tmp_path / "deb/etc/pcipass.yaml").read_text())
     before = {bdf: m.driver(bdf) for bdf in (NIC_A, NIC_B)}
     r = m.run("apply")
+    assert r.rc == 0, "the enabled unit does not fail before it is configured"
     assert "no devices are configured" in r.out + r.err
     assert {bdf: m.driver(bdf) for bdf in (NIC_A, NIC_B)} == before
     assert m.writes_to("driver_override") == []
