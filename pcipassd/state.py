@@ -28,7 +28,7 @@ from typing import Any
 from pcipassd.address import BDF_RE
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.errors import StateError
-from pcipassd.host import Host
+from pcipassd.host import Host, read_at_most
 
 FORMAT = 1
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
@@ -229,15 +229,7 @@ class State:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # swapped in since the lstat
                 raise self._not_a_file(_file_kind(st.st_mode))
-            chunks: list[bytes] = []
-            size = 0
-            while size <= LIMIT:
-                chunk = os.read(fd, LIMIT + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            return b"".join(chunks)
+            return read_at_most(fd, LIMIT)
         except OSError as e:
             raise StateError(f"cannot read {self.name}: {e.strerror}", _HINT_DAMAGED) from e
         finally:

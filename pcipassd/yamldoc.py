@@ -23,6 +23,7 @@ from typing import Any, Union
 import yaml
 
 from pcipassd.errors import Problem
+from pcipassd.host import read_at_most
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted
 
@@ -341,14 +342,7 @@ def _read(path: Path, shown: str) -> bytes | Problem:
         if why:
             return whole(f"{why}; pcipassd does not use a config others can change",
                          f"chown root:root {shown}; chmod go-w {shown}")
-        chunks, size = [], 0
-        while size <= MAX_BYTES:
-            chunk = os.read(fd, MAX_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        return read_at_most(fd, MAX_BYTES)
     except OSError as e:
         return whole(f"cannot read: {e.strerror}")
     finally:
