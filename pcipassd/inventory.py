@@ -43,7 +43,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _attr(path: str) -> str | None:
+def read_attr(path: str) -> str | None:
     """A sysfs attribute's text, stripped; None when it cannot be read. One open and one read:
     a scan reads five of these per device (see bench/scale_plan.py)."""
     try:
@@ -72,10 +72,10 @@ def read_device(host: Host, bdf: str) -> Device | None:
 
 def _read_device(devices: str, bdf: str) -> Device | None:
     d = f"{devices}/{bdf}/"
-    vendor, device, cls = _attr(d + "vendor"), _attr(d + "device"), _attr(d + "class")
+    vendor, device, cls = read_attr(d + "vendor"), read_attr(d + "device"), read_attr(d + "class")
     if vendor is None or device is None:
         return None
-    override = _attr(d + "driver_override")
+    override = read_attr(d + "driver_override")
     code = int(cls, 16) if cls else 0
     return Device(
         bdf=bdf,
@@ -85,7 +85,7 @@ def _read_device(devices: str, bdf: str) -> Device | None:
         override=None if override in (None, "", "(null)") else override,
         group=_link_name(d + "iommu_group"),
         # the kernel has boot_vga only for VGA devices (pci_is_vga): spare the others a read
-        boot_vga=code >> 8 in VGA_CLASSES and _attr(d + "boot_vga") == "1",
+        boot_vga=code >> 8 in VGA_CLASSES and read_attr(d + "boot_vga") == "1",
     )
 
 
@@ -194,4 +194,4 @@ def module_of(host: Host, driver: str) -> str:
 
 def modalias(host: Host, bdf: str) -> str | None:
     """What udev loads a driver for: `pci:v00008086d000010D3sv...`."""
-    return _attr(os.path.join(host.pci_devices, bdf, "modalias"))
+    return read_attr(os.path.join(host.pci_devices, bdf, "modalias"))
