@@ -1,5 +1,5 @@
 # make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=/usr/bin/python3]
-# Installs the package privately under $(PREFIX)/lib/pcipassd (it works with any python3 >= 3.11
+# Installs the package privately under $(PREFIX)/lib/pcipassd (it works with any python3 >= 3.9
 # that has pyyaml and jsonschema, whatever its site-packages layout), a launcher in
 # $(PREFIX)/sbin, the systemd units, the early hold (pcipassd-early, its initramfs-tools hook and
 # init-top script, the udev rule), and the example config only if none exists yet. udev and
