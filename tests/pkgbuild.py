@@ -98,7 +98,8 @@ def add_changelog_entry(src: Path, version: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing): one build or image at a time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -141,7 +142,7 @@ def build_deb(revision: str | None = None, *, repo: Path = REPO) -> Path:
 
     ``revision``: build it as this Debian version instead (e.g. ``0.1.0-2``, an upgrade)."""
     out, files = _build_dir("deb", revision, repo)
-    with _locked(out.with_name(out.name + ".lock")):
+    with locked(out.with_name(out.name + ".lock")):
         if not (out / ".complete").is_file():
             shutil.rmtree(out, ignore_errors=True)
             src = out / NAME
@@ -169,7 +170,7 @@ def build_rpm(*, repo: Path = REPO) -> Path:
     """The noarch RPM built from the working tree with rpmbuild (cached)."""
     out, files = _build_dir("rpm", None, repo)
     version = upstream_version(repo)
-    with _locked(out.with_name(out.name + ".lock")):
+    with locked(out.with_name(out.name + ".lock")):
         if not (out / ".complete").is_file():
             shutil.rmtree(out, ignore_errors=True)
             (out / "SOURCES").mkdir(parents=True)

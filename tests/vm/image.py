@@ -15,8 +15,6 @@ Two layers:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -30,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
-from pkgbuild import build_deb
+from pkgbuild import build_deb, locked
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -205,17 +203,6 @@ def base_key(packages: Sequence[str] = DEFAULT_PACKAGES, suite: str = SUITE) -> 
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_base(
     *,
     packages: Sequence[str] = DEFAULT_PACKAGES,
@@ -234,7 +221,7 @@ def ensure_base(
     if (base.dir / ".complete").is_file():
         return base
     ensure_host_tools()
-    with _locked(cache / f"{key}.lock"):
+    with locked(cache / f"{key}.lock"):
         if (base.dir / ".complete").is_file():
             return base
         log = log or cache / f"{key}.build.log"
