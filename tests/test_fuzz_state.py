@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from machine import Hang, Machine, deadline
-from simkernel import NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import NATIVE, NIC_E1000, SimKernel
 
 from pcipassd import cli
 from pcipassd.errors import StateError
@@ -31,7 +31,6 @@ THREE = f"""\
       - id: "8086:10d3"
       - address: "{NIC_E1000}"
     """
-NATIVE = {NIC_A: "e1000e", NIC_B: "e1000e", NIC_E1000: "e1000"}
 
 WRONG_TYPES: list[Any] = [0, 1, -1, 2.5, True, False, [], {}, ["e1000e"], {"name": "e1000e"}]
 BAD_NAMES: list[Any] = ["", ".", "..", "../x", "../../../../tmp/x", "a/b", "/e1000e", "-r",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from machine import Machine, Result, deadline
-from simkernel import NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000, SimKernel
 
 STATE = "/run/pcipass/state.json"
 THREE = f"""\
@@ -22,7 +22,6 @@ THREE = f"""\
       - id: "8086:10d3"
       - address: "{NIC_E1000}"
     """
-NATIVE = {NIC_A: "e1000e", NIC_B: "e1000e", NIC_E1000: "e1000"}
 
 
 @pytest.fixture

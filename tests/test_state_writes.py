@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000, SimKernel
 
 from pcipassd.cli import main
 from pcipassd.state import State
@@ -19,7 +19,6 @@ THREE = f"""\
         count: 2
       - address: "{NIC_E1000}"
     """
-NATIVE = {NIC_A: "e1000e", NIC_B: "e1000e", NIC_E1000: "e1000"}
 
 
 @pytest.fixture
