@@ -2,7 +2,7 @@
 # Installs the package privately under $(PREFIX)/lib/pcipassd (it works with any python3 >= 3.9
 # that has pyyaml and jsonschema, whatever its site-packages layout), a launcher in
 # $(PREFIX)/sbin, the systemd units, the early hold (pcipassd-early, its initramfs-tools hook and
-# init-top script, the udev rule), and the example config only if none exists yet. udev and
+# init-top and init-bottom scripts, the udev rule), and the example config only if none exists yet. udev and
 # initramfs-tools read only their own directories, whatever PREFIX is.
 
 PREFIX ?= /usr/local
@@ -45,13 +45,15 @@ install: build/doc/.stamp
 	done
 	install -m 0755 early/pcipassd-early $(DESTDIR)$(LIBDIR)/pcipassd-early
 	install -d $(DESTDIR)$(UDEVRULESDIR) $(DESTDIR)$(INITRAMFSDIR)/hooks \
-		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top $(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom
 	$(SUBST) early/60-pcipassd.rules > $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules
 	chmod 0644 $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules
 	$(SUBST) early/initramfs-tools/hooks/pcipassd > $(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd
 	chmod 0755 $(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd
 	install -m 0755 early/initramfs-tools/scripts/init-top/pcipassd \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
+	install -m 0755 early/initramfs-tools/scripts/init-bottom/pcipassd \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/pcipassd
 	install -d $(DESTDIR)$(CATALOGDIR)
 	install -m 0644 systemd/pcipassd.catalog $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(COMPLETIONDIR)
@@ -68,7 +70,7 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service \
 		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \
 		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd \
-		$(DESTDIR)$(CATALOGDIR)/pcipassd.catalog $(DESTDIR)$(MANDIR)/man8/pcipassd.8 \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/pcipassd $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog $(DESTDIR)$(MANDIR)/man8/pcipassd.8 \
 		$(DESTDIR)$(MANDIR)/man5/pcipass.yaml.5 $(DESTDIR)$(COMPLETIONDIR)/pcipassd
 
 clean:

@@ -92,7 +92,14 @@ def sync(host: Host, text: str) -> bool:
                      0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the next boot depends on it: on disk before the rename
         os.replace(tmp, path)
+        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
     except OSError as e:
         log.warning("cannot write %s: %s; the next boot holds the devices late",
                     host.display(path), e.strerror)

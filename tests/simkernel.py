@@ -309,7 +309,8 @@ class SimKernel:
 
     def override_of(self, bdf: str) -> str | None:
         text = (self.device_dir(bdf) / "driver_override").read_text().rstrip("\n")
-        return None if text == "(null)" else text
+        # "": cleared by a shell script writing the file directly (the kernel shows "(null)")
+        return None if text in ("", "(null)") else text
 
     def dynamic_ids(self, driver: str) -> list[tuple[int, int]]:
         """The ids added by new_id (not visible in sysfs)."""
@@ -481,3 +482,30 @@ def build_typical_machine(sim: SimKernel) -> SimKernel:
     sim.add_device(PCIE_BRIDGE, 0x1B36, 0x000C, cls=0x060400, iommu_group=5)
     sim.add_device(DISK, 0x1AF4, 0x1001, cls=0x010000, iommu_group=6, parent=PCIE_BRIDGE)
     return sim
+
+
+UNIT_STATES = ("enabled", "disabled", "masked", "masked-empty", "removed")
+
+
+def set_unit_state(root: Path, state: str) -> None:
+    """pcipassd.service in the root file system at `root` as `systemctl` or the package manager
+    leaves it: installed in /usr/lib and enabled (the WantedBy= link), installed but disabled,
+    masked (a link to /dev/null, or an empty file in /etc), or removed (no unit file at all)."""
+    unit = root / "usr/lib/systemd/system/pcipassd.service"
+    wants = root / "etc/systemd/system/sysinit.target.wants/pcipassd.service"
+    mask = root / "etc/systemd/system/pcipassd.service"
+    for path in (wants, mask):
+        if path.is_symlink() or path.exists():
+            path.unlink()
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    if state == "removed":
+        unit.unlink(missing_ok=True)
+        return
+    unit.write_text("[Unit]\nDescription=pcipassd\n")
+    if state == "enabled":
+        wants.symlink_to("/usr/lib/systemd/system/pcipassd.service")
+    elif state == "masked":
+        mask.symlink_to("/dev/null")
+    elif state == "masked-empty":
+        mask.write_text("")

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, SimKernel, build_typical_machine
+from simkernel import (
+    DISK,
+    NIC_A,
+    NIC_B,
+    NIC_E1000,
+    UNIT_STATES,
+    SimKernel,
+    build_typical_machine,
+    set_unit_state,
+)
 
 from pcipassd.cli import main
 from pcipassd.service import notify_status
@@ -27,6 +36,7 @@ HOLD_LIST = "etc/pcipass.early"
 
 @pytest.fixture
 def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    set_unit_state(sim_host.root, "enabled")
     return Machine(sim_host, capsys)
 
 
@@ -47,6 +57,7 @@ def cold(sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
     sim.add_device("0000:00:1c.0", 0x1B36, 0x000C, cls=0x060400, iommu_group=5)
     sim.add_device(DISK, 0x1AF4, 0x1001, cls=0x010000, iommu_group=6, parent="0000:00:1c.0")
     (sim.root / "proc/cmdline").write_text("root=/dev/vda ro quiet\n")
+    set_unit_state(sim.root, "enabled")
     return Machine(sim, capsys)
 
 
@@ -220,6 +231,127 @@ def test_a_later_stage_does_not_hold_again(cold: Machine) -> None:
     early(cold, "boot", "early")
     log = (cold.root / "run/pcipass/early.log").read_text()
     assert log == f"{NIC_A} initramfs pci-stub none\n"
+
+
+# -- off means off: a disabled, masked or removed pcipassd.service holds nothing at boot -----
+WHY = {"disabled": "disabled", "masked": "masked", "masked-empty": "masked",
+       "removed": "not installed"}
+
+
+def kernel_probes(machine: Machine) -> None:
+    """The kernel's answer to the BDF the script wrote to drivers_probe: the shell writes the
+    simulated file directly, and the simulated kernel reacts only to write()."""
+    path = machine.root / "sys/bus/pci/drivers_probe"
+    bdf = path.read_text().strip()
+    if bdf:
+        path.write_text("")
+        machine.sim.write(path, bdf)
+
+
+def initramfs_boot(machine: Machine, holds: str) -> None:
+    """init-top holds, then the initramfs's udev loads e1000e (not e1000: like a GPU driver,
+    it is not in the image)."""
+    hold_list(machine, holds)
+    early(machine, "boot", "initramfs")
+    machine.sim.modprobe("e1000e")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("state", [s for s in UNIT_STATES if s != "enabled"])
+def test_off_in_the_real_root_gives_back_what_the_initramfs_held(
+        cold: Machine, state: str, shell: str, tmp_path: Path) -> None:
+    initramfs_boot(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\n")
+    assert (cold.driver(NIC_A), cold.driver(NIC_B)) == (None, "e1000e")
+    real = tmp_path / "real-root"  # the real root, mounted at ${rootmnt} by init-bottom
+    set_unit_state(real, state)
+    r = early(cold, "root", str(real), shell=shell)
+    assert r.returncode == 0
+    assert r.stderr == (f"pcipassd-early: pcipassd.service is {WHY[state]}: gave back {NIC_A} "
+                        "(held at the initramfs stage)\n")
+    assert cold.override(NIC_A) is None
+    kernel_probes(cold)
+    assert cold.driver(NIC_A) == "e1000e", "the loaded native driver took it at once"
+    assert not (cold.root / "run/pcipass/armed").exists(), "the udev rule holds nothing"
+    assert not (cold.root / "run/pcipass/early.log").exists(), "nothing for pcipassd to adopt"
+
+
+def test_enabled_in_the_real_root_keeps_the_initramfs_hold(cold: Machine, tmp_path: Path) -> None:
+    initramfs_boot(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\n")
+    real = tmp_path / "real-root"
+    set_unit_state(real, "enabled")
+    r = early(cold, "root", str(real))
+    assert (r.returncode, r.stderr) == (0, "")
+    assert cold.override(NIC_A) == "vfio-pci"
+    assert (cold.root / "sys/bus/pci/drivers_probe").read_text() == ""
+    assert (cold.root / "run/pcipass/armed").exists()
+    assert (cold.root / "run/pcipass/early.log").read_text() == f"{NIC_A} initramfs vfio-pci none\n"
+
+
+def test_a_device_whose_driver_is_not_in_the_initramfs_gets_it_at_coldplug(
+        cold: Machine, tmp_path: Path) -> None:
+    initramfs_boot(cold, f"dev {NIC_E1000} 8086:100e pci-stub\n")
+    real = tmp_path / "real-root"
+    set_unit_state(real, "disabled")
+    early(cold, "root", str(real))
+    kernel_probes(cold)
+    assert cold.driver(NIC_E1000) is None, "e1000 is not loaded yet"
+    assert cold.override(NIC_E1000) is None
+    cold.sim.modprobe("e1000")  # the real root's coldplug
+    assert cold.driver(NIC_E1000) == "e1000"
+
+
+@pytest.mark.parametrize("state", ["masked", "disabled"])
+def test_the_real_root_stage_holds_nothing_and_gives_back_when_pcipassd_is_off(
+        cold: Machine, state: str) -> None:
+    """`systemctl mask pcipassd` leaves pcipassd-early.service enabled (`Also=` is only for
+    enable/disable), and an initramfs built by an older pcipassd has no init-bottom script:
+    the real-root stage gives back what the initramfs held, and holds nothing itself."""
+    initramfs_boot(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\ndev {NIC_B} 8086:10d3 pci-stub\n")
+    set_unit_state(cold.root, state)
+    r = early(cold, "boot", "early")
+    assert r.returncode == 0
+    assert f"pcipassd.service is {state}: gave back {NIC_A}" in r.stderr
+    assert f"pcipassd.service is {state}: gave back {NIC_B}" in r.stderr
+    assert cold.override(NIC_A) is None and cold.override(NIC_B) is None
+    assert not (cold.root / "run/pcipass/armed").exists()
+    assert not (cold.root / "run/pcipass/early.log").exists()
+
+
+def test_the_real_root_stage_alone_holds_nothing_when_pcipassd_is_removed(cold: Machine) -> None:
+    hold_list(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\n")
+    set_unit_state(cold.root, "removed")
+    r = early(cold, "boot", "early")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert cold.override(NIC_A) is None
+    assert not (cold.root / "run/pcipass").exists()
+
+
+def test_the_udev_rule_gives_back_instead_of_holding_when_pcipassd_is_off(m: Machine) -> None:
+    hold_list(m, "id 8086:10d3 vfio-pci\n")
+    m.sim.remove_device(NIC_B)
+    m.sim.add_device(NIC_B, 0x8086, 0x10D3, driver=None, iommu_group=3)
+    (m.root / "run/pcipass").mkdir(parents=True, exist_ok=True)
+    (m.root / "run/pcipass/armed").touch()
+    set_unit_state(m.root, "disabled")
+    r = early(m, "udev", NIC_B)
+    assert (r.returncode, r.stdout) == (0, ""), "not held: no reload of pcipassd"
+    assert m.override(NIC_B) is None
+    assert not (m.root / "run/pcipass/armed").exists()
+
+
+def test_enabled_again_holds_again_from_the_next_boot(cold: Machine, tmp_path: Path) -> None:
+    real = tmp_path / "real-root"
+    set_unit_state(real, "disabled")
+    initramfs_boot(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\n")
+    early(cold, "root", str(real))
+    assert cold.override(NIC_A) is None
+    set_unit_state(real, "enabled")  # `systemctl enable pcipassd`, then the next boot:
+    cold.sim.remove_device(NIC_A)
+    cold.sim.add_device(NIC_A, 0x8086, 0x10D3, driver=None, iommu_group=2)
+    early(cold, "boot", "initramfs")
+    early(cold, "root", str(real))
+    assert cold.override(NIC_A) == "vfio-pci"
+    assert (cold.root / "run/pcipass/armed").exists()
 
 
 @pytest.mark.parametrize(("builtin", "why"), [

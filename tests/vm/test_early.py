@@ -11,7 +11,14 @@ has a refused entry (the root disk's controller).
    the devices still end on their targets, with the warning and the hint to rebuild. Then
    `update-initramfs -u` in the guest.
 3. The guest's own initramfs: e1000e never probes the held devices, and does probe the twin.
-   Then stop / udevadm trigger / start, and a remove + rescan while e1000e is loaded.
+   Then stop / udevadm trigger / start, and a remove + rescan while e1000e is loaded. Then a
+   plain `systemctl disable pcipassd` (no --now: no pcipassd code runs).
+
+Off means off, over three more boots from the same initramfs (built while pcipassd was on):
+4. disabled: the initramfs stage gives the devices back once the real root is mounted; both on
+   e1000e, overrides cleared. Then `systemctl enable pcipassd`.
+5. enabled again: held from the initramfs on, no probe. Then `systemctl mask pcipassd`.
+6. masked: on e1000e again, overrides cleared.
 """
 
 from __future__ import annotations
@@ -75,6 +82,16 @@ common() {{
     result observer "$(cat /run/observer)"
     capture state cat /run/pcipass/state.json
 }}
+off_boot() {{  # a boot with pcipassd off: what holds what, and what the kernel log says
+    pci_inventory boot
+    result active "$(systemctl is-active pcipassd)"
+    result enabled "$(systemctl is-enabled pcipassd)"
+    result early.active "$(systemctl is-active pcipassd-early)"
+    result armed "$([ -e /run/pcipass/armed ] && echo yes || echo no)"
+    result earlylog "$([ -e /run/pcipass/early.log ] && echo yes || echo no)"
+    dmesg | grep 'really_probe: probing driver e1000e' | blob probes
+    journalctl -b -k -o cat --no-pager | grep pcipassd-early | blob kmsg
+}}
 wait_for() {{  # wait_for BDF DRIVER: up to 60 s, for the udev-triggered reload
     for i in $(seq 60); do
         [ "$(basename "$(readlink /sys/bus/pci/devices/$1/driver)")" = "$2" ] &&
@@ -94,7 +111,8 @@ case $PCIPASS_BOOT in
     capture update update-initramfs -u
     capture initramfs sh -c 'lsinitramfs /boot/initrd.img-$(uname -r) | grep pcipass'
     capture order sh -c 'd=$(mktemp -d) && unmkinitramfs /boot/initrd.img-$(uname -r) $d &&
-        cat $(find $d -path "*scripts/init-top/ORDER")'
+        cat $(find $d -path "*scripts/init-top/ORDER") \\
+            $(find $d -path "*scripts/init-bottom/ORDER")'
     next_action reboot
     ;;
 3)
@@ -112,6 +130,21 @@ case $PCIPASS_BOOT in
     capture status.rescan pcipassd status
     systemctl stop pcipassd; result stop2.rc "$?"
     pci_inventory stopped2
+    systemctl disable pcipassd; result disable.rc "$?"
+    next_action reboot
+    ;;
+4)
+    off_boot
+    systemctl enable pcipassd; result enable.rc "$?"
+    next_action reboot
+    ;;
+6)
+    off_boot
+    ;;
+5)
+    common
+    systemctl mask pcipassd; result mask.rc "$?"
+    next_action reboot
     ;;
 esac
 """
@@ -135,11 +168,12 @@ def early_boots(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) ->
         first = boot(image, topology=TOPO, kernel_args=PROBE_LOG, log_dir=logs / "boot-1")
         second = boot(image, topology=TOPO, kernel_args=PROBE_LOG, log_dir=logs / "boot-2",
                       timeout=600)
-        third = boot(image.with_guest_initrd(), topology=TOPO, kernel_args=PROBE_LOG,
-                     log_dir=logs / "boot-3", timeout=420)
+        own = image.with_guest_initrd()
+        rest = [boot(own, topology=TOPO, kernel_args=PROBE_LOG, log_dir=logs / f"boot-{n}",
+                     timeout=420) for n in range(3, 7)]
     finally:
         image.disk.unlink(missing_ok=True)
-    return [first, second, third]
+    return [first, second, *rest]
 
 
 def probed(res: BootResult, bdf: str) -> bool:
@@ -173,9 +207,10 @@ def test_stale_initramfs_still_ends_on_target_and_says_how_to_fix_it(
     assert res.rc("update") == 0, res["update"]
     assert "usr/lib/pcipassd/pcipassd-early" in res["initramfs"], res["initramfs"]
     assert "etc/pcipass.early" in res["initramfs"]
-    order = [line.split("/")[-1].split()[0] for line in res["order"].splitlines()
-             if "init-top/" in line]
-    assert order.index("pcipassd") < order.index("udev"), res["order"]
+    for stage in ("init-top", "init-bottom"):
+        order = [line.split("/")[-1].split()[0] for line in res["order"].splitlines()
+                 if f"{stage}/" in line]
+        assert order.index("pcipassd") < order.index("udev"), (stage, res["order"])
 
 
 def test_rebuilt_initramfs_holds_before_any_probe(early_boots: list[BootResult]) -> None:
@@ -195,7 +230,7 @@ def test_rebuilt_initramfs_holds_before_any_probe(early_boots: list[BootResult])
 def test_unit_is_active_with_a_refused_entry_and_says_so(early_boots: list[BootResult]) -> None:
     """Scenario 5 (every boot), and scenario 6: a service with ordinary dependencies finds
     pcipassd active and the devices held."""
-    for res in early_boots:
+    for res in (*early_boots[:3], early_boots[4]):
         assert res["active"] == "active", res.where()
         assert res["statustext"] == ("holding 2 devices, 1 entry refused "
                                      "(/etc/pcipass.yaml:7: `pcipassd status` says why)")
@@ -231,3 +266,33 @@ def test_hot_added_device_is_moved_with_a_warning(early_boots: list[BootResult])
     assert res["stop2.rc"] == "0"
     assert res.driver(STUB, "stopped2") == "e1000e"
     assert res.driver(VFIO, "stopped2") == "e1000e"
+
+
+@pytest.mark.parametrize(("n", "how"), [(4, "disabled"), (6, "masked")])
+def test_off_means_off_at_the_next_boot(early_boots: list[BootResult], n: int, how: str) -> None:
+    """`systemctl disable` (without --now) or `mask`, then a reboot from the initramfs built while
+    pcipassd was on: its stage finds pcipassd off in the real root and gives the devices back;
+    each is on e1000e, its driver_override cleared, the udev rule disarmed."""
+    assert early_boots[2]["disable.rc"] == "0"
+    res = early_boots[n - 1]
+    assert res["active"] == "inactive", res.where()
+    assert res["enabled"] == how
+    for bdf in (STUB, VFIO, TWIN):
+        assert res.driver(bdf, "boot") == "e1000e", res.where()
+        assert res[f"boot.{bdf}.override"] == "none"
+    assert (res["armed"], res["earlylog"]) == ("no", "no")
+    for bdf in (STUB, VFIO):
+        line = f"pcipassd-early: pcipassd.service is {how}: gave back {bdf} (held at the initramfs"
+        assert line in res["kmsg"], res["kmsg"]
+    assert res.driver(DISK_BDF, "boot") == "virtio-pci"
+
+
+def test_enabled_again_holds_from_the_initramfs_on(early_boots: list[BootResult]) -> None:
+    assert early_boots[3]["enable.rc"] == "0"
+    res = early_boots[4]
+    assert not probed(res, STUB) and not probed(res, VFIO), res["probes"]
+    assert probed(res, TWIN)
+    assert res.driver(STUB, "boot") == "pci-stub", res.where()
+    assert res.driver(VFIO, "boot") == "vfio-pci"
+    assert '"held": "initramfs"' in res["state"], res["state"]
+    assert res["mask.rc"] == "0"
