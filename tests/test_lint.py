@@ -31,6 +31,21 @@ def test_ruff() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+#: Shell that runs where no Python can help: the early hold (initramfs, real root, udev) and the
+#: package's maintainer scripts.
+SHELL_SCRIPTS = ("early/pcipassd-early", "early/initramfs-tools/hooks/pcipassd",
+                 "early/initramfs-tools/scripts/init-top/pcipassd",
+                 "early/initramfs-tools/scripts/init-bottom/pcipassd",
+                 "debian/pcipassd.postinst", "debian/pcipassd.postrm", "debian/pcipassd.prerm")
+
+
+def test_shellcheck() -> None:
+    assert shutil.which("shellcheck"), "shellcheck missing: apt install shellcheck"
+    r = subprocess.run(["shellcheck", "--shell=sh", *SHELL_SCRIPTS], cwd=REPO,
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_mypy_strict() -> None:
     r = _run("mypy")  # files and strictness come from pyproject.toml
     assert r.returncode == 0, r.stdout + r.stderr
