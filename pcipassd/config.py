@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, NothingConfigured, Problem
-from pcipassd.guard import KINDS
+from pcipassd.guard import FORCE_TRUE, KINDS
 from pcipassd.host import Host
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
@@ -398,9 +398,10 @@ def _explain_force(doc: Document, path: JsonPath, value: object) -> list[Problem
 
 
 def _force_kinds(value: bool | list[str]) -> frozenset[str]:
-    """What a valid `force:` value overrides: true is every kind of reason, false none."""
+    """What a valid `force:` value overrides: true is every kind of reason but the chipset
+    (guard.FORCE_TRUE), false none."""
     if value is True:
-        return frozenset(KINDS)
+        return frozenset(FORCE_TRUE)
     return frozenset(value or ())
 
 

@@ -1,7 +1,8 @@
 """Which PCI devices the host cannot lose: unbinding them would lock the admin out.
 
-`critical_devices(host)` reads (never writes) four kinds of evidence, all under `host`'s root,
-and names each reason's kind, which is also what an entry's `force:` list names to override it:
+`critical_devices(host)` reads (never writes) five kinds of evidence, all under `host`'s root,
+and names each reason's kind, which is also what an entry's `force:` list names to override it
+(`force: true` overrides every kind but `chipset`, see FORCE_TRUE):
 
 storage
     Every mounted filesystem in `/proc/self/mountinfo` and every swap partition in `/proc/swaps`,
@@ -31,6 +32,20 @@ console
     otherwise the kernel's boot map, all consoles on fb0 unless `fbcon=map:NNN` on
     `/proc/cmdline` says otherwise. A secondary GPU's framebuffer (fb1) with no console on it
     is not critical.
+chipset
+    The chipset's functions the host's own hardware hangs off, by PCI class
+    (`/sys/bus/pci/devices/*/class`): the LPC/eSPI bridge (0601: the SuperIO with its sensors,
+    fans and PS/2, the TPM, on older chipsets the firmware flash) and the SMBus controller
+    (0c05: sensors, the memory's SPD), wherever they are; and in the LPC bridge's own slot
+    (Intel's 00:1f) the memory controller (0580: there the power management controller, which
+    sleeps and resets the machine) and the serial bus controller (0c80: there the SPI
+    controller of the firmware flash). Not critical, though also in the chipset: RAM memory
+    (0500: Intel's shared SRAM, which no host driver uses and which shares a group with the
+    USB controller people pass through) and signal processing controllers (1180: the PCH's
+    thermal sensor; the hardware's own thermal protection does not depend on its driver).
+    `force: true` does not override this kind: it is written for a NIC or a GPU the admin
+    means to take, and must not take the chipset along (through a glob, or a group); only a
+    `force:` list naming `chipset` does, and `group: bind` never does (see pcipassd.policy).
 
 A sysfs path belongs to the PCI device named by its nearest (deepest) path component that looks
 like a BDF: a disk behind a PCIe bridge belongs to its controller, not to the bridge; a USB NIC
@@ -66,12 +81,15 @@ from pcipassd.storage import Backing, backing, mounts, swaps
 
 __all__ = [
     "BOOT_VGA",
+    "CHIPSET",
     "CONSOLE",
+    "FORCE_TRUE",
     "KINDS",
     "NETWORK",
     "STORAGE",
     "Con2FbReader",
     "Reason",
+    "cost",
     "critical_devices",
     "describe",
     "read_con2fbmap",
@@ -81,7 +99,13 @@ STORAGE = "storage"
 NETWORK = "network"
 BOOT_VGA = "boot-vga"
 CONSOLE = "console"
-KINDS = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force:` may name, in this order
+CHIPSET = "chipset"
+KINDS = (STORAGE, NETWORK, BOOT_VGA, CONSOLE, CHIPSET)  # what `force:` may name, in this order
+FORCE_TRUE = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force: true` overrides: not chipset
+# What the host loses when a device of each kind is taken from it ("the host loses ...").
+COSTS = {STORAGE: "those filesystems", NETWORK: "its network", BOOT_VGA: "its boot display",
+         CONSOLE: "its console",
+         CHIPSET: "the chipset's SuperIO, TPM, firmware flash and sensors"}
 
 _MAX_SHOWN = 3
 
@@ -92,6 +116,17 @@ IPV6_SCOPE_GLOBAL = 0x00  # if_inet6 scope column; 0x10 host, 0x20 link, 0x40 si
 STORAGE_CLASS = 0x01  # PCI base class: mass storage controller
 FIBRE_CHANNEL_CLASS = 0x0C04  # serial bus controller: Fibre Channel (an FC HBA)
 NETWORK_CLASS = 0x02
+# The chipset's functions, by class (base class and subclass): anywhere, and only in the LPC
+# bridge's slot (where Intel puts its PCH's functions).
+LPC_CLASS = 0x0601
+CHIPSET_CLASSES = {
+    LPC_CLASS: "is the chipset's LPC/eSPI bridge (SuperIO, TPM, PS/2, firmware flash)",
+    0x0C05: "is the chipset's SMBus controller (sensors, memory SPD)",
+}
+CHIPSET_SLOT_CLASSES = {
+    0x0580: "is the chipset's power management controller (sleep states, resets)",
+    0x0C80: "is the chipset's serial bus controller (the firmware flash's SPI controller)",
+}
 
 FBIOGET_CON2FBMAP = 0x460F  # <linux/fb.h>
 MAX_NR_CONSOLES = 63  # <linux/vt.h>
@@ -113,7 +148,7 @@ class Reason:
 def critical_devices(
     host: Host, con2fb: Con2FbReader | None = None
 ) -> dict[str, tuple[Reason, ...]]:
-    """BDF -> why it must not be unbound, in the order storage, network, display.
+    """BDF -> why it must not be unbound, in the order storage, network, display, chipset.
 
     `con2fb` reads fbcon's console map (default: `read_con2fbmap`, which asks the kernel on the
     live host only). Read-only; never raises for a missing or unreadable file (a missing
@@ -121,7 +156,7 @@ def critical_devices(
     """
     found: dict[str, list[Reason]] = {}
     every = [*_storage_reasons(host), *_network_reasons(host),
-             *_display_reasons(host, con2fb or read_con2fbmap)]
+             *_display_reasons(host, con2fb or read_con2fbmap), *_chipset_reasons(host)]
     for reason in every:
         reasons = found.setdefault(reason.bdf, [])
         if reason not in reasons:
@@ -132,6 +167,11 @@ def critical_devices(
 def describe(reasons: tuple[Reason, ...] | list[Reason]) -> str:
     """One line for the admin: "holds / (vda1); carries the default route via eth0"."""
     return "; ".join(reason.text for reason in reasons)
+
+
+def cost(kinds: set[str] | frozenset[str]) -> str:
+    """What taking devices with reasons of these kinds costs: "the host loses its network"."""
+    return "the host loses " + " and ".join(COSTS[kind] for kind in KINDS if kind in kinds)
 
 
 def _compact(items: list[str]) -> str:
@@ -472,4 +512,26 @@ def _fbcon_reasons(host: Host, con2fb: Con2FbReader) -> list[Reason]:
             log.debug("framebuffer %s is not on a PCI device", fb)
             continue
         reasons.append(Reason(bdf, f"drives the framebuffer console ({fb})", CONSOLE))
+    return reasons
+
+
+# --- Chipset ----------------------------------------------------------------------------------
+
+
+def _chipset_reasons(host: Host) -> list[Reason]:
+    # read straight from each device directory, as the boot VGA flag (see there)
+    devices = os.fspath(host.pci_devices)
+    classes = {}
+    for name in names(host, "/sys/bus/pci/devices"):
+        code = hex_int(read_attr(f"{devices}/{name}/class") or "")
+        if code is not None:
+            classes[name] = code >> 8
+    lpc_slots = {bdf[:-2] for bdf, code in classes.items() if code == LPC_CLASS}
+    reasons = []
+    for bdf, code in classes.items():
+        text = CHIPSET_CLASSES.get(code)
+        if text is None and bdf[:-2] in lpc_slots:
+            text = CHIPSET_SLOT_CLASSES.get(code)
+        if text is not None:
+            reasons.append(Reason(bdf, text, CHIPSET))
     return reasons

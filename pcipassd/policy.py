@@ -2,25 +2,32 @@
 
 - `group: isolated` (default): every other endpoint in a selected device's IOMMU group must be
   selected too, or be unbound or on a stub driver; otherwise the entry is refused.
-- `group: bind`: the other endpoints are bound with it (bridges never are).
+- `group: bind`: the other endpoints are bound with it (bridges never are; the chipset's
+  functions never are either: a group holding them is refused, naming them).
 - `group: ignore`: bind what was selected, with a warning that VFIO will not accept the group.
 - A device that is host-critical (root disk controller, NIC with the default route, boot VGA,
-  console GPU), or that shares an IOMMU group with one, is refused unless its entry's `force:`
-  overrides every one of its reasons: `true` overrides all, a list only the kinds it names
-  (storage, network, boot-vga, console), so that `force: [console]` still refuses the root
-  disk's controller. The refusal names the reasons left and the `force:` list that binds it.
+  console GPU, the chipset), or that shares an IOMMU group with one, is refused unless its
+  entry's `force:` overrides every one of its reasons: `true` overrides all but the chipset, a
+  list only the kinds it names (storage, network, boot-vga, console, chipset), so that
+  `force: [console]` still refuses the root disk's controller. The refusal names the reasons
+  left and the `force:` list that binds it; for an entry matching several devices, its hint
+  first lists the matches the host can spare, by address, ready to paste.
+- A device bound only because `force:` overrode a reason is `forced`, with those reasons.
 A refused entry binds nothing; the devices it matched are kept as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from pcipassd.config import STUB_DRIVERS, Entry
 from pcipassd.errors import Problem
-from pcipassd.guard import KINDS, Reason, describe
+from pcipassd.guard import CHIPSET, KINDS, Reason, cost, describe
 from pcipassd.inventory import Device, Inventory
 from pcipassd.selection import Selected, Selection
+
+Critical = Mapping[str, tuple[Reason, ...]]
 
 
 def _busy(devices: list[Device]) -> str:
@@ -31,14 +38,34 @@ def _group_mates(dev: Device, inventory: Inventory) -> list[Device]:
     return [d for d in inventory.group_members(dev.group) if d.bdf != dev.bdf and not d.is_bridge]
 
 
+def _chipset(dev: Device, critical: Critical) -> list[Reason]:
+    return [r for r in critical.get(dev.bdf, ()) if r.kind == CHIPSET]
+
+
+def _chipset_problem(entry: Entry, dev: Device, chipset: list[Device], critical: Critical,
+                     hint: str) -> Problem:
+    held = "; ".join(f"{d.bdf} {describe(_chipset(d, critical))}" for d in chipset)
+    return entry.problem(f"refusing {dev.bdf}: IOMMU group {dev.group} also holds the chipset, "
+                         f"which the host needs: {held}", hint)
+
+
 def _apply_group_policy(
-    entry: Entry, items: list[Selected], inventory: Inventory, selected: set[str]
-) -> tuple[list[Selected], Problem | None]:
+    entry: Entry, items: list[Selected], inventory: Inventory, selected: set[str],
+    critical: Critical,
+) -> tuple[list[Selected], Problem | None, frozenset[str]]:
+    """The items with the group mates `group: bind` adds; the problem that refuses the entry;
+    the chipset functions that problem names (the guard need not name them again)."""
     out = list(items)
     for i, sel in enumerate(items):
         dev = sel.device
         mates = _group_mates(dev, inventory)
         if entry.group == "bind":  # every other endpoint, whatever it is on now: also on re-apply
+            chipset = [m for m in mates if m.bdf not in selected and _chipset(m, critical)]
+            if chipset:  # never pulled in by a group: only an entry of their own binds them
+                return [], _chipset_problem(
+                    entry, dev, chipset, critical,
+                    "`group: bind` never binds the chipset: this group cannot be passed "
+                    "through as a whole"), frozenset(d.bdf for d in chipset)
             for mate in mates:
                 if mate.bdf not in selected:
                     selected.add(mate.bdf)
@@ -50,36 +77,104 @@ def _apply_group_policy(
         if not loose:
             continue
         if entry.group == "isolated":
+            chipset = [d for d in loose if _chipset(d, critical)]
+            if chipset:
+                return [], _chipset_problem(
+                    entry, dev, chipset, critical,
+                    "the chipset stays with the host (`group: bind` never binds it): this group "
+                    "cannot be passed through as a whole"), frozenset(d.bdf for d in chipset)
             return [], entry.problem(
                 f"IOMMU group {dev.group} of {dev.bdf} also holds {_busy(loose)}",
                 "select those devices too, or set `group: bind` to bind them with it, "
                 "or `group: ignore`",
-            )
+            ), frozenset()
         note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
                 f"{_busy(loose)}")
         out[i] = Selected(dev, entry, sel.via, sel.notes, note)
-    return out, None
+    return out, None, frozenset()
+
+
+Found = list[tuple[Device, list[Reason]]]  # devices near a selected one, and their reasons
+
+
+def _near(dev: Device, inventory: Inventory, critical: Critical, skip: Iterable[str] = (),
+          force: frozenset[str] = frozenset()) -> Found:
+    """The device and its IOMMU group mates with host-critical reasons `force` leaves."""
+    found = []
+    for other in [dev, *_group_mates(dev, inventory)]:
+        reasons = [r for r in critical.get(other.bdf, ()) if r.kind not in force]
+        if reasons and other.bdf not in skip:
+            found.append((other, reasons))
+    return found
+
+
+def _which(dev: Device, found: Found) -> str:
+    """What makes `dev` host-critical: "carries the default route via eth0"."""
+    return "; ".join(describe(reasons) if other is dev else
+                     f"shares IOMMU group {dev.group} with {other.bdf}, which {describe(reasons)}"
+                     for other, reasons in found)
+
+
+def _paste(entry: Entry, devices: list[Device]) -> list[str]:
+    """The devices as entries of their own, ready to paste under `devices:`."""
+    lines = []
+    for dev in devices:
+        lines += [f'  - address: "{dev.bdf}"', f"    driver: {entry.driver}"]
+        if entry.group != "isolated":
+            lines.append(f"    group: {entry.group}")
+    return lines
+
+
+def _refusal_hint(entry: Entry, items: list[Selected], refused: dict[str, Found],
+                  inventory: Inventory, critical: Critical, force: str) -> str:
+    """Safe first: the matches the host can spare, by address; then what `force:` costs."""
+    matches = [s.device for s in items if s.via is None]
+    spare = [d for d in matches if not _near(d, inventory, critical)]
+    if len(matches) < 2 or not spare:
+        return (f"unbinding it could cut the host off; add `force: [{force}]` to the entry to "
+                "bind it anyway")
+    taken = [d for d in matches if d not in spare]
+    which = ", and ".join(f"{d.bdf}, which {_which(d, refused[d.bdf])}" if d.bdf in refused
+                          else d.bdf for d in taken)
+    kinds = {r.kind for found in refused.values() for _, reasons in found for r in reasons}
+    return "\n".join([
+        "to bind only the matches the host can spare, replace the entry with:",
+        *_paste(entry, spare),
+        f"or add `force: [{force}]` to take {which} too: {cost(kinds)}",
+    ])
 
 
 def _guard(
-    entry: Entry, items: list[Selected], inventory: Inventory,
-    critical: Mapping[str, tuple[Reason, ...]],
-) -> Problem | None:
+    entry: Entry, items: list[Selected], inventory: Inventory, critical: Critical,
+    skip: frozenset[str] = frozenset(),
+) -> tuple[Problem | None, dict[str, str]]:
+    """The refusal, if any of `items` (or a group mate) is host-critical beyond what the
+    entry's `force:` overrides; and what `force:` overrode for each device (BDF -> text)."""
+    refused: dict[str, Found] = {}
+    forced: dict[str, str] = {}
+    own = {s.device.bdf for s in items}
     for sel in items:
         dev = sel.device
-        for other in [dev, *_group_mates(dev, inventory)]:
-            reasons = [r for r in critical.get(other.bdf, ()) if r.kind not in entry.force]
-            if not reasons:
-                continue
-            shared = "" if other is dev else f", and shares IOMMU group {dev.group} with {dev.bdf}"
-            needed = {r.kind for r in reasons} | entry.force
-            force = ", ".join(kind for kind in KINDS if kind in needed)
-            return entry.problem(
-                f"refusing {dev.bdf}: {other.bdf} {describe(reasons)}{shared}",
-                f"unbinding it could cut the host off; add `force: [{force}]` to the entry to "
-                "bind it anyway",
-            )
-    return None
+        found = _near(dev, inventory, critical, skip, entry.force)
+        if found:
+            refused[dev.bdf] = found
+            continue
+        overridden = [(other, reasons) for other, reasons in _near(dev, inventory, critical, skip)
+                      if other is dev or other.bdf not in own]  # those bound too say it
+        if overridden:
+            forced[dev.bdf] = _which(dev, overridden)
+    if not refused:
+        return None, forced
+    sel = next(s for s in items if s.device.bdf in refused)
+    dev = sel.device
+    other, reasons = refused[dev.bdf][0]
+    shared = "" if other is dev else f", and shares IOMMU group {dev.group} with {dev.bdf}"
+    needed = {r.kind for found in refused.values() for _, rs in found for r in rs} | entry.force
+    force = ", ".join(kind for kind in KINDS if kind in needed)
+    return entry.problem(
+        f"refusing {dev.bdf}: {other.bdf} {describe(reasons)}{shared}",
+        _refusal_hint(entry, items, refused, inventory, critical, force),
+    ), forced
 
 
 def enforce(
@@ -94,11 +189,13 @@ def enforce(
     kept = set(selection.kept)
     chosen: dict[str, Selected] = {}
     for entry, items in by_entry.items():
-        grown, problem = _apply_group_policy(entry, items, inventory, selected)
-        found = [p for p in (problem, _guard(entry, grown or items, inventory, critical)) if p]
+        grown, problem, said = _apply_group_policy(entry, items, inventory, selected, critical)
+        refusal, forced = _guard(entry, grown or items, inventory, critical, said)
+        found = [p for p in (problem, refusal) if p]
         if found:  # every reason at once, not only the first
             problems += found
             kept.update(s.device.bdf for s in items)
             continue
-        chosen.update((s.device.bdf, s) for s in grown)
+        chosen.update((s.device.bdf, replace(s, forced=forced.get(s.device.bdf, "")))
+                      for s in grown)
     return Selection(dict(sorted(chosen.items())), tuple(problems), frozenset(kept))

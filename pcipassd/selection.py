@@ -27,6 +27,7 @@ class Selected:
     via: str | None = None  # set when the device was pulled in by `group: bind`, the BDF that did
     notes: tuple[str, ...] = ()
     warning: str = ""  # what the admin must know when it is bound (a group VFIO will refuse)
+    forced: str = ""  # the host-critical reasons its entry's `force:` overrode to bind it
 
     @property
     def target(self) -> str:

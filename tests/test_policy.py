@@ -364,7 +364,7 @@ def test_force_list_mistakes_are_one_line_each_with_a_hint(m: Machine) -> None:
     assert r.rc == 2
     assert r.out.splitlines() == [
         "/etc/pcipass.yaml:4:13: devices[0].force[0]: 'consol' is not one of storage, network, "
-        "boot-vga, console",
+        "boot-vga, console, chipset",
         "    hint: did you mean 'console'?",
         "/etc/pcipass.yaml:4:30: devices[0].force[2]: 'storage' is listed twice",
         "    hint: name it once",
