@@ -180,7 +180,8 @@ class Applier:
             target=step.target, entry=step.entry or "",
         )
         try:  # on disk before the device is touched
-            self.state.put(replace(record, target=step.target, entry=step.entry or ""))
+            self.state.put(replace(record, target=step.target, entry=step.entry or "",
+                                   forced=step.forced))
         except StateError as e:
             self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
                          f"(hint: {e.hint})", logging.ERROR)
@@ -298,6 +299,9 @@ class Applier:
         log.log(level, message, extra={"journal": fields})
         if step.warning and action in (Action.BIND, Action.UNCHANGED):
             log.warning("%s: %s", step.bdf, step.warning, extra={"journal": fields})
+        if step.forced and action in (Action.BIND, Action.UNCHANGED):
+            log.warning("%s [%s] %s%s", step.bdf, step.id, step.forced_note, step.source,
+                        extra={"journal": {**fields, **event("forced")}})
 
     # -- the whole plan ------------------------------------------------------------------
     def run(self, plan: Plan) -> Outcome:
@@ -348,3 +352,15 @@ class Applier:
         else:
             self._report(step, Action.UNCHANGED,
                          f"{step.bdf} [{step.id}] already on {step.target}{step.source}")
+            self._remember_forced(step)
+
+    def _remember_forced(self, step: Step) -> None:
+        """A device held before its entry forced it: its record says so from now on (once
+        held, the evidence may be gone)."""
+        record = self.state.records.get(step.bdf)
+        if record is None or not step.forced or record.forced == step.forced:
+            return
+        try:
+            self.state.put(replace(record, forced=step.forced))
+        except StateError as e:  # only a note is lost: the device is where it should be
+            log.warning("%s: %s (hint: %s)", step.bdf, e.message, e.hint)

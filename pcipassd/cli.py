@@ -101,12 +101,17 @@ def _print_json(data: dict[str, Any]) -> None:
     print(json.dumps({"format": JSON_FORMAT, **data}, indent=2))
 
 
+def _hint_text(hint: str) -> str:
+    """A hint of several lines (a config to paste): the lines after the first indented."""
+    return hint.replace("\n", "\n    ")
+
+
 def _problem_lines(problems: Sequence[Problem]) -> list[str]:
     out = []
     for p in problems:
         out.append(str(p))
         if p.hint:
-            out.append(f"    hint: {p.hint}")
+            out.append(f"    hint: {_hint_text(p.hint)}")
     return out
 
 
@@ -115,7 +120,8 @@ def _log_problems(problems: Sequence[Problem], kind: str | None = None) -> None:
 
     fields = event(kind) if kind else {}
     for p in problems:
-        _log().error("%s%s", p, f" (hint: {p.hint})" if p.hint else "", extra={"journal": fields})
+        _log().error("%s%s", p, f" (hint: {_hint_text(p.hint)})" if p.hint else "",
+                     extra={"journal": fields})
 
 
 def _table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> list[str]:
@@ -248,7 +254,8 @@ def cmd_plan(ctx: Context) -> int:
                      "problems": [p.as_dict() for p in plan.problems]})
     else:
         rows = [[s.bdf, s.id, s.current or "-", s.target or "-", s.group or "-", str(s.action),
-                 s.entry or "-", s.reason] for s in plan.steps]
+                 s.entry or "-", "; ".join(n for n in (s.reason, s.forced_note) if n)]
+                for s in plan.steps]
         print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION",
                                       "ENTRY", "NOTE"])))
         print("\n".join(_groups_text(ctx, groups)))
@@ -261,7 +268,8 @@ def cmd_plan(ctx: Context) -> int:
 def _step_dict(step: Step) -> dict[str, Any]:
     return {"device": step.bdf, "id": step.id, "action": str(step.action),
             "driver": step.current, "target": step.target, "group": step.group,
-            "entry": step.entry, "name": step.name, "via": step.via, "note": step.reason}
+            "entry": step.entry, "name": step.name, "via": step.via, "note": step.reason,
+            "forced": step.forced or None}
 
 
 def cmd_apply(ctx: Context) -> int:
@@ -371,7 +379,7 @@ def cmd_list(ctx: Context) -> int:
             {"group": g.group, "passable": g.passable, "verdict": g.verdict, "devices": [
                 {"device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
                  "class_name": r.cls, "name": r.name, "lspci": r.lspci,
-                 "driver": r.device.driver,
+                 "driver": r.device.driver, "forced": r.forced or None,
                  "notes": list(r.notes)} for r in g.rows]} for g in groups]})
         return EXIT_OK if groups else EXIT_FAIL
     rows = [[r.device.bdf, str(r.device.id), r.device.driver_label, "; ".join(r.notes)]
@@ -433,7 +441,8 @@ def cmd_status(ctx: Context) -> int:
     plan, groups = _planned(ctx, config, records)
     if ctx.args.qemu or ctx.args.libvirt:
         return _handoff(plan, ctx.args.libvirt)
-    warnings = [*state.problems(), *_warnings(ctx, records)]
+    warnings = [*state.problems(), *_warnings(ctx, records),
+                *(f"{s.bdf}: {s.forced_note}" for s in plan.steps if s.forced)]
     converged = plan.converged and not state.invalid
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
               Action.KEEP: "kept", Action.FAIL: "failed"}

@@ -202,7 +202,7 @@ def adopt(host: Host, state: State) -> None:
                      hold.stage, extra={"journal": _fields(record)})
         else:  # bound again by its native driver on the way back: restore to that driver
             record = Record(old.bdf, old.id, native, None, module, old.target, old.entry,
-                            hold.stage)
+                            hold.stage, old.forced)
         state.put(record)
         why = first_probe(host, record)
         if why:

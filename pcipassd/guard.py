@@ -33,10 +33,11 @@ console
     `/proc/cmdline` says otherwise. A secondary GPU's framebuffer (fb1) with no console on it
     is not critical.
 chipset
-    The chipset's functions the host's own hardware hangs off, by PCI class
+    The chipset's functions the host's own hardware hangs off: functions on a root bus (not
+    behind a bridge, so not on an add-in card) of these PCI classes
     (`/sys/bus/pci/devices/*/class`): the LPC/eSPI bridge (0601: the SuperIO with its sensors,
     fans and PS/2, the TPM, on older chipsets the firmware flash) and the SMBus controller
-    (0c05: sensors, the memory's SPD), wherever they are; and in the LPC bridge's own slot
+    (0c05: sensors, the memory's SPD); and in the LPC bridge's own slot
     (Intel's 00:1f) the memory controller (0580: there the power management controller, which
     sleeps and resets the machine) and the serial bus controller (0c80: there the SPI
     controller of the firmware flash). Not critical, though also in the chipset: RAM memory
@@ -518,13 +519,25 @@ def _fbcon_reasons(host: Host, con2fb: Con2FbReader) -> list[Reason]:
 # --- Chipset ----------------------------------------------------------------------------------
 
 
+def _integrated(devices: str, bdf: str) -> bool:
+    """On a root bus, not behind a bridge: a function of the chipset or the CPU, not of an
+    add-in card (`/sys/bus/pci/devices/BDF` -> `../../../devices/pci0000:00/BDF`)."""
+    try:
+        link = os.readlink(f"{devices}/{bdf}")
+    except OSError:
+        return False
+    return os.path.basename(os.path.dirname(link)).startswith("pci")
+
+
 def _chipset_reasons(host: Host) -> list[Reason]:
-    # read straight from each device directory, as the boot VGA flag (see there)
+    # read straight from each device directory, as the boot VGA flag (see there); an LPC/ISA
+    # bridge or SMBus controller on an add-in card (behind a bridge) is an ordinary device
     devices = os.fspath(host.pci_devices)
-    classes = {}
+    classes: dict[str, int] = {}
     for name in names(host, "/sys/bus/pci/devices"):
         code = hex_int(read_attr(f"{devices}/{name}/class") or "")
-        if code is not None:
+        if code is not None and code >> 8 in (*CHIPSET_CLASSES, *CHIPSET_SLOT_CLASSES) and (
+                _integrated(devices, name)):
             classes[name] = code >> 8
     lpc_slots = {bdf[:-2] for bdf, code in classes.items() if code == LPC_CLASS}
     reasons = []

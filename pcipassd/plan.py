@@ -41,6 +41,12 @@ class Step:
     reason: str = ""
     forget: bool = False  # drop it from the state file: there is nothing left to undo
     warning: str = ""  # logged as a warning when apply binds it (`group: ignore`)
+    forced: str = ""  # what `force:` overrode to bind it; shown by every verb, in the journal
+
+    @property
+    def forced_note(self) -> str:
+        """`forced: carries the default route via eth0`, or nothing."""
+        return f"forced: {self.forced}" if self.forced else ""
 
     @property
     def journal_fields(self) -> dict[str, str]:
@@ -55,6 +61,8 @@ class Step:
             fields["PCIPASS_ENTRY"] = self.entry
         if self.name:
             fields["PCIPASS_NAME"] = self.name
+        if self.forced:
+            fields["PCIPASS_FORCED"] = self.forced
         return fields
 
     @property
@@ -92,13 +100,14 @@ def _restore_step(record: Record, device: Device | None, reason: str = "") -> St
     if device is None:
         return Step(record.bdf, record.id, Action.FAIL, None, record.original_driver, None,
                     record.entry, reason="device is gone (hot-removed?); forgetting it",
-                    forget=True)
+                    forget=True, forced=record.forced)
     if str(device.id) != record.id:
         return Step(record.bdf, str(device.id), Action.FAIL, device.driver,
                     record.original_driver, device.group, record.entry,
-                    reason=_hardware_changed(device, record), forget=True)
+                    reason=_hardware_changed(device, record), forget=True,
+                    forced=record.forced)
     return Step(record.bdf, record.id, Action.RESTORE, device.driver, record.original_driver,
-                device.group, record.entry, reason=reason)
+                device.group, record.entry, reason=reason, forced=record.forced)
 
 
 def make_plan(
@@ -113,9 +122,11 @@ def make_plan(
             reason = _hardware_changed(dev, record)
         else:
             action = Action.UNCHANGED if dev.driver == sel.target else Action.BIND
+        # A held device's evidence is gone (a held NIC has no interface): its record says
+        forced = sel.forced or (record.forced if record is not None else "")
         steps.append(Step(bdf, str(dev.id), action, dev.driver, sel.target, dev.group,
                           sel.entry.source, sel.entry.name, sel.via, reason,
-                          warning=sel.warning))
+                          warning=sel.warning, forced=forced))
     for bdf, record in records.items():
         if bdf in selection.chosen:
             continue
@@ -126,7 +137,8 @@ def make_plan(
                 record.held == "late" or device.driver == record.target):
             steps.append(Step(bdf, record.id, Action.KEEP, device.driver, device.driver,
                               device.group, record.entry,
-                              reason="its entry has a problem; left as it is"))
+                              reason="its entry has a problem; left as it is",
+                              forced=record.forced))
             continue
         steps.append(_restore_step(record, device, "no longer configured"))
     return Plan(tuple(sorted(steps, key=lambda s: s.bdf)), selection.problems)

@@ -59,13 +59,15 @@ def _apply_group_policy(
     for i, sel in enumerate(items):
         dev = sel.device
         mates = _group_mates(dev, inventory)
+        chipset = [m for m in mates if m.bdf not in selected and _chipset(m, critical)]
+        if chipset and entry.group != "ignore":  # only an entry of their own binds them
+            hint = ("`group: bind` never binds the chipset" if entry.group == "bind" else
+                    "the chipset stays with the host (`group: bind` never binds it)")
+            return [], _chipset_problem(
+                entry, dev, chipset, critical,
+                f"{hint}: this group cannot be passed through as a whole",
+            ), frozenset(d.bdf for d in chipset)
         if entry.group == "bind":  # every other endpoint, whatever it is on now: also on re-apply
-            chipset = [m for m in mates if m.bdf not in selected and _chipset(m, critical)]
-            if chipset:  # never pulled in by a group: only an entry of their own binds them
-                return [], _chipset_problem(
-                    entry, dev, chipset, critical,
-                    "`group: bind` never binds the chipset: this group cannot be passed "
-                    "through as a whole"), frozenset(d.bdf for d in chipset)
             for mate in mates:
                 if mate.bdf not in selected:
                     selected.add(mate.bdf)
@@ -77,12 +79,6 @@ def _apply_group_policy(
         if not loose:
             continue
         if entry.group == "isolated":
-            chipset = [d for d in loose if _chipset(d, critical)]
-            if chipset:
-                return [], _chipset_problem(
-                    entry, dev, chipset, critical,
-                    "the chipset stays with the host (`group: bind` never binds it): this group "
-                    "cannot be passed through as a whole"), frozenset(d.bdf for d in chipset)
             return [], entry.problem(
                 f"IOMMU group {dev.group} of {dev.bdf} also holds {_busy(loose)}",
                 "select those devices too, or set `group: bind` to bind them with it, "
@@ -109,10 +105,17 @@ def _near(dev: Device, inventory: Inventory, critical: Critical, skip: Iterable[
 
 
 def _which(dev: Device, found: Found) -> str:
-    """What makes `dev` host-critical: "carries the default route via eth0"."""
-    return "; ".join(describe(reasons) if other is dev else
-                     f"shares IOMMU group {dev.group} with {other.bdf}, which {describe(reasons)}"
-                     for other, reasons in found)
+    """What makes `dev` host-critical: "carries the default route via eth0"; for a device that
+    is not, the group mates that are."""
+    own = [describe(reasons) for other, reasons in found if other is dev]
+    if own:
+        return "; ".join(own)
+    if len(found) == 1:
+        other, reasons = found[0]
+        return f"shares IOMMU group {dev.group} with {other.bdf}, which {describe(reasons)}"
+    kinds = {r.kind for _, reasons in found for r in reasons}
+    return (f"shares IOMMU group {dev.group} with {', '.join(o.bdf for o, _ in found)} "
+            f"({', '.join(k for k in KINDS if k in kinds)})")
 
 
 def _paste(entry: Entry, devices: list[Device]) -> list[str]:
@@ -126,21 +129,25 @@ def _paste(entry: Entry, devices: list[Device]) -> list[str]:
 
 
 def _refusal_hint(entry: Entry, items: list[Selected], refused: dict[str, Found],
-                  inventory: Inventory, critical: Critical, force: str) -> str:
+                  inventory: Inventory, critical: Critical, *, force: str) -> str:
     """Safe first: the matches the host can spare, by address; then what `force:` costs."""
     matches = [s.device for s in items if s.via is None]
     spare = [d for d in matches if not _near(d, inventory, critical)]
     if len(matches) < 2 or not spare:
+        chipset = any(r.kind == CHIPSET for found in refused.values() for _, reasons in found
+                      for r in reasons)
         return (f"unbinding it could cut the host off; add `force: [{force}]` to the entry to "
-                "bind it anyway")
+                "bind it anyway" + (" (`force: true` does not cover the chipset)"
+                                    if chipset and entry.force else ""))
     taken = [d for d in matches if d not in spare]
-    which = ", and ".join(f"{d.bdf}, which {_which(d, refused[d.bdf])}" if d.bdf in refused
-                          else d.bdf for d in taken)
+    which = [f"{d.bdf}{' too' if i == 0 else ''}"
+             + (f", which {_which(d, refused[d.bdf])}" if d.bdf in refused else "")
+             for i, d in enumerate(taken)]
     kinds = {r.kind for found in refused.values() for _, reasons in found for r in reasons}
     return "\n".join([
         "to bind only the matches the host can spare, replace the entry with:",
         *_paste(entry, spare),
-        f"or add `force: [{force}]` to take {which} too: {cost(kinds)}",
+        f"or add `force: [{force}]` to take {', and '.join(which)}: {cost(kinds)}",
     ])
 
 
@@ -169,11 +176,13 @@ def _guard(
     dev = sel.device
     other, reasons = refused[dev.bdf][0]
     shared = "" if other is dev else f", and shares IOMMU group {dev.group} with {dev.bdf}"
-    needed = {r.kind for found in refused.values() for _, rs in found for r in rs} | entry.force
+    # the kinds that bind every device of the entry (not `force: true`'s whole list)
+    needed = {r.kind for s in items for _, rs in _near(s.device, inventory, critical, skip)
+              for r in rs}
     force = ", ".join(kind for kind in KINDS if kind in needed)
     return entry.problem(
         f"refusing {dev.bdf}: {other.bdf} {describe(reasons)}{shared}",
-        _refusal_hint(entry, items, refused, inventory, critical, force),
+        _refusal_hint(entry, items, refused, inventory, critical, force=force),
     ), forced
 
 

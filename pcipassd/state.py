@@ -58,6 +58,9 @@ class Record:
     # (moved by the main service). Held before any driver bound it, original_driver is None and
     # restore gives it to the driver udev would load for it (see apply.py).
     held: str = "late"
+    # What `force:` overrode to bind it ("carries the default route via eth0"), empty when
+    # nothing was: kept here because the evidence is gone once the device is held.
+    forced: str = ""
 
     @property
     def native_unknown(self) -> bool:
@@ -109,8 +112,26 @@ def _entry(value: Any) -> str:
     return value
 
 
-_REQUIRED = tuple(f.name for f in fields(Record) if f.name != "held")
-_KNOWN = (*_REQUIRED, "held")
+_OPTIONAL = ("held", "forced")  # absent from files written before they existed
+def _forced(value: Any) -> str:
+    """What `force:` overrode: printable, one line, bounded (it is logged and shown)."""
+    if (not isinstance(value, str) or len(value) > 4096
+            or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value)):
+        raise ValueError(f"forced: {_show(value)} is not a line of text")
+    return value
+
+
+def _saved(record: Record) -> dict[str, Any]:
+    """The record as the file keeps it: `forced` only when set, so that a file without forced
+    devices stays readable by a pcipassd that predates the field."""
+    data = asdict(record)
+    if not record.forced:
+        del data["forced"]
+    return data
+
+
+_REQUIRED = tuple(f.name for f in fields(Record) if f.name not in _OPTIONAL)
+_KNOWN = (*_REQUIRED, *_OPTIONAL)
 
 
 def parse_record(raw: Any) -> Record:
@@ -138,6 +159,7 @@ def parse_record(raw: Any) -> Record:
         target=_one_of("target", raw["target"], STUB_DRIVERS),
         entry=_entry(raw["entry"]),
         held=_one_of("held", raw.get("held", "late"), HELD),
+        forced=_forced(raw.get("forced", "")),
     )
 
 
@@ -284,7 +306,7 @@ class State:
             if seen[record.bdf] > 1:  # which one is true? neither is used
                 self.invalid.append(BadRecord(i, record.bdf,
                                               "more than one record for it",
-                                              asdict(record)))
+                                              _saved(record)))
             else:
                 self.records[record.bdf] = record
 
@@ -311,7 +333,7 @@ class State:
     def save(self) -> None:
         """Write the records (and the bad ones, unchanged) atomically; StateError if not."""
         data = {"format": FORMAT,
-                "devices": [asdict(r) for r in self.records.values()]
+                "devices": [_saved(r) for r in self.records.values()]
                 + [b.raw for b in self.invalid]}
         body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
         tmp = None

@@ -22,7 +22,8 @@ class Row:
     cls: str  # "Ethernet controller"
     name: str  # "Intel Corporation 82574L Gigabit Network Connection"
     lspci: str  # the whole line as `lspci -nn` prints it
-    notes: tuple[str, ...]  # held (initramfs), configured, host-critical: ..., bridge
+    notes: tuple[str, ...]  # held (initramfs), forced: ..., configured, host-critical: ...
+    forced: str = ""  # what `force:` overrode to hold it (from its record)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def _row(dev: Device, names: NameDb, record: Record | None, configured: bool,
     notes = []
     if record is not None:
         notes.append(f"held ({record.held})")
+        if record.forced:
+            notes.append(f"forced: {record.forced}")
     elif configured:
         notes.append("configured")
     if critical:
@@ -64,7 +67,7 @@ def _row(dev: Device, names: NameDb, record: Record | None, configured: bool,
     if dev.is_bridge:
         notes.append("bridge")
     return Row(dev, names.class_name(dev.cls), names.model(dev.id), names.describe(dev.id, dev.cls),
-               tuple(notes))
+               tuple(notes), record.forced if record is not None else "")
 
 
 def _verdict(rows: list[Row], critical: Mapping[str, str]) -> tuple[str, bool]:

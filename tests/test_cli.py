@@ -39,7 +39,7 @@ def test_plan_json(m: Machine) -> None:
     assert data["steps"] == [{
         "device": NIC_A, "id": "8086:10d3", "action": "bind", "driver": "e1000e",
         "target": "pci-stub", "group": "2", "entry": "/etc/pcipass.yaml:3", "name": "guest-nic",
-        "via": None, "note": "",
+        "via": None, "note": "", "forced": None,
     }]
 
 

@@ -341,10 +341,10 @@ def test_enumerated_settings(cli: Cli, top: str, entry: str, expected: list[str]
     ("count: two", [f"{MAIN}:4:12: devices[0].count: expected a whole number, got text"]),
     ("count: 1.5", [f"{MAIN}:4:12: devices[0].count: expected a whole number, got a number"]),
     ("force: 1", [f"{MAIN}:4:12: devices[0].force: expected true or false, or a list of "
-                  "storage, network, boot-vga, console; got a number",
+                  "storage, network, boot-vga, console, chipset; got a number",
                   "    hint: e.g. force: [console] overrides only the console"]),
     ('force: "yes"', [f"{MAIN}:4:12: devices[0].force: expected true or false, or a list of "
-                      "storage, network, boot-vga, console; got text",
+                      "storage, network, boot-vga, console, chipset; got text",
                       "    hint: e.g. force: [console] overrides only the console"]),
     ("name: 7", [f"{MAIN}:4:11: devices[0].name: expected text, got a number",
                  "    hint: quote it"]),
