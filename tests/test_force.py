@@ -186,6 +186,18 @@ def test_the_journal_gets_the_forced_warning_with_its_message_id(
     assert (back["PCIPASS_ACTION"], back["PCIPASS_FORCED"]) == ("restore", FORCED_UPLINK)
 
 
+def test_a_record_from_before_the_forced_field_learns_it_on_the_next_apply(ws: Machine) -> None:
+    config(ws, f'  - address: "{UPLINK}"\n    force: [network]\n')
+    assert ws.run("apply").rc == 0
+    path = ws.root / "run/pcipass/state.json"
+    data = json.loads(path.read_text())
+    del data["devices"][0]["forced"]  # as an older pcipassd wrote it
+    path.write_text(json.dumps(data))
+    r = ws.run("apply")
+    assert "0 bound, 1 unchanged" in r.err
+    assert ws.state[UPLINK]["forced"] == FORCED_UPLINK
+
+
 def test_a_state_file_from_before_the_forced_field_still_loads(ws: Machine) -> None:
     config(ws, f'  - address: "{NIC_2}"\n')
     assert ws.run("apply").rc == 0
