@@ -505,6 +505,24 @@ def _verb(argv: Sequence[str]) -> str | None:
     return argv[i] if i < len(argv) and argv[i] in VERBS else None
 
 
+def _class_arg(text: str) -> str:
+    from pcipassd.survey import class_arg  # noqa: PLC0415 - only when --class is given
+
+    try:
+        return class_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _id_arg(text: str) -> str:
+    from pcipassd.survey import id_arg  # noqa: PLC0415 - only when --id is given
+
+    try:
+        return id_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `verb`, only that verb's parser (see _verb)."""
     common = _Parser(add_help=False)
@@ -539,10 +557,12 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
             sp.add_argument("--offline", action="store_true",
                             help="check the files only, not against this host's devices")
         if name == "list":
-            sp.add_argument("--class", dest="cls", metavar="CLASS",
-                            help="only devices of this class: a hex prefix (02, 0300) or words "
-                            "of its name (ethernet, vga)")
-            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", help="only devices with this ID")
+            sp.add_argument("--class", dest="cls", metavar="CLASS", type=_class_arg,
+                            help="only devices of this class: a hex prefix (02, 0300), a word "
+                            "(gpu, display, vga, network, ethernet, storage, nvme, audio, usb) "
+                            "or words of its name")
+            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", type=_id_arg,
+                            help="only devices with this ID (hex: 8086:10d3, or 10de:)")
             sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
         if name == "status":
             to = sp.add_mutually_exclusive_group()
