@@ -307,6 +307,7 @@ def cmd_apply(ctx: Context) -> int:
             if early.sync(ctx.host, early.render(plan, selection)) and (
                     stale := early.stale_initramfs(ctx.host)):
                 _log().warning("%s", stale)
+            _say_reboot(ctx, plan, state)
             if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
                 _log().info("stopping before apply finished: giving every device back")
                 _restore(ctx, state)
@@ -318,6 +319,20 @@ def cmd_apply(ctx: Context) -> int:
     if not plan.problems and not outcome.failed and not outcome.in_use:
         return EXIT_OK
     return EXIT_PARTIAL if held else EXIT_FAIL
+
+
+def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
+    """Once per apply that moved a device late from its host driver: reboot to have it held
+    from the first instant (see reboot.py)."""
+    from pcipassd import reboot  # noqa: PLC0415
+    from pcipassd.log import event  # noqa: PLC0415
+    from pcipassd.plan import Action  # noqa: PLC0415
+
+    moved = {s.bdf for s in plan.steps if s.action is Action.BIND}
+    if not moved & {r.bdf for r in reboot.moved_late(ctx.host, state.records)}:
+        return
+    if advice := reboot.advice(ctx.host, state.records):
+        _log().warning("%s", advice, extra={"journal": event("reboot needed")})
 
 
 def _restore(ctx: Context, state: State) -> int:
@@ -344,12 +359,14 @@ def cmd_restore(ctx: Context) -> int:
 
 def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
     """What the admin should know about how the devices were held."""
-    from pcipassd import early  # noqa: PLC0415
+    from pcipassd import early, reboot  # noqa: PLC0415
 
     out = [f"{bdf}: {why}" for bdf, r in sorted(records.items())
            if (why := early.first_probe(ctx.host, r))]
     if stale := early.stale_initramfs(ctx.host):
         out.append(stale)
+    if advice := reboot.advice(ctx.host, records):
+        out.append(advice)
     return out
 
 
