@@ -23,6 +23,7 @@ MESSAGE_IDS = {
     "failed": "c18d0eb9df4448868ee4951bfcd2dca2",
     "early hold missed": "1a8126f48da14a3c9230b0bf84e94cad",
     "in use": "b1dd98260ef24d2da1ca14bea53b1fb1",
+    "reboot needed": "31a47ba3e0b74b16b5968b1139c37f9a",
 }
 
 

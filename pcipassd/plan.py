@@ -41,6 +41,7 @@ class Step:
     reason: str = ""
     forget: bool = False  # drop it from the state file: there is nothing left to undo
     warning: str = ""  # logged as a warning when apply binds it (`group: ignore`)
+    selects: str | None = None  # what its entry selects (`address 0000:02:00.0`), for status
 
     @property
     def journal_fields(self) -> dict[str, str]:
@@ -115,7 +116,7 @@ def make_plan(
             action = Action.UNCHANGED if dev.driver == sel.target else Action.BIND
         steps.append(Step(bdf, str(dev.id), action, dev.driver, sel.target, dev.group,
                           sel.entry.source, sel.entry.name, sel.via, reason,
-                          warning=sel.warning))
+                          warning=sel.warning, selects=sel.entry.selects))
     for bdf, record in records.items():
         if bdf in selection.chosen:
             continue

@@ -268,6 +268,16 @@ class State:
         self._parse(devices)
         return self
 
+    def load_if_readable(self) -> bool:
+        """load(), for the verbs that only read: False, with no records, when only root may
+        read the file (they then run without what pcipassd holds, and say so)."""
+        try:
+            self.load()
+        except PermissionError:
+            self.records, self.invalid = {}, []
+            return False
+        return True
+
     def _parse(self, devices: list[Any]) -> None:
         good: list[tuple[int, Record]] = []
         for i, raw in enumerate(devices, 1):
