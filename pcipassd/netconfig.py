@@ -136,8 +136,8 @@ def _ini(text: str) -> dict[str, dict[str, list[str]]]:
     order; comments and continuation lines as systemd reads them."""
     sections: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] | None = None
-    for line in re.sub(r"\\\n", " ", text).splitlines():
-        line = line.strip()
+    for raw in re.sub(r"\\\n", " ", text).splitlines():
+        line = raw.strip()
         if not line or line[0] in "#;":
             continue
         if line.startswith("[") and line.endswith("]"):
