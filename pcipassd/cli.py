@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pcipassd.host import Host
     from pcipassd.inventory import Device, Inventory
     from pcipassd.kernel import Kernel
+    from pcipassd.memory import Judgment
     from pcipassd.plan import Plan, Step
     from pcipassd.selection import Selection
     from pcipassd.state import Record, State
@@ -56,6 +57,8 @@ class Context:
         self.args = args
         self.host: Host = Host(Path(args.root))
         self._kernel = kernel
+        self._judgment: Judgment | None = None
+        self.selected: Selection | None = None  # what the config selects, before the guard
 
     @property
     def kernel(self) -> Kernel:
@@ -82,16 +85,27 @@ class Context:
 
         return load_config(self.host, self.config_paths(), full=full)
 
+    def judgment(self, inventory: Inventory) -> Judgment:
+        """The host-critical devices, with what the guard remembers at boot (once per run: its
+        warnings are logged once)."""
+        from pcipassd.memory import judge  # noqa: PLC0415
+
+        if self._judgment is None:
+            self._judgment = judge(self.host, inventory)
+            for warning in self._judgment.warnings:
+                _log().warning("%s", warning)
+        return self._judgment
+
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
         """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
-        from pcipassd.guard import critical_devices  # noqa: PLC0415
         from pcipassd.inventory import scan  # noqa: PLC0415
         from pcipassd.policy import enforce  # noqa: PLC0415
         from pcipassd.selection import select  # noqa: PLC0415
 
         inventory = scan(self.host)
-        critical = critical_devices(self.host)
-        return inventory, enforce(select(config, inventory), inventory, critical)
+        self.selected = select(config, inventory)
+        critical = self.judgment(inventory).critical
+        return inventory, enforce(self.selected, inventory, critical)
 
 
 def _readable_state(ctx: Context) -> State:
@@ -301,6 +315,7 @@ def cmd_apply(ctx: Context) -> int:
                 early.release(ctx.host, ctx.kernel, state)
                 raise
             inventory, selection = ctx.selection(config)
+            _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             _log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
@@ -333,6 +348,17 @@ def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
         return
     if advice := reboot.advice(ctx.host, state.records):
         _log().warning("%s", advice, extra={"journal": event("reboot needed")})
+
+
+def _remember(ctx: Context, inventory: Inventory) -> None:
+    """A live run (the guard sees the network up) writes down what it judged, for the boot."""
+    from pcipassd import memory  # noqa: PLC0415
+
+    judgment = ctx.judgment(inventory)
+    if judgment.live and ctx.selected is not None:
+        why = memory.save(ctx.host, memory.remember(judgment, inventory, ctx.selected, ctx.host))
+        if why:
+            _log().warning("%s", why)
 
 
 def _restore(ctx: Context, state: State) -> int:
@@ -374,12 +400,12 @@ def cmd_list(ctx: Context) -> int:
     from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
     from pcipassd.address import Address, AddressError  # noqa: PLC0415
     from pcipassd.errors import PcipassError  # noqa: PLC0415
-    from pcipassd.guard import critical_devices, describe  # noqa: PLC0415
+    from pcipassd.guard import describe  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.names import NameDb  # noqa: PLC0415
 
     inventory = scan(ctx.host)
-    critical = {bdf: describe(r) for bdf, r in critical_devices(ctx.host).items()}
+    critical = {bdf: describe(r) for bdf, r in ctx.judgment(inventory).critical.items()}
     try:
         _, selection = ctx.selection(ctx.load_config())
         configured = frozenset(selection.chosen)

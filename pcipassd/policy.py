@@ -61,16 +61,27 @@ def _apply_group_policy(
     return out, None
 
 
+def blocking(
+    dev: Device, entry: Entry, inventory: Inventory, critical: Mapping[str, tuple[Reason, ...]]
+) -> tuple[Device, list[Reason]] | None:
+    """What keeps the guard from binding `dev` for `entry`: the device (itself or a member of
+    its IOMMU group) and its reasons that the entry's `force:` does not override."""
+    for other in [dev, *_group_mates(dev, inventory)]:
+        reasons = [r for r in critical.get(other.bdf, ()) if r.kind not in entry.force]
+        if reasons:
+            return other, reasons
+    return None
+
+
 def _guard(
     entry: Entry, items: list[Selected], inventory: Inventory,
     critical: Mapping[str, tuple[Reason, ...]],
 ) -> Problem | None:
     for sel in items:
         dev = sel.device
-        for other in [dev, *_group_mates(dev, inventory)]:
-            reasons = [r for r in critical.get(other.bdf, ()) if r.kind not in entry.force]
-            if not reasons:
-                continue
+        found = blocking(dev, entry, inventory, critical)
+        if found is not None:
+            other, reasons = found
             shared = "" if other is dev else f", and shares IOMMU group {dev.group} with {dev.bdf}"
             needed = {r.kind for r in reasons} | entry.force
             force = ", ".join(kind for kind in KINDS if kind in needed)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from simkernel import NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, SimKernel
+from hosttree import FakeHost
+from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, SimKernel
 
 import pcipassd
 from pcipassd import yamldoc
@@ -46,6 +47,10 @@ def machine(sim_host: SimKernel) -> SimKernel:
     sim_host.add_driver("snd_hda_intel", [(0x10DE, 0x10F0)])
     sim_host.add_device(GPU, 0x10DE, 0x1B80, cls=0x030000, iommu_group=7, driver=None)
     sim_host.add_device(GPU_AUDIO, 0x10DE, 0x10F0, cls=0x040300, iommu_group=7)
+    fake = FakeHost(sim_host.root)  # / on the virtio disk: the SATA controller holds nothing
+    disk = os.path.relpath(sim_host.device_dir(DISK), sim_host.root)
+    fake.partition(fake.disk("vda", "254:0", f"/{disk}/virtio2"), "vda1", "254:1")
+    fake.mountinfo("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw")
     return sim_host
 
 
