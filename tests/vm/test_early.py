@@ -191,6 +191,17 @@ def test_negative_control_sees_every_probe(early_boots: list[BootResult]) -> Non
     assert DISK_BDF not in res["holdlist"], "a refused device is never held early"
 
 
+def test_a_device_moved_late_asks_for_a_reboot(early_boots: list[BootResult]) -> None:
+    """Boot 1 moved both NICs from e1000e: apply (the journal) and status say once to rebuild
+    the initramfs and reboot; boot 3, held from the initramfs, says nothing of it."""
+    res = early_boots[0]
+    advice = "run `update-initramfs -u`, then reboot to have them held from the first instant"
+    assert res["journal"].count(advice) == 1, res["journal"]
+    assert advice in res["status"], res["status"]
+    assert f"{STUB} (from e1000e)" in res["status"] and f"{VFIO} (from e1000e)" in res["status"]
+    assert "reboot" not in early_boots[2]["status"], early_boots[2]["status"]
+
+
 def test_stale_initramfs_still_ends_on_target_and_says_how_to_fix_it(
         early_boots: list[BootResult]) -> None:
     """Scenario 2: the stock initramfs loads e1000e first; pcipassd moves the devices and says
