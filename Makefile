@@ -20,6 +20,12 @@ COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 BUILD_PYTHON ?= python3
 SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g'
 
+# Onto the live system (no DESTDIR), compile the journal catalog as the packages' triggers do,
+# so that `journalctl -x` knows pcipassd's MESSAGE_IDs at once. A staged install (DESTDIR, the
+# package builds) leaves that to the package manager.
+UPDATE_CATALOG = if [ -z "$(DESTDIR)" ] && command -v journalctl >/dev/null 2>&1; then \
+		journalctl --update-catalog; fi
+
 SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pcipassd/__init__.py)
 
@@ -64,6 +70,7 @@ install: build/doc/.stamp
 	install -m 0644 etc/pcipass.yaml $(DESTDIR)$(DOCDIR)/pcipass.yaml.example
 	test -e $(DESTDIR)$(SYSCONFDIR)/pcipass.yaml || \
 		install -m 0644 etc/pcipass.yaml $(DESTDIR)$(SYSCONFDIR)/pcipass.yaml
+	$(UPDATE_CATALOG)
 
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR)
@@ -72,6 +79,7 @@ uninstall:
 		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/pcipassd $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog $(DESTDIR)$(MANDIR)/man8/pcipassd.8 \
 		$(DESTDIR)$(MANDIR)/man5/pcipass.yaml.5 $(DESTDIR)$(COMPLETIONDIR)/pcipassd
+	$(UPDATE_CATALOG)
 
 clean:
 	rm -rf build

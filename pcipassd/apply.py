@@ -355,10 +355,10 @@ class Applier:
             self._remember_forced(step)
 
     def _remember_forced(self, step: Step) -> None:
-        """A device held before its entry forced it: its record says so from now on (once
-        held, the evidence may be gone)."""
+        """A device held by a record that does not say it was forced (written before the field
+        existed): its record says so from now on (once held, the evidence may be gone)."""
         record = self.state.records.get(step.bdf)
-        if record is None or not step.forced or record.forced == step.forced:
+        if record is None or not step.forced or record.forced:
             return
         try:
             self.state.put(replace(record, forced=step.forced))

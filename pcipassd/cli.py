@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pcipassd.host import Host
     from pcipassd.inventory import Device, Inventory
     from pcipassd.kernel import Kernel
+    from pcipassd.memory import Judgment
     from pcipassd.plan import Plan, Step
     from pcipassd.selection import Selection
     from pcipassd.state import Record, State
@@ -56,6 +57,8 @@ class Context:
         self.args = args
         self.host: Host = Host(Path(args.root))
         self._kernel = kernel
+        self._judgment: Judgment | None = None
+        self.selected: Selection | None = None  # what the config selects, before the guard
 
     @property
     def kernel(self) -> Kernel:
@@ -82,16 +85,39 @@ class Context:
 
         return load_config(self.host, self.config_paths(), full=full)
 
+    def judgment(self, inventory: Inventory) -> Judgment:
+        """The host-critical devices, with what the guard remembers at boot (once per run: its
+        warnings are logged once)."""
+        from pcipassd.memory import judge  # noqa: PLC0415
+
+        if self._judgment is None:
+            self._judgment = judge(self.host, inventory)
+            for warning in self._judgment.warnings:
+                _log().warning("%s", warning)
+        return self._judgment
+
     def selection(self, config: Config) -> tuple[Inventory, Selection]:
         """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
-        from pcipassd.guard import critical_devices  # noqa: PLC0415
         from pcipassd.inventory import scan  # noqa: PLC0415
         from pcipassd.policy import enforce  # noqa: PLC0415
         from pcipassd.selection import select  # noqa: PLC0415
 
         inventory = scan(self.host)
-        critical = critical_devices(self.host)
-        return inventory, enforce(select(config, inventory), inventory, critical)
+        self.selected = select(config, inventory)
+        critical = self.judgment(inventory).critical
+        return inventory, enforce(self.selected, inventory, critical)
+
+
+def _readable_state(ctx: Context) -> State:
+    """The state file for a verb that only reads: without it (and saying so, on stderr) when
+    only root may read it, so that a user can still run list, plan and status."""
+    from pcipassd.state import State  # noqa: PLC0415
+
+    state = State(ctx.host)
+    if not state.load_if_readable():
+        _log().warning("cannot read %s (only root can): shown without the devices pcipassd "
+                       "holds and how it took them; run as root to see them", state.name)
+    return state
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -244,10 +270,9 @@ def _groups_json(groups: Groups) -> dict[str, list[dict[str, Any]]]:
 
 def cmd_plan(ctx: Context) -> int:
     from pcipassd.plan import Action  # noqa: PLC0415
-    from pcipassd.state import State  # noqa: PLC0415
 
     config = ctx.load_config()
-    plan, groups = _planned(ctx, config, State(ctx.host).load().records)
+    plan, groups = _planned(ctx, config, _readable_state(ctx).records)
     if ctx.args.json:
         _print_json({"steps": [_step_dict(s) for s in plan.steps],
                      "groups": _groups_json(groups),
@@ -268,8 +293,8 @@ def cmd_plan(ctx: Context) -> int:
 def _step_dict(step: Step) -> dict[str, Any]:
     return {"device": step.bdf, "id": step.id, "action": str(step.action),
             "driver": step.current, "target": step.target, "group": step.group,
-            "entry": step.entry, "name": step.name, "via": step.via, "note": step.reason,
-            "forced": step.forced or None}
+            "entry": step.entry, "selects": step.selects, "name": step.name, "via": step.via,
+            "note": step.reason, "forced": step.forced or None}
 
 
 def cmd_apply(ctx: Context) -> int:
@@ -297,12 +322,14 @@ def cmd_apply(ctx: Context) -> int:
                 early.release(ctx.host, ctx.kernel, state)
                 raise
             inventory, selection = ctx.selection(config)
+            _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             _log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
             if early.sync(ctx.host, early.render(plan, selection)) and (
                     stale := early.stale_initramfs(ctx.host)):
                 _log().warning("%s", stale)
+            _say_reboot(ctx, plan, state)
             if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
                 _log().info("stopping before apply finished: giving every device back")
                 _restore(ctx, state)
@@ -314,6 +341,31 @@ def cmd_apply(ctx: Context) -> int:
     if not plan.problems and not outcome.failed and not outcome.in_use:
         return EXIT_OK
     return EXIT_PARTIAL if held else EXIT_FAIL
+
+
+def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
+    """Once per apply that moved a device late from its host driver: reboot to have it held
+    from the first instant (see reboot.py)."""
+    from pcipassd import reboot  # noqa: PLC0415
+    from pcipassd.log import event  # noqa: PLC0415
+    from pcipassd.plan import Action  # noqa: PLC0415
+
+    moved = {s.bdf for s in plan.steps if s.action is Action.BIND}
+    if not moved & {r.bdf for r in reboot.moved_late(ctx.host, state.records)}:
+        return
+    if advice := reboot.advice(ctx.host, state.records):
+        _log().warning("%s", advice, extra={"journal": event("reboot needed")})
+
+
+def _remember(ctx: Context, inventory: Inventory) -> None:
+    """A live run (the guard sees the network up) writes down what it judged, for the boot."""
+    from pcipassd import memory  # noqa: PLC0415
+
+    judgment = ctx.judgment(inventory)
+    if judgment.live and ctx.selected is not None:
+        why = memory.save(ctx.host, memory.remember(judgment, inventory, ctx.selected, ctx.host))
+        if why:
+            _log().warning("%s", why)
 
 
 def _restore(ctx: Context, state: State) -> int:
@@ -340,12 +392,14 @@ def cmd_restore(ctx: Context) -> int:
 
 def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
     """What the admin should know about how the devices were held."""
-    from pcipassd import early  # noqa: PLC0415
+    from pcipassd import early, reboot  # noqa: PLC0415
 
     out = [f"{bdf}: {why}" for bdf, r in sorted(records.items())
            if (why := early.first_probe(ctx.host, r))]
     if stale := early.stale_initramfs(ctx.host):
         out.append(stale)
+    if advice := reboot.advice(ctx.host, records):
+        out.append(advice)
     return out
 
 
@@ -353,13 +407,12 @@ def cmd_list(ctx: Context) -> int:
     from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
     from pcipassd.address import Address, AddressError  # noqa: PLC0415
     from pcipassd.errors import PcipassError  # noqa: PLC0415
-    from pcipassd.guard import critical_devices, describe  # noqa: PLC0415
+    from pcipassd.guard import describe  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.names import NameDb  # noqa: PLC0415
-    from pcipassd.state import State  # noqa: PLC0415
 
     inventory = scan(ctx.host)
-    critical = {bdf: describe(r) for bdf, r in critical_devices(ctx.host).items()}
+    critical = {bdf: describe(r) for bdf, r in ctx.judgment(inventory).critical.items()}
     try:
         _, selection = ctx.selection(ctx.load_config())
         configured = frozenset(selection.chosen)
@@ -372,7 +425,7 @@ def cmd_list(ctx: Context) -> int:
     except AddressError as e:
         raise PcipassError(f"--address: {e}", "e.g. --address 0000:02:00.0 or 02:00.*") from e
     names = NameDb.load(ctx.host, survey.wanted(inventory))
-    groups = survey.survey(inventory, names, State(ctx.host).load().records, configured,
+    groups = survey.survey(inventory, names, _readable_state(ctx).records, configured,
                            critical, only=only)
     if ctx.args.json:
         _print_json({"names": names.source, "groups": [
@@ -404,6 +457,7 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
     """`status --qemu` / `--libvirt`: what to give QEMU or libvirt for each device held on
     vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
     from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
     from pcipassd.plan import Action  # noqa: PLC0415
     from pcipassd.printable import in_xml_comment, printable  # noqa: PLC0415
 
@@ -417,9 +471,18 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
                   f"set `driver: vfio-pci` in its entry ({s.entry}) and run "
                   "`systemctl reload pcipassd`")
         elif s.action is Action.BIND:
-            print(f"# {label} is not on vfio-pci yet: run `pcipassd apply`")
+            print(f"# {label} is not on vfio-pci yet: run `systemctl reload pcipassd`")
         else:
             ready.append(s)
+    if not ready:  # say why on stderr, rather than print nothing
+        to = "libvirt" if libvirt else "QEMU"
+        if plan.steps:
+            raise PcipassError(f"nothing to give {to}: no configured device is on vfio-pci",
+                               "the `#` lines above say what to change")
+        raise PcipassError(f"nothing to give {to}: the configuration selects no device "
+                           "present on this host",
+                           "`pcipassd status` shows why" if plan.problems
+                           else "`pcipassd list` shows the devices")
     if libvirt:
         for s in ready:
             name = f" {in_xml_comment(s.name)}" if s.name else ""
@@ -430,19 +493,32 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
     return EXIT_OK if ready and len(ready) == len(plan.steps) else EXIT_FAIL
 
 
+def _users(ctx: Context, plan: Plan) -> dict[str, list[str]]:
+    """The processes (a VM) that have each device of the plan open through VFIO."""
+    from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.inventory import read_device  # noqa: PLC0415
+
+    out = {}
+    for s in plan.steps:
+        dev = read_device(ctx.host, s.bdf) if s.current == vfio.DRIVER else None
+        if dev is not None and (users := vfio.users(ctx.host, dev)):
+            out[s.bdf] = [str(u) for u in users]
+    return out
+
+
 def cmd_status(ctx: Context) -> int:
     from pcipassd.plan import Action  # noqa: PLC0415
     from pcipassd.printable import printable  # noqa: PLC0415
-    from pcipassd.state import State  # noqa: PLC0415
 
     config = ctx.load_config()
-    state = State(ctx.host).load()
+    state = _readable_state(ctx)
     records = state.records
     plan, groups = _planned(ctx, config, records)
     if ctx.args.qemu or ctx.args.libvirt:
         return _handoff(plan, ctx.args.libvirt)
     warnings = [*state.problems(), *_warnings(ctx, records),
                 *(f"{s.bdf}: {s.forced_note}" for s in plan.steps if s.forced)]
+    users = _users(ctx, plan)
     converged = plan.converged and not state.invalid
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
               Action.KEEP: "kept", Action.FAIL: "failed"}
@@ -454,7 +530,8 @@ def cmd_status(ctx: Context) -> int:
     if ctx.args.json:
         _print_json({"converged": converged,
                      "devices": [{**_step_dict(s), "status": status[s.action],
-                                  "held": held(s.bdf)} for s in plan.steps],
+                                  "held": held(s.bdf), "in_use_by": users.get(s.bdf, [])}
+                                 for s in plan.steps],
                      "groups": _groups_json(groups),
                      "problems": [p.as_dict() for p in plan.problems],
                      "warnings": warnings})
@@ -462,11 +539,14 @@ def cmd_status(ctx: Context) -> int:
         rows = [[s.bdf, s.id, s.current or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
                  s.group or "-", held(s.bdf) or "-", status[s.action],
-                 printable(s.name or s.entry or "-")]
+                 printable(s.name or s.selects or "-")]
                 for s in plan.steps]
         print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD",
                                       "STATUS", "ENTRY"])))
         print("\n".join(_groups_text(ctx, groups)))
+        if users:
+            print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
+                                    for bdf, who in users.items())]))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
         if warnings:
@@ -476,7 +556,7 @@ def cmd_status(ctx: Context) -> int:
         elif plan.problems or state.invalid:
             verdict = "not converged: fix the problems above"
         else:
-            verdict = "not converged: run `pcipassd apply`"
+            verdict = "not converged: run `systemctl reload pcipassd`"
         print(f"\n{verdict}")
     return EXIT_OK if converged else EXIT_FAIL
 
@@ -514,6 +594,24 @@ def _verb(argv: Sequence[str]) -> str | None:
     return argv[i] if i < len(argv) and argv[i] in VERBS else None
 
 
+def _class_arg(text: str) -> str:
+    from pcipassd.survey import class_arg  # noqa: PLC0415 - only when --class is given
+
+    try:
+        return class_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _id_arg(text: str) -> str:
+    from pcipassd.survey import id_arg  # noqa: PLC0415 - only when --id is given
+
+    try:
+        return id_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `verb`, only that verb's parser (see _verb)."""
     common = _Parser(add_help=False)
@@ -548,10 +646,12 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
             sp.add_argument("--offline", action="store_true",
                             help="check the files only, not against this host's devices")
         if name == "list":
-            sp.add_argument("--class", dest="cls", metavar="CLASS",
-                            help="only devices of this class: a hex prefix (02, 0300) or words "
-                            "of its name (ethernet, vga)")
-            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", help="only devices with this ID")
+            sp.add_argument("--class", dest="cls", metavar="CLASS", type=_class_arg,
+                            help="only devices of this class: a hex prefix (02, 0300), a word "
+                            "(gpu, display, vga, network, ethernet, storage, nvme, audio, usb) "
+                            "or words of its name")
+            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", type=_id_arg,
+                            help="only devices with this ID (hex: 8086:10d3, or 10de:)")
             sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
         if name == "status":
             to = sp.add_mutually_exclusive_group()

@@ -1,4 +1,5 @@
-"""The configuration: /etc/pcipass.yaml plus /etc/pcipass.d/*.yaml, validated and merged.
+"""The configuration: /etc/pcipass.yaml plus /etc/pcipass.d/*.yaml (and *.yml), validated and
+merged.
 
 Merge rules (also in README):
 - The main file comes first, then the drop-ins in name order; their `devices` lists are joined.
@@ -65,6 +66,11 @@ class Entry:
         return Problem(self.file, self.line, self.col, self.path, message, hint)
 
     @property
+    def selects(self) -> str:
+        """What the entry selects, as `status` names it: `address 0000:02:00.0`, `id 8086:10d3`."""
+        return f"address {self.address}" if self.address else f"id {self.id}"
+
+    @property
     def label(self) -> str:
         what = str(self.address) if self.address else f"id {self.id}"
         return f"{what} ({self.name})" if self.name else what
@@ -82,12 +88,16 @@ def schema_text() -> str:
     return Path(__file__).with_name("schema.json").read_text()
 
 
+DROPIN_SUFFIXES = (".yaml", ".yml")  # .yml: Ansible's habit
+
+
 def config_files(host: Host, main: Path | None = None) -> list[Path]:
-    """The main file, then the drop-ins next to it in name order. Hidden files (an editor's
-    `.#x.yaml` lock, `.x.yaml`) are not drop-ins; neither is `x.yaml~`."""
+    """The main file, then the drop-ins next to it (`*.yaml`, `*.yml`) in name order. Hidden
+    files (an editor's `.#x.yaml` lock, `.x.yaml`) are not drop-ins; neither is `x.yaml~`."""
     main = main or host.config_file
     dropins = main.parent / "pcipass.d"
-    found = (sorted(p for p in dropins.glob("*.yaml") if not p.name.startswith("."))
+    found = (sorted(p for p in dropins.iterdir()
+                    if p.suffix in DROPIN_SUFFIXES and not p.name.startswith("."))
              if dropins.is_dir() else [])
     return [main, *found]
 
@@ -434,6 +444,7 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
             problems += found
             if entry:
                 entries.append(entry)
+    problems += _conflicts(entries)
     first = docs[0] if docs else None
     if not entries and not problems and first and all(docs):
         problems.append(first.problem((), NOTHING_CONFIGURED,
@@ -441,6 +452,33 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
                                       "least one entry (`pcipassd list` shows the devices)"))
     config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries))
     return config, problems
+
+
+def _overlap(a: Address, b: Address) -> Address | None:
+    """The address both select (the narrower one), or None when they select no device alike."""
+    if (a.domain, a.bus, a.slot) != (b.domain, b.bus, b.slot):
+        return None
+    if a.function is None or b.function is None or a.function == b.function:
+        return a if a.function is not None else b
+    return None
+
+
+def _conflicts(entries: list[Entry]) -> list[Problem]:
+    """Two entries for the same address with different drivers: a conflict in the files,
+    whatever the host has there (conflicts through `id:` depend on the host: selection.py)."""
+    problems = []
+    for i, entry in enumerate(entries):
+        for other in entries[:i]:
+            if entry.address is None or other.address is None or entry.driver == other.driver:
+                continue
+            shared = _overlap(entry.address, other.address)
+            if shared is not None:
+                problems.append(entry.problem(
+                    f"{shared} is also selected by {other.source} with driver {other.driver}, "
+                    f"here with {entry.driver}",
+                    "give both entries the same driver, or remove one"))
+                break
+    return problems
 
 
 def _entry(

@@ -12,7 +12,8 @@ storage
     NBD): the interfaces with the longest-prefix route to its server in `/proc/net/route` and
     `/proc/net/ipv6_route`. Where the root cannot be followed, the guard fails closed: every
     storage controller (PCI class 01, and Fibre Channel) is critical when a disk of the root
-    could not be found, every NIC with a route when the root's server or its route could not
+    could not be found or `/` is not in the mount table at all (unreadable, or hidden by a mount
+    namespace), every NIC with a route when the root's server or its route could not
     be, every network controller when no such NIC could be found.
 network
     The interfaces carrying a default route (`/proc/net/route`, `/proc/net/ipv6_route`), and the
@@ -74,6 +75,7 @@ from pcipassd.hostfiles import (
     natural_order,
     nearest_bdf,
     pci_classes,
+    read,
     resolve,
     value,
 )
@@ -222,7 +224,23 @@ def _storage_reasons(host: Host) -> list[Reason]:
         if mount is root:
             failing_closed = _root_reasons(host, behind)
     reasons = [Reason(bdf, holding.text(), STORAGE) for bdf, holding in holdings.items()]
+    if root is None:
+        failing_closed = _no_root_reasons(host)
     return reasons + failing_closed
+
+
+def _no_root_reasons(host: Host) -> list[Reason]:
+    """The mount table has no `/` (unreadable, or a mount namespace that hides it): like a root
+    that cannot be followed, every storage controller is critical."""
+    if read(host, "/proc/self/mountinfo") is None:
+        why = "the mount table (/proc/self/mountinfo) cannot be read"
+    else:
+        why = "/ is not in the mount table (/proc/self/mountinfo)"
+    log.debug("%s: failing closed", why)
+    return [Reason(bdf, f"is a storage controller, and {why}: cannot tell which controller "
+                        "holds /", STORAGE)
+            for bdf, code in pci_classes(host).items()
+            if code >> 16 == STORAGE_CLASS or code >> 8 == FIBRE_CHANNEL_CLASS]
 
 
 def _root_reasons(host: Host, behind: Backing) -> list[Reason]:

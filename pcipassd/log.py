@@ -24,6 +24,7 @@ MESSAGE_IDS = {
     "early hold missed": "1a8126f48da14a3c9230b0bf84e94cad",
     "in use": "b1dd98260ef24d2da1ca14bea53b1fb1",
     "forced": "bc3a566ee4ed43a2ba44ae4513d200c1",
+    "reboot needed": "31a47ba3e0b74b16b5968b1139c37f9a",
 }
 
 

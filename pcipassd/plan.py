@@ -41,6 +41,7 @@ class Step:
     reason: str = ""
     forget: bool = False  # drop it from the state file: there is nothing left to undo
     warning: str = ""  # logged as a warning when apply binds it (`group: ignore`)
+    selects: str | None = None  # what its entry selects (`address 0000:02:00.0`), for status
     forced: str = ""  # what `force:` overrode to bind it; shown by every verb, in the journal
 
     @property
@@ -122,11 +123,12 @@ def make_plan(
             reason = _hardware_changed(dev, record)
         else:
             action = Action.UNCHANGED if dev.driver == sel.target else Action.BIND
-        # A held device's evidence is gone (a held NIC has no interface): its record says
-        forced = sel.forced or (record.forced if record is not None else "")
+        # What its record says first: the evidence as seen when it was bound (once held, a NIC
+        # has no interface left to show it)
+        forced = (record.forced if record is not None else "") or sel.forced
         steps.append(Step(bdf, str(dev.id), action, dev.driver, sel.target, dev.group,
                           sel.entry.source, sel.entry.name, sel.via, reason,
-                          warning=sel.warning, forced=forced))
+                          warning=sel.warning, selects=sel.entry.selects, forced=forced))
     for bdf, record in records.items():
         if bdf in selection.chosen:
             continue

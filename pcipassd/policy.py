@@ -151,6 +151,15 @@ def _refusal_hint(entry: Entry, items: list[Selected], refused: dict[str, Found]
     ])
 
 
+def blocking(
+    dev: Device, entry: Entry, inventory: Inventory, critical: Mapping[str, tuple[Reason, ...]]
+) -> tuple[Device, list[Reason]] | None:
+    """What keeps the guard from binding `dev` for `entry`: the device (itself or a member of
+    its IOMMU group) and its reasons that the entry's `force:` does not override."""
+    found = _near(dev, inventory, critical, force=entry.force)
+    return found[0] if found else None
+
+
 def _guard(
     entry: Entry, items: list[Selected], inventory: Inventory, critical: Critical,
     skip: frozenset[str] = frozenset(),

@@ -23,6 +23,7 @@ import re
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from pcipassd.address import BDF_RE
@@ -186,6 +187,128 @@ def _too_deep(data: Any) -> bool:
     return False
 
 
+class Unusable(Exception):
+    """A JSON file pcipassd wrote cannot be used. `kind`: "not a file" (`text` is what it is),
+    "cannot open", "cannot read" (`text` is the system's error) or "damaged" (`text` says how)."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.text = text
+
+    def line(self, name: str) -> str:
+        """One line for the admin about the file `name`."""
+        if self.kind == "not a file":
+            return f"{name} is {self.text}, not a regular file"
+        if self.kind == "damaged":
+            return f"{name} is damaged: {self.text}"
+        return f"{self.kind} {name}: {self.text}"
+
+
+def _read_bounded(path: Path, limit: int) -> bytes | None:
+    """The file's bytes (at most `limit` + 1), None when there is none. Never follows a
+    symlink, never opens (let alone blocks on) anything but a regular file. PermissionError
+    passes through (not root); every other failure is Unusable."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise Unusable("not a file", "a symlink")
+    if not stat.S_ISREG(st.st_mode):
+        raise Unusable("not a file", _file_kind(st.st_mode))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Unusable("not a file", "a symlink") from e
+        raise Unusable("cannot open", str(e.strerror)) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # swapped in since the lstat
+            raise Unusable("not a file", _file_kind(st.st_mode))
+        return read_at_most(fd, limit)
+    except OSError as e:
+        raise Unusable("cannot read", str(e.strerror)) from e
+    finally:
+        os.close(fd)
+
+
+def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] | None:
+    """A JSON object pcipassd wrote, read as untrusted: a regular file (no symlink) of at most
+    `limit` bytes, not nested deeper than MAX_DEPTH, with `"format": fmt` and a list under
+    `key`. None when there is no file; Unusable (one line: what is wrong) otherwise."""
+    body = _read_bounded(path, limit)
+    if body is None:
+        return None
+    if len(body) > limit:
+        raise Unusable("damaged", f"it is larger than {limit >> 20 or 1} MiB")
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise Unusable("damaged", "it is nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise Unusable("damaged", f"it is not JSON (line {e.lineno}, column {e.colno})") from None
+    except ValueError:  # not UTF-8, a number too long to convert
+        raise Unusable("damaged", "it is not JSON") from None
+    if _too_deep(data):
+        raise Unusable("damaged", "it is nested too deeply")
+    if not isinstance(data, dict):
+        raise Unusable("damaged", f"it holds {_kind(data)}, not an object with format and {key}")
+    version = data.get("format")
+    if type(version) is not int or version != fmt:
+        raise Unusable("damaged", f"format is {_show(version)}, not {fmt}"
+                       if "format" in data else "it has no format")
+    if not isinstance(data.get(key), list):
+        raise Unusable("damaged", f"{key} is {_kind(data.get(key))}, not a list"
+                       if key in data else f"it has no {key}")
+    return data
+
+
+def write_atomic(path: Path, body: bytes, prefix: str) -> None:
+    """Replace `path` with `body` atomically: a temp file named `prefix` + a fresh random name
+    in the same directory (never following a symlink), fsync, rename, fsync the directory.
+    OSError when it cannot be written; the temp file is removed then."""
+    tmp = None
+    try:
+        fd, tmp = _temp(path.parent, prefix)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    # The new file is in place: a failed directory fsync loses nothing that a crash would not.
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _temp(directory: Path, prefix: str) -> tuple[int, str]:
+    """A new temp file in `directory`, with a name no earlier write can have left."""
+    while True:
+        tmp = str(directory / f"{prefix}{os.urandom(8).hex()}")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
 class State:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -218,77 +341,31 @@ class State:
             os.chmod(self.dir, 0o700)
         return True
 
-    def _damaged(self, why: str) -> StateError:
-        return StateError(f"{self.name} is damaged: {why}", _HINT_DAMAGED)
-
-    def _not_a_file(self, what: str) -> StateError:
-        return StateError(f"{self.name} is {what}, not a regular file",
-                          "remove it (pcipassd writes this file itself), then run the "
-                          "command again")
-
-    def _read(self) -> bytes | None:
-        """The file's bytes (at most LIMIT + 1), None when there is none. Never follows a
-        symlink, never opens (let alone blocks on) anything but a regular file."""
-        try:
-            st = os.lstat(self.file)
-        except FileNotFoundError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            raise self._not_a_file("a symlink")
-        if not stat.S_ISREG(st.st_mode):
-            raise self._not_a_file(_file_kind(st.st_mode))
-        try:
-            fd = os.open(self.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except PermissionError:
-            raise  # not root: main() says so in one line
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise self._not_a_file("a symlink") from e
-            raise StateError(f"cannot open {self.name}: {e.strerror}", _HINT_DAMAGED) from e
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):  # swapped in since the lstat
-                raise self._not_a_file(_file_kind(st.st_mode))
-            return read_at_most(fd, LIMIT)
-        except OSError as e:
-            raise StateError(f"cannot read {self.name}: {e.strerror}", _HINT_DAMAGED) from e
-        finally:
-            os.close(fd)
-
     def load(self) -> State:
         self.records, self.invalid = {}, []
         if not self._check_dir(create=False):
             return self
-        body = self._read()
-        if body is None:
-            return self
-        if len(body) > LIMIT:
-            raise self._damaged(f"it is larger than {LIMIT >> 20} MiB")
         try:
-            data = json.loads(body)
-        except RecursionError:
-            raise self._damaged("it is nested too deeply") from None
-        except json.JSONDecodeError as e:
-            raise self._damaged(f"it is not JSON (line {e.lineno}, column {e.colno})") from None
-        except ValueError:  # not UTF-8, a number too long to convert
-            raise self._damaged("it is not JSON") from None
-        if _too_deep(data):
-            raise self._damaged("it is nested too deeply")
-        if not isinstance(data, dict):
-            raise self._damaged(f"it holds {_kind(data)}, not an object with format and "
-                                "devices")
-        fmt = data.get("format")
-        if type(fmt) is not int or fmt != FORMAT:
-            raise self._damaged(f"format is {_show(fmt)}, not {FORMAT}"
-                                if "format" in data else "it has no format")
-        devices = data.get("devices")
-        if not isinstance(devices, list):
-            raise self._damaged(f"devices is {_kind(devices)}, not a list"
-                                if "devices" in data else "it has no devices")
-        self._parse(devices)
+            data = read_document(self.file, LIMIT, FORMAT, "devices")
+        except PermissionError:
+            raise  # not root: main() says so in one line
+        except Unusable as e:
+            hint = (_HINT_DAMAGED if e.kind != "not a file" else
+                    "remove it (pcipassd writes this file itself), then run the command again")
+            raise StateError(e.line(self.name), hint) from None
+        if data is not None:
+            self._parse(data["devices"])
         return self
+
+    def load_if_readable(self) -> bool:
+        """load(), for the verbs that only read: False, with no records, when only root may
+        read the file (they then run without what pcipassd holds, and say so)."""
+        try:
+            self.load()
+        except PermissionError:
+            self.records, self.invalid = {}, []
+            return False
+        return True
 
     def _parse(self, devices: list[Any]) -> None:
         good: list[tuple[int, Record]] = []
@@ -336,44 +413,14 @@ class State:
                 "devices": [_saved(r) for r in self.records.values()]
                 + [b.raw for b in self.invalid]}
         body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-        tmp = None
         try:
             self._check_dir(create=True)
-            fd, tmp = self._temp()
-            try:
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.file)
+            write_atomic(self.file, body, _TEMP_PREFIX)
         except OSError as e:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
             raise StateError(
                 f"cannot save {self.name}: {e.strerror or e}",
                 "free space in /run (df /run) and make it writable, then run the command "
                 "again") from e
-        # The new state is in place. /run is a tmpfs: a failed directory fsync loses nothing
-        # that a crash would not lose anyway.
-        with contextlib.suppress(OSError):
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-
-    def _temp(self) -> tuple[int, str]:
-        """A new temp file next to state.json, with a name no earlier save can have left."""
-        while True:
-            tmp = str(self.dir / f"{_TEMP_PREFIX}{os.urandom(8).hex()}")
-            try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                return os.open(tmp, flags, 0o600), tmp
-            except FileExistsError:
-                continue
 
     def put(self, record: Record) -> None:
         """Record a device, on disk, before it is touched; StateError (and nothing recorded,

@@ -7,6 +7,7 @@ be passed through as a whole, or what blocks it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,6 +35,34 @@ class Group:
     passable: bool
 
 
+# The words people use for a class, as class-code prefixes (`--class gpu`): base class 03 is
+# display, 02 network, 01 storage; 0108 NVMe, 0401/0403 audio (0403: a GPU's HDMI audio too),
+# 0c03 USB.
+CLASS_WORDS: dict[str, tuple[str, ...]] = {
+    "gpu": ("03",), "display": ("03",), "vga": ("0300",), "network": ("02",),
+    "ethernet": ("0200",), "storage": ("01",), "nvme": ("0108",), "audio": ("0401", "0403"),
+    "usb": ("0c03",),
+}
+_CLASS_RE = re.compile(r"[0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9 /-]*")
+_ID_RE = re.compile(r"[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{0,4})?")
+
+
+def class_arg(text: str) -> str:
+    """`list --class`: a hex prefix of the class code or words of its name; ValueError if
+    neither."""
+    if not _CLASS_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a class: give a hex prefix (02, 0300) or a word "
+                         f"({', '.join(CLASS_WORDS)})")
+    return text
+
+
+def id_arg(text: str) -> str:
+    """`list --id`: VENDOR, VENDOR: or VENDOR:DEVICE, in hex; ValueError if not."""
+    if not _ID_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a vendor[:device] ID in hex, e.g. 8086:10d3 or 10de:")
+    return text
+
+
 @dataclass(frozen=True)
 class Filter:
     cls: str | None = None  # hex prefix of the class code ("02", "0200") or words of its name
@@ -47,8 +76,10 @@ class Filter:
         if self.id is not None and not str(dev.id).startswith(self.id.lower()):
             return False
         if self.cls is not None:
-            code = f"{dev.cls >> 8:04x}"
-            if not (code.startswith(self.cls.lower()) or self.cls.lower() in row.cls.lower()):
+            code = f"{dev.cls:06x}"
+            want = self.cls.lower()
+            prefixes = CLASS_WORDS.get(want, (want,))
+            if not (any(code.startswith(p) for p in prefixes) or want in row.cls.lower()):
                 return False
         return True
 

@@ -305,6 +305,8 @@ def _float(text: str) -> float:
 
 
 # -- reading the file -----------------------------------------------------------------------
+# Where the packages install the example (`make install`: $(PREFIX)/share/doc/pcipassd).
+EXAMPLE = "/usr/share/doc/pcipassd/pcipass.yaml.example"
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
           (stat.S_ISBLK, "a block device"))
 
@@ -321,7 +323,10 @@ def _read(path: Path, shown: str) -> bytes | Problem:
         if stat.S_ISREG(st.st_mode):
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return whole("no such file", "create it from the example: make install, or see README")
+        if not shown.endswith("/pcipass.yaml"):
+            return whole("no such file", "check its name")
+        return whole("no such file", f"copy the annotated example: cp {EXAMPLE} {shown}, then "
+                     "list your devices in it (`pcipassd list` shows them)")
     except PermissionError:
         return whole("cannot read: permission denied",
                      "run as root" if os.geteuid() != 0
@@ -333,7 +338,7 @@ def _read(path: Path, shown: str) -> bytes | Problem:
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
         return whole(f"is {kind}, not a regular file; pcipassd reads only regular files",
-                     "remove it, or rename it so that its name does not end in .yaml")
+                     "remove it, or rename it so that its name does not end in .yaml or .yml")
     try:
         st = os.fstat(fd)  # what was opened, in case it was swapped since
         if not stat.S_ISREG(st.st_mode):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from simkernel import NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, SimKernel
+from hosttree import FakeHost
+from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, SimKernel
 
 import pcipassd
 from pcipassd import yamldoc
@@ -28,7 +29,9 @@ from pcipassd.yamldoc import MAX_BYTES
 MAIN = "/etc/pcipass.yaml"
 LSPCI = ("    hint: list the devices with `lspci -Dnn`; addresses change after hardware or BIOS "
          "changes")
-NO_FILE_HINT = "    hint: create it from the example: make install, or see README"
+NO_FILE_HINT = ("    hint: copy the annotated example: cp "
+                "/usr/share/doc/pcipassd/pcipass.yaml.example /etc/pcipass.yaml, then list your "
+                "devices in it (`pcipassd list` shows them)")
 
 # Added to the typical machine: hex letters in bus and slot, and a GPU whose audio function
 # (bound to its own driver) shares IOMMU group 7 with it.
@@ -44,6 +47,10 @@ def machine(sim_host: SimKernel) -> SimKernel:
     sim_host.add_driver("snd_hda_intel", [(0x10DE, 0x10F0)])
     sim_host.add_device(GPU, 0x10DE, 0x1B80, cls=0x030000, iommu_group=7, driver=None)
     sim_host.add_device(GPU_AUDIO, 0x10DE, 0x10F0, cls=0x040300, iommu_group=7)
+    fake = FakeHost(sim_host.root)  # / on the virtio disk: the SATA controller holds nothing
+    disk = os.path.relpath(sim_host.device_dir(DISK), sim_host.root)
+    fake.partition(fake.disk("vda", "254:0", f"/{disk}/virtio2"), "vda1", "254:1")
+    fake.mountinfo("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw")
     return sim_host
 
 
@@ -660,6 +667,42 @@ def test_dropins_merge_in_name_order_with_per_file_driver_defaults(cli: Cli) -> 
     assert plan.row(NIC_B)[3:7] == ["vfio-pci", "3", "bind", "/etc/pcipass.d/20-inherits.yaml:3"]
 
 
+def test_a_yml_dropin_is_read_like_a_yaml_one(cli: Cli) -> None:
+    """`.yml` is Ansible's habit: such a drop-in is read, in name order with the `.yaml` ones."""
+    cli.write(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n')
+    cli.write(f'version: 1\ndriver: vfio-pci\ndevices:\n  - address: "{NIC_B}"\n', "10-vm.yml")
+    cli.write(f'version: 1\ndevices:\n  - address: "{NIC_E1000}"\n', "20-more.yaml")
+    cli.write("version: 7\n", "30-old.yml~")  # a backup: never read
+    result = cli.validate()
+    assert (result.rc, result.out) == (0, f"{MAIN}, /etc/pcipass.d/10-vm.yml, "
+                                          "/etc/pcipass.d/20-more.yaml: valid, 3 entries\n")
+    assert cli("plan").row(NIC_B)[3:7] == ["vfio-pci", "3", "bind", "/etc/pcipass.d/10-vm.yml:4"]
+
+
+def test_offline_validate_refuses_one_address_with_two_drivers(cli: Cli) -> None:
+    """That conflict is in the files, whatever the host has at that address (none here)."""
+    cli.write("""\
+        version: 1
+        devices:
+          - address: "0000:42:00.0"
+            driver: vfio-pci
+          - address: "42:00.*"
+          - address: "0000:42:00.1"
+            driver: vfio-pci
+        """)
+    result = cli.validate("--offline")
+    assert (result.rc, result.out) == (2, problems(
+        f"{MAIN}:5:5: devices[1]: 0000:42:00.0 is also selected by {MAIN}:3 with driver "
+        "vfio-pci, here with pci-stub",
+        "    hint: give both entries the same driver, or remove one",
+        f"{MAIN}:6:5: devices[2]: 0000:42:00.1 is also selected by {MAIN}:5 with driver "
+        "pci-stub, here with vfio-pci",
+        "    hint: give both entries the same driver, or remove one"))
+    cli.write('version: 1\ndevices:\n  - address: "42:00.0"\n  - address: "42:00.1"\n'
+              '    driver: vfio-pci\n')  # two functions of one card: no conflict
+    assert cli.validate("--offline").rc == 0
+
+
 def test_an_earlier_dropin_wins_the_conflict_message(cli: Cli) -> None:
     cli.write(f'version: 1\ndevices:\n  - address: "{NIC_E1000}"\n')
     cli.write('version: 1\ndevices:\n  - id: "8086:10d3"\n', "b.yaml")
@@ -1001,7 +1044,7 @@ def test_validate_explicit_files(cli: Cli, tmp_path: Path) -> None:
         '    hint: write it like "0000:02:00.0", quoted'))
     result = cli.validate(str(good), str(tmp_path / "absent.yaml"))
     assert (result.rc, result.out) == (2, problems(
-        f"{tmp_path / 'absent.yaml'}: no such file", NO_FILE_HINT))
+        f"{tmp_path / 'absent.yaml'}: no such file", "    hint: check its name"))
 
 
 def test_validate_explicit_files_under_the_root_are_named_as_on_the_host(cli: Cli) -> None:

@@ -186,7 +186,7 @@ def test_a_fifo_named_like_a_dropin_does_not_hang(m: Machine) -> None:
     assert m.driver(NIC_A) == "e1000e"
     r = run(m, "validate")
     assert problem_lines(r) == [fifo_line, "    hint: remove it, or rename it so that its name "
-                                "does not end in .yaml"]
+                                "does not end in .yaml or .yml"]
 
 
 def test_a_fifo_as_the_main_file(m: Machine) -> None:

@@ -63,3 +63,21 @@ def test_completion_knows_the_verbs_and_their_options(docs: Path) -> None:
     assert sorted(complete(docs, "pcipassd", "")) == sorted([*VERBS, "--help", "--version"])
     assert {"--qemu", "--libvirt", "--json"} <= set(complete(docs, "pcipassd", "status", "--"))
     assert "--class" in complete(docs, "pcipassd", "list", "--c")
+
+
+def test_completion_finds_the_verb_after_options_and_their_values(docs: Path) -> None:
+    """`pcipassd --root DIR --config FILE VERB`: the form the man page documents."""
+    assert {"--qemu", "--libvirt"} <= set(
+        complete(docs, "pcipassd", "--root", "/mnt", "--config", "x.yaml", "status", "--"))
+    assert complete(docs, "pcipassd", "--debug", "--root", "/mnt", "st") == ["status"]
+    assert complete(docs, "pcipassd", "--r") == ["--root"]
+
+
+def test_completion_completes_classes_and_files(docs: Path, tmp_path: Path) -> None:
+    assert sorted(complete(docs, "pcipassd", "list", "--class", "")) == sorted(
+        ["gpu", "display", "vga", "network", "ethernet", "storage", "nvme", "audio", "usb"])
+    assert complete(docs, "pcipassd", "--root", "/", "list", "--class", "n") == [
+        "network", "nvme"]
+    (tmp_path / "10-vm.yml").write_text("version: 1\n")
+    assert complete(docs, "pcipassd", "validate", f"{tmp_path}/10") == [f"{tmp_path}/10-vm.yml"]
+    assert complete(docs, "pcipassd", "--config", f"{tmp_path}/1") == [f"{tmp_path}/10-vm.yml"]

@@ -270,6 +270,40 @@ def test_zfs_root_whose_disks_cannot_be_found_refuses_every_storage_controller(
     assert {r.kind for r in found["0000:00:17.0"]} == {STORAGE}
 
 
+def storage_and_network_controllers(fake: FakeHost) -> None:
+    fake.pci("0000:00:17.0", cls=0x010601)  # SATA
+    fake.disk("vda", "252:0", f"{fake.pci('0000:00:03.0', cls=0x010000)}/virtio0")
+    fake.pci("0000:05:00.0", cls=0x0C0400)  # a Fibre Channel HBA
+    fake.netdev("eno1", fake.pci("0000:00:19.0"))  # a NIC, no address: not critical
+
+
+@pytest.mark.parametrize(("table", "why"), [
+    ((), "/ is not in the mount table (/proc/self/mountinfo)"),
+    (PSEUDO_MOUNTS, "/ is not in the mount table (/proc/self/mountinfo)"),
+    (None, "the mount table (/proc/self/mountinfo) cannot be read"),
+])
+def test_a_mount_table_without_root_refuses_every_storage_controller(
+    fake: FakeHost, table: tuple[str, ...] | None, why: str,
+) -> None:
+    storage_and_network_controllers(fake)
+    if table is None:
+        fake.mkdir("/proc/self/mountinfo")  # EISDIR: unreadable
+    else:
+        fake.mountinfo(*table)  # a namespace that hides / (or an empty table)
+
+    found = critical_devices(fake.host)
+    text = f"is a storage controller, and {why}: cannot tell which controller holds /"
+    assert {bdf: describe(r) for bdf, r in found.items()} == {
+        "0000:00:03.0": text, "0000:00:17.0": text, "0000:05:00.0": text}
+    assert {r.kind for reasons in found.values() for r in reasons} == {STORAGE}
+
+
+def test_a_missing_mount_table_refuses_every_storage_controller(fake: FakeHost) -> None:
+    storage_and_network_controllers(fake)  # no /proc/self/mountinfo at all
+
+    assert set(critical_devices(fake.host)) == {"0000:00:03.0", "0000:00:17.0", "0000:05:00.0"}
+
+
 def test_zfs_on_luks_is_followed_through_device_mapper(fake: FakeHost) -> None:
     p3, _ = nvme_pair(fake)
     fake.holder("dm-0", "253:0", [p3], dm_name="luks-rpool")

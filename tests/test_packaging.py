@@ -7,6 +7,7 @@ reload, stop on removal. The VM test tests/vm/test_package.py runs the same step
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
 import subprocess
@@ -56,6 +57,35 @@ def make_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
                    check=True)
     return {"/" + str(p.relative_to(dest)): stat.S_IMODE(p.lstat().st_mode)
             for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def test_make_install_onto_the_live_system_compiles_the_journal_catalog(tmp_path: Path) -> None:
+    """Without DESTDIR (the live system), `make install` and `make uninstall` run `journalctl
+    --update-catalog`, as the packages' triggers do; a staged install (DESTDIR) does not. Every
+    directory is pointed into tmp_path and journalctl is a stub: nothing lands on this machine."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    calls = tmp_path / "journalctl.calls"
+    (stub / "journalctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (stub / "journalctl").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "MAKEFLAGS")}
+    env["PATH"] = f"{stub}:{env['PATH']}"
+    live = tmp_path / "live"
+    dirs = [f"PREFIX={live}/usr", f"SYSCONFDIR={live}/etc", f"UDEVRULESDIR={live}/udev",
+            f"INITRAMFSDIR={live}/initramfs", f"CATALOGDIR={live}/catalog"]
+
+    def make(*args: str) -> None:
+        subprocess.run(["make", "-s", *args, *dirs], cwd=REPO, env=env, check=True,
+                       capture_output=True)
+
+    make("install", f"DESTDIR={tmp_path / 'staged'}")
+    assert not calls.exists(), "a staged install leaves the catalog to the package manager"
+    make("install")
+    assert (live / "catalog/pcipassd.catalog").is_file()
+    assert calls.read_text() == "--update-catalog\n"
+    make("uninstall")
+    assert not (live / "catalog/pcipassd.catalog").exists()
+    assert calls.read_text() == "--update-catalog\n--update-catalog\n"
 
 
 def _deb_files(deb: Path) -> dict[str, int]:

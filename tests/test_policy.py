@@ -253,6 +253,20 @@ def test_zfs_root_whose_disks_are_unknown_refuses_storage_controllers_only(m: Ma
     assert m.driver(DISK) == "pci-stub"
 
 
+def test_a_mount_table_without_root_refuses_the_disk_controller_with_the_reason(
+        m: Machine) -> None:
+    FakeHost(m.root).mountinfo(  # a mount namespace that hides /
+        "23 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw")
+    config(m, f'  - address: "{DISK}"\n  - address: "{NIC_A}"\n')
+    r = m.run("apply")
+    assert r.rc == 3
+    assert (f"refusing {DISK}: {DISK} is a storage controller, and / is not in the mount table "
+            "(/proc/self/mountinfo): cannot tell which controller holds / (hint: unbinding it "
+            "could cut the host off; add `force: [storage]` to the entry to bind it anyway)"
+            ) in r.err
+    assert (m.driver(DISK), m.driver(NIC_A)) == ("virtio-pci", "pci-stub")
+
+
 def test_loop_mounted_root_refuses_the_controller_of_the_image_file(m: Machine) -> None:
     fake = FakeHost(m.root)
     fake.partition(fake.disk("vda", "254:0", f"{rel(m.sim, DISK)}/virtio2"), "vda1", "254:1")

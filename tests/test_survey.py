@@ -90,6 +90,42 @@ def test_list_filters(m: Machine, args: list[str], shown: set[str]) -> None:
     assert data["names"] == "/usr/share/misc/pci.ids"
 
 
+NVME, HDMI_AUDIO, USB, GPU_3D = "0000:02:00.0", "0000:03:00.1", "0000:04:00.0", "0000:03:00.0"
+
+
+@pytest.mark.parametrize(("word", "shown"), [
+    ("gpu", {BOOT_VGA, GPU_3D}),
+    ("display", {BOOT_VGA, GPU_3D}),
+    ("VGA", {BOOT_VGA}),
+    ("network", {NIC_A, NIC_B, NIC_E1000}),
+    ("ethernet", {NIC_A, NIC_B, NIC_E1000}),
+    ("storage", {DISK, NVME}),
+    ("nvme", {NVME}),
+    ("audio", {HDMI_AUDIO}),
+    ("usb", {USB}),
+    ("0108", {NVME}),
+])
+def test_list_class_takes_the_words_people_use(m: Machine, word: str, shown: set[str]) -> None:
+    m.sim.add_device(NVME, 0x144D, 0xA808, cls=0x010802, iommu_group=10)
+    m.sim.add_device(GPU_3D, 0x10DE, 0x1DB6, cls=0x030200, iommu_group=11)
+    m.sim.add_device(HDMI_AUDIO, 0x10DE, 0x10F0, cls=0x040300, iommu_group=11)
+    m.sim.add_device(USB, 0x1B36, 0x000D, cls=0x0C0330, iommu_group=12)
+    r = m.run("list", "--json", "--class", word)
+    assert r.rc == 0, r.err
+    data = json.loads(r.out)
+    assert {d["device"] for g in data["groups"] for d in g["devices"]} == shown
+
+
+@pytest.mark.parametrize("args", [["--id", "zzzz"], ["--id", "8086:10d3:1"], ["--id", ""],
+                                  ["--class", "02:00"], ["--class", "-"]])
+def test_list_with_a_malformed_id_or_class_is_a_usage_error(m: Machine, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        m.run("list", *args)
+    assert exc.value.code == 64
+    err = m.capsys.readouterr().err
+    assert f"pcipassd list: error: argument {args[0]}" in err, err
+
+
 def test_list_json_has_the_lspci_line_and_the_verdict(m: Machine) -> None:
     data = json.loads(m.run("list", "--json", "--address", DISK).out)
     (group,) = data["groups"]

@@ -3,6 +3,8 @@ unbinding a device a VM has open (a fake /proc/PID/fd holding /dev/vfio/N)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from machine import Machine
 from simkernel import NIC_A, NIC_B, NIC_E1000, SimKernel
@@ -87,7 +89,34 @@ def test_status_qemu_says_how_to_switch_a_device_on_pci_stub(m: Machine) -> None
     assert r.rc == 1
     assert r.out == (f"# {NIC_E1000} [8086:100e] is held on pci-stub, which QEMU cannot use (it "
                      "needs vfio-pci): set `driver: vfio-pci` in its entry (/etc/pcipass.yaml:3) "
-                     "and run `systemctl reload pcipassd`\n\n")
+                     "and run `systemctl reload pcipassd`\n")
+    assert r.err == ("pcipassd: error: nothing to give QEMU: no configured device is on vfio-pci "
+                     "(hint: the `#` lines above say what to change)\n")
+
+
+@pytest.mark.parametrize("to", ["--qemu", "--libvirt"])
+def test_status_qemu_with_nothing_to_give_says_why_in_one_line(m: Machine, to: str) -> None:
+    m.config('version: 1\ndevices:\n  - address: "0000:07:00.0"\n    driver: vfio-pci\n')
+    r = m.run("status", to)
+    assert (r.rc, r.out) == (1, "")
+    who = "QEMU" if to == "--qemu" else "libvirt"
+    assert r.err == (f"pcipassd: error: nothing to give {who}: the configuration selects no "
+                     "device present on this host (hint: `pcipassd status` shows why)\n")
+
+
+def test_status_names_the_process_holding_a_device(m: Machine) -> None:
+    m.config(VFIO_CONFIG)
+    m.run("apply")
+    vm_opens(m, group=2)
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_B}"\n    driver: vfio-pci\n')
+    m.run("apply")  # NIC_A is no longer configured, but the VM has it
+    r = m.run("status")
+    assert f"in use: {NIC_A} is open in qemu-system-x86 (pid 359)" in r.out.splitlines()
+    assert f"{NIC_B} is open" not in r.out
+    devices = {d["device"]: d for d in json.loads(m.run("status", "--json").out)["devices"]}
+    assert devices[NIC_A]["in_use_by"] == ["qemu-system-x86 (pid 359)"]
+    assert devices[NIC_A]["status"] == "stale"
+    assert devices[NIC_B]["in_use_by"] == []
 
 
 def test_functions_of_one_card_go_to_qemu_together(sim: SimKernel,

@@ -67,6 +67,7 @@ def _install(rootfs: Path) -> None:
     install_from_deb(rootfs)
     (rootfs / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc/systemd/network/10-uplink.network").write_text(NETWORK)
+    (rootfs / "etc/systemd/system/systemd-networkd.service").unlink()  # the base masks it
     enable_unit(rootfs, "systemd-networkd.service")
 
 
