@@ -611,8 +611,10 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
         if verb is not None and name != verb:
             continue
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        if name in ("validate", "check", "plan", "status", "list"):
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        # `status --json` is one JSON object; --qemu and --libvirt print something else
+        to = sp.add_mutually_exclusive_group() if name == "status" else sp
+        if name in JSON_KEYS:
+            to.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "validate":
             sp.add_argument("files", nargs="*", metavar="FILE",
                             help="files to validate (default: the configuration)")
@@ -625,7 +627,6 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
             sp.add_argument("--id", metavar="VENDOR[:DEVICE]", help="only devices with this ID")
             sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
         if name == "status":
-            to = sp.add_mutually_exclusive_group()
             to.add_argument("--qemu", action="store_true",
                             help="print the QEMU arguments for the devices held on vfio-pci")
             to.add_argument("--libvirt", action="store_true",
@@ -647,7 +648,20 @@ def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> 
         if not hasattr(args, name):
             setattr(args, name, default)
     ran: list[Context] = []
-    rc, error, problems = _run(args, kernel, ran)
+    try:
+        rc, error, problems = _run(args, kernel, ran)
+    except Exception as e:  # --debug, or a bug: the traceback follows the one object
+        if getattr(args, "json", False):
+            from pcipassd.errors import PcipassError  # noqa: PLC0415
+
+            out = ran[0].out if ran else {}
+            if isinstance(e, PcipassError):
+                _print_json(_envelope(args.verb, e.exit_code, out, (e.message, e.hint)))
+            else:
+                _print_json(_envelope(args.verb, EXIT_FAIL, out, (
+                    f"{type(e).__name__}: {e}",
+                    "a bug in pcipassd: please report it with the traceback")))
+        raise
     if getattr(args, "json", False):
         out = ran[0].out if ran else {}
         try:

@@ -147,3 +147,26 @@ def test_findings_and_warnings_use_the_keys_of_problems(m: Machine) -> None:
     assert all(set(f) == {"level", "message", "hint"} for f in check["findings"])
     no_kvm = next(f for f in check["findings"] if f["message"].startswith("no /dev/kvm"))
     assert no_kvm["hint"].startswith("enable VT-x / AMD-V") or "modprobe" in no_kvm["hint"]
+
+
+def test_status_json_and_qemu_are_one_or_the_other(m: Machine,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(m.root), "status", "--json", "--qemu"], kernel=m.sim)
+    assert exc.value.code == 64
+    data = json.loads(capsys.readouterr().out)
+    assert (data["verb"], data["exit"]) == ("status", 64)
+    assert "not allowed with argument" in data["error"]["message"]
+
+
+def test_with_debug_the_object_comes_before_the_traceback(
+        m: Machine, capsys: pytest.CaptureFixture[str]) -> None:
+    (m.root / "run").mkdir()
+    (m.root / "run/pcipass").write_text("not a directory")
+    capsys.readouterr()
+    with pytest.raises(Exception, match="is not a directory"):
+        main(["--root", str(m.root), "--debug", "status", "--json"], kernel=m.sim)
+    data = json.loads(capsys.readouterr().out)
+    assert list(data) == [*COMMON, *OWN["status"]]
+    assert data["error"]["message"] == "/run/pcipass is not a directory (a symlink?)"
