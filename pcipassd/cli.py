@@ -20,18 +20,29 @@ if TYPE_CHECKING:
     from pcipassd.config import Config
     from pcipassd.errors import Problem
     from pcipassd.host import Host
-    from pcipassd.inventory import Device, Inventory
+    from pcipassd.inventory import Inventory
+    from pcipassd.iommu import Finding
     from pcipassd.kernel import Kernel
     from pcipassd.memory import Judgment
     from pcipassd.plan import Plan, Step
     from pcipassd.selection import Selection
     from pcipassd.state import Record, State
-
-    Groups = dict[str, list[Device]]
+    from pcipassd.survey import Group
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_USAGE = 64  # sysexits' EX_USAGE: the command line itself is wrong
-JSON_FORMAT = 1  # every `--json` prints one object: {"format": 1, ...}
+# Every `--json` prints one object on every exit: {"format": 2, ...}. Any change to a key bumps
+# it. Version 2: the envelope (verb, ok, exit, error, problems, warnings), findings with
+# message/hint, and one shape of `groups` in list, plan and status.
+JSON_FORMAT = 2
+# Each verb's own keys, as they are when it could not run (an error): the same shape always.
+JSON_KEYS: dict[str, dict[str, Any]] = {
+    "validate": {"valid": None},
+    "check": {"passthrough_possible": None, "findings": []},
+    "plan": {"steps": [], "groups": []},
+    "status": {"converged": None, "devices": [], "groups": []},
+    "list": {"names": None, "groups": []},
+}
 EXIT_STOPPED = 128 + 15  # SIGTERM: stopped while applying; everything was given back
 
 # A dependency that is not installed: the package to install, by distribution.
@@ -59,6 +70,7 @@ class Context:
         self._kernel = kernel
         self._judgment: Judgment | None = None
         self.selected: Selection | None = None  # what the config selects, before the guard
+        self.out: dict[str, Any] = {}  # with --json: what the verb found (see _envelope)
 
     @property
     def kernel(self) -> Kernel:
@@ -120,11 +132,30 @@ def _readable_state(ctx: Context) -> State:
     return state
 
 
+def _envelope(verb: str | None, rc: int, out: dict[str, Any],
+              error: tuple[str, str] | None = None,
+              problems: Sequence[Problem] = ()) -> dict[str, Any]:
+    """The one JSON shape: `format` first, then what every verb has (its exit status, the
+    error that stopped it, the config's problems, warnings: each a `message` and a `hint`),
+    then the verb's own keys, present even when an error kept it from filling them."""
+    return {
+        "format": JSON_FORMAT, "verb": verb, "ok": rc == EXIT_OK, "exit": rc,
+        "error": {"message": error[0], "hint": error[1]} if error else None,
+        "problems": out.get("problems", [p.as_dict() for p in problems]),
+        "warnings": out.get("warnings", []),
+        **{k: out.get(k, v) for k, v in JSON_KEYS.get(verb or "", {}).items()},
+    }
+
+
 def _print_json(data: dict[str, Any]) -> None:
-    """The one JSON convention: one object per run, its format version first."""
     import json  # noqa: PLC0415
 
-    print(json.dumps({"format": JSON_FORMAT, **data}, indent=2))
+    print(json.dumps(data, indent=2))
+
+
+def _message(message: str, hint: str = "") -> dict[str, str]:
+    """A finding or a warning in JSON: the same keys as a problem's."""
+    return {"message": message, "hint": hint}
 
 
 def _hint_text(hint: str) -> str:
@@ -183,7 +214,7 @@ def cmd_validate(ctx: Context) -> int:
     except InvalidConfig as e:
         problems, rc = e.problems, e.exit_code
     if ctx.args.json:
-        _print_json({"valid": not problems, "problems": [p.as_dict() for p in problems]})
+        ctx.out = {"valid": not problems, "problems": [p.as_dict() for p in problems]}
     elif problems:
         print("\n".join(_problem_lines(problems)))
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found")
@@ -192,25 +223,51 @@ def cmd_validate(ctx: Context) -> int:
     return rc if problems else EXIT_OK
 
 
+def _configured_drivers(ctx: Context) -> tuple[frozenset[str], list[Problem]]:
+    """The target drivers the configuration names, or its problems. No config file is no
+    problem here: `check` is about the host."""
+    from pcipassd.errors import InvalidConfig, NothingConfigured  # noqa: PLC0415
+
+    paths = ctx.config_paths()
+    if paths is None and not ctx.host.config_file.exists():
+        return frozenset(), []
+    try:
+        config = ctx.load_config()
+    except NothingConfigured:
+        return frozenset(), []
+    except InvalidConfig as e:
+        return frozenset(), e.problems
+    return frozenset(e.driver for e in config.entries), []
+
+
+def _finding_dict(f: Finding) -> dict[str, str]:
+    return {"level": str(f.level), **_message(f.what, f.fix)}
+
+
 def cmd_check(ctx: Context) -> int:
     from pcipassd import early  # noqa: PLC0415
     from pcipassd.iommu import Finding, Level, check, passthrough_possible  # noqa: PLC0415
 
-    findings = check(ctx.host)
+    wanted, problems = _configured_drivers(ctx)
+    findings = check(ctx.host, wanted)
     if stale := early.stale_initramfs(ctx.host):
         findings.append(Finding(Level.WARN, stale, early.rebuild_command(ctx.host) or ""))
+    ok = passthrough_possible(findings)
     if ctx.args.json:
-        _print_json({"passthrough_possible": passthrough_possible(findings),
-                     "findings": [{"level": str(f.level), "what": f.what, "fix": f.fix}
-                                  for f in findings]})
+        ctx.out = {"passthrough_possible": ok, "findings": [_finding_dict(f) for f in findings],
+                   "problems": [p.as_dict() for p in problems]}
     else:
         for f in findings:
             print(f"{f.level:<4}  {f.what}")
             if f.fix:
                 print(f"      fix: {f.fix}")
-    ok = passthrough_possible(findings)
-    if not ctx.args.json:
+        if problems:  # the drivers it names are unknown until it is fixed
+            print("\n".join(["", *_problem_lines(problems)]))
+            print(f"the configuration is invalid ({len(problems)} problem"
+                  f"{'s' if len(problems) != 1 else ''}): `pcipassd validate`")
         print("passthrough can work" if ok else "passthrough cannot work until the FAILs are fixed")
+    if problems:
+        return EXIT_INVALID
     return EXIT_OK if ok else EXIT_FAIL
 
 
@@ -232,40 +289,58 @@ def _require_iommu(ctx: Context, policy: str) -> None:
                        fixes or "run `pcipassd check`")
 
 
-def _planned(ctx: Context, config: Config, records: dict[str, Record]) -> tuple[Plan, Groups]:
-    """The plan as apply will fare on this kernel, and the members of every IOMMU group it
-    touches."""
+def _planned(ctx: Context, config: Config, records: dict[str, Record]
+             ) -> tuple[Plan, list[Group]]:
+    """The plan as apply will fare on this kernel, and every IOMMU group it touches."""
+    from pcipassd import modules  # noqa: PLC0415
     from pcipassd.config import STUB_DRIVERS  # noqa: PLC0415
-    from pcipassd.inventory import group_key  # noqa: PLC0415
-    from pcipassd.iommu import iommu_active, module_available  # noqa: PLC0415
+    from pcipassd.iommu import iommu_active, kernel_config  # noqa: PLC0415
     from pcipassd.plan import make_plan, predict  # noqa: PLC0415
 
     inventory, selection = ctx.selection(config)
-    unavailable = frozenset(d for d in STUB_DRIVERS if module_available(ctx.host, d) is None)
+    kconfig = kernel_config(ctx.host)
+    unavailable = {d: m.message for d in STUB_DRIVERS
+                   if (m := modules.missing(ctx.host, d, kconfig)) is not None}
     plan = predict(make_plan(selection, inventory, records), iommu_on=iommu_active(ctx.host),
                    iommu_policy=config.iommu, unavailable=unavailable)
-    groups = {g: inventory.group_members(g) for g in sorted({s.group for s in plan.steps
-                                                              if s.group}, key=group_key)}
-    return plan, groups
+    touched = {s.group for s in plan.steps if s.group}
+    groups = _survey(ctx, inventory, records, frozenset(selection.chosen)) if touched else []
+    return plan, [g for g in groups if g.group in touched]
 
 
-def _groups_text(ctx: Context, groups: Groups) -> list[str]:
+def _survey(ctx: Context, inventory: Inventory, records: dict[str, Record],
+            configured: frozenset[str], only: Any = None) -> list[Group]:
+    """The host's IOMMU groups as `list` shows them (survey.py): `plan` and `status` show
+    the groups they touch the same way."""
+    from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
+    from pcipassd.guard import describe  # noqa: PLC0415
+    from pcipassd.names import NameDb  # noqa: PLC0415
+
+    critical = {bdf: describe(r) for bdf, r in ctx.judgment(inventory).critical.items()}
+    names = NameDb.load(ctx.host, survey.wanted(inventory))
+    groups = survey.survey(inventory, names, records, configured, critical, only=only)
+    ctx.out["names"] = names.source
+    return groups
+
+
+def _groups_text(groups: list[Group]) -> list[str]:
     """Each group's members, one a line, with its name as lspci gives it, within 100 columns."""
     if not groups:
         return []
-    from pcipassd.names import NameDb  # noqa: PLC0415 - not on the boot path (apply)
-
-    members = [d for m in groups.values() for d in m]
-    names = NameDb.load(ctx.host, [(d.id, d.cls) for d in members])
-    rows = [[f"{g}:" if i == 0 else "", d.bdf, f"[{d.id}]",
-             "(bridge)" if d.is_bridge else d.driver_label, names.model(d.id)]
-            for g, m in groups.items() for i, d in enumerate(m)]
+    rows = [[f"{g.group}:" if i == 0 else "", r.device.bdf, f"[{r.device.id}]",
+             "(bridge)" if r.device.is_bridge else r.device.driver_label, r.name]
+            for g in groups for i, r in enumerate(g.rows)]
     return ["", "IOMMU groups:", *(f"  {line}" for line in _table(rows, None, fit=98))]
 
 
-def _groups_json(groups: Groups) -> dict[str, list[dict[str, Any]]]:
-    return {g: [{"device": d.bdf, "id": str(d.id), "driver": d.driver, "bridge": d.is_bridge}
-                for d in members] for g, members in groups.items()}
+def _groups_json(groups: list[Group]) -> list[dict[str, Any]]:
+    """`groups` in every verb's JSON: each group with its verdict and its devices."""
+    return [{"group": g.group, "passable": g.passable, "verdict": g.verdict, "devices": [
+        {"device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
+         "class_name": r.cls, "name": r.name, "lspci": r.lspci, "driver": r.device.driver,
+         "bridge": r.device.is_bridge, "forced": r.forced or None, "notes": list(r.notes)}
+        for r in g.rows]}
+        for g in groups]
 
 
 def cmd_plan(ctx: Context) -> int:
@@ -274,16 +349,16 @@ def cmd_plan(ctx: Context) -> int:
     config = ctx.load_config()
     plan, groups = _planned(ctx, config, _readable_state(ctx).records)
     if ctx.args.json:
-        _print_json({"steps": [_step_dict(s) for s in plan.steps],
-                     "groups": _groups_json(groups),
-                     "problems": [p.as_dict() for p in plan.problems]})
+        ctx.out.update({"steps": [_step_dict(s) for s in plan.steps],
+                        "groups": _groups_json(groups),
+                        "problems": [p.as_dict() for p in plan.problems]})
     else:
         rows = [[s.bdf, s.id, s.current or "-", s.target or "-", s.group or "-", str(s.action),
                  s.entry or "-", "; ".join(n for n in (s.reason, s.forced_note) if n)]
                 for s in plan.steps]
         print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION",
                                       "ENTRY", "NOTE"])))
-        print("\n".join(_groups_text(ctx, groups)))
+        print("\n".join(_groups_text(groups)))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
     failing = any(s.action is Action.FAIL for s in plan.steps)
@@ -390,50 +465,44 @@ def cmd_restore(ctx: Context) -> int:
         return _restore(ctx, state)
 
 
-def _warnings(ctx: Context, records: dict[str, Record]) -> list[str]:
-    """What the admin should know about how the devices were held."""
+def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]:
+    """What the admin should know about how the devices were held: (message, hint)."""
     from pcipassd import early, reboot  # noqa: PLC0415
 
-    out = [f"{bdf}: {why}" for bdf, r in sorted(records.items())
+    out = [(f"{bdf}: {why}", "") for bdf, r in sorted(records.items())
            if (why := early.first_probe(ctx.host, r))]
     if stale := early.stale_initramfs(ctx.host):
-        out.append(stale)
+        out.append((stale, early.rebuild_command(ctx.host) or ""))
     if advice := reboot.advice(ctx.host, records):
-        out.append(advice)
+        out.append((advice, ""))
     return out
 
 
 def cmd_list(ctx: Context) -> int:
     from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
     from pcipassd.address import Address, AddressError  # noqa: PLC0415
-    from pcipassd.errors import PcipassError  # noqa: PLC0415
-    from pcipassd.guard import describe  # noqa: PLC0415
+    from pcipassd.errors import InvalidConfig, PcipassError  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
-    from pcipassd.names import NameDb  # noqa: PLC0415
 
     inventory = scan(ctx.host)
-    critical = {bdf: describe(r) for bdf, r in ctx.judgment(inventory).critical.items()}
+    problems: list[Problem] = []
     try:
         _, selection = ctx.selection(ctx.load_config())
         configured = frozenset(selection.chosen)
         note = ""
     except PcipassError as e:  # a survey needs no config: it is how one writes the first
         configured, note = frozenset(), f"(nothing marked configured: {e.message})"
+        problems = e.problems if isinstance(e, InvalidConfig) else []
     try:
         only = survey.Filter(ctx.args.cls, ctx.args.id,
                              Address.parse(ctx.args.address) if ctx.args.address else None)
     except AddressError as e:
         raise PcipassError(f"--address: {e}", "e.g. --address 0000:02:00.0 or 02:00.*") from e
-    names = NameDb.load(ctx.host, survey.wanted(inventory))
-    groups = survey.survey(inventory, names, _readable_state(ctx).records, configured,
-                           critical, only=only)
+    groups = _survey(ctx, inventory, _readable_state(ctx).records, configured, only)
     if ctx.args.json:
-        _print_json({"names": names.source, "groups": [
-            {"group": g.group, "passable": g.passable, "verdict": g.verdict, "devices": [
-                {"device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
-                 "class_name": r.cls, "name": r.name, "lspci": r.lspci,
-                 "driver": r.device.driver, "forced": r.forced or None,
-                 "notes": list(r.notes)} for r in g.rows]} for g in groups]})
+        ctx.out.update({"groups": _groups_json(groups),
+                        "problems": [p.as_dict() for p in problems],
+                        "warnings": [_message(note[1:-1], "")] if note else []})
         return EXIT_OK if groups else EXIT_FAIL
     rows = [[r.device.bdf, str(r.device.id), r.device.driver_label, "; ".join(r.notes)]
             for g in groups for r in g.rows]
@@ -516,8 +585,8 @@ def cmd_status(ctx: Context) -> int:
     plan, groups = _planned(ctx, config, records)
     if ctx.args.qemu or ctx.args.libvirt:
         return _handoff(plan, ctx.args.libvirt)
-    warnings = [*state.problems(), *_warnings(ctx, records),
-                *(f"{s.bdf}: {s.forced_note}" for s in plan.steps if s.forced)]
+    warnings = [*((w, "") for w in state.problems()), *_warnings(ctx, records),
+                *((f"{s.bdf}: {s.forced_note}", "") for s in plan.steps if s.forced)]
     users = _users(ctx, plan)
     converged = plan.converged and not state.invalid
     status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
@@ -528,13 +597,13 @@ def cmd_status(ctx: Context) -> int:
         return record.held if record else None
 
     if ctx.args.json:
-        _print_json({"converged": converged,
-                     "devices": [{**_step_dict(s), "status": status[s.action],
-                                  "held": held(s.bdf), "in_use_by": users.get(s.bdf, [])}
-                                 for s in plan.steps],
-                     "groups": _groups_json(groups),
-                     "problems": [p.as_dict() for p in plan.problems],
-                     "warnings": warnings})
+        ctx.out.update({"converged": converged,
+                        "devices": [{**_step_dict(s), "status": status[s.action],
+                                     "held": held(s.bdf), "in_use_by": users.get(s.bdf, [])}
+                                    for s in plan.steps],
+                        "groups": _groups_json(groups),
+                        "problems": [p.as_dict() for p in plan.problems],
+                        "warnings": [_message(w, h) for w, h in warnings]})
     else:
         rows = [[s.bdf, s.id, s.current or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
@@ -543,14 +612,14 @@ def cmd_status(ctx: Context) -> int:
                 for s in plan.steps]
         print("\n".join(_table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD",
                                       "STATUS", "ENTRY"])))
-        print("\n".join(_groups_text(ctx, groups)))
+        print("\n".join(_groups_text(groups)))
         if users:
             print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
                                     for bdf, who in users.items())]))
         if plan.problems:
             print("\n".join(["", *_problem_lines(plan.problems)]))
         if warnings:
-            print("\n".join(["", *(f"warning: {w}" for w in warnings)]))
+            print("\n".join(["", *(f"warning: {w}" for w, _ in warnings)]))
         if converged:
             verdict = "converged"
         elif plan.problems or state.invalid:
@@ -573,11 +642,15 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
 }
 
 
+class _UsageError(Exception):
+    """A wrong command line: main() says so and exits 64."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """A wrong command line exits 64, not 2: 2 means an invalid configuration."""
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        raise _UsageError(f"{self.prog}: error: {message}")
 
 
 def _verb(argv: Sequence[str]) -> str | None:
@@ -638,8 +711,10 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
         if verb is not None and name != verb:
             continue
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        if name in ("validate", "check", "plan", "status", "list"):
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        # `status --json` is one JSON object; --qemu and --libvirt print something else
+        to = sp.add_mutually_exclusive_group() if name == "status" else sp
+        if name in JSON_KEYS:
+            to.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "validate":
             sp.add_argument("files", nargs="*", metavar="FILE",
                             help="files to validate (default: the configuration)")
@@ -654,7 +729,6 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
                             help="only devices with this ID (hex: 8086:10d3, or 10de:)")
             sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
         if name == "status":
-            to = sp.add_mutually_exclusive_group()
             to.add_argument("--qemu", action="store_true",
                             help="print the QEMU arguments for the devices held on vfio-pci")
             to.add_argument("--libvirt", action="store_true",
@@ -664,47 +738,88 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser(_verb(argv)).parse_args(argv)
+    try:
+        args = parser(_verb(argv)).parse_args(argv)
+    except _UsageError as e:
+        sys.stderr.write(f"{e}\n")
+        if "--json" in argv:  # one object on every exit, a wrong command line too
+            _print_json(_envelope(_verb(argv), EXIT_USAGE, {},
+                                  (str(e).partition("error: ")[2], "see `pcipassd --help`")))
+        raise SystemExit(EXIT_USAGE) from None
     for name, default in (("root", "/"), ("config", None), ("debug", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    ran: list[Context] = []
+    try:
+        rc, error, problems = _run(args, kernel, ran)
+    except Exception as e:  # --debug, or a bug: the traceback follows the one object
+        if getattr(args, "json", False):
+            from pcipassd.errors import PcipassError  # noqa: PLC0415
+
+            out = ran[0].out if ran else {}
+            if isinstance(e, PcipassError):
+                _print_json(_envelope(args.verb, e.exit_code, out, (e.message, e.hint)))
+            else:
+                _print_json(_envelope(args.verb, EXIT_FAIL, out, (
+                    f"{type(e).__name__}: {e}",
+                    "a bug in pcipassd: please report it with the traceback")))
+        raise
+    if getattr(args, "json", False):
+        out = ran[0].out if ran else {}
+        try:
+            _print_json(_envelope(args.verb, rc, out, error, problems))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            sys.stderr.close()
+            return EXIT_FAIL
+    return rc
+
+
+def _run(args: argparse.Namespace, kernel: Kernel | None,
+         ran: list[Context]) -> tuple[int, tuple[str, str] | None, Sequence[Problem]]:
+    """Run the verb; every error is caught here, once, and logged as one line plus a hint.
+    Returns the exit status, the error (message, hint) and the config's problems, for the
+    JSON envelope; `ran` gets the verb's Context (what it found before an error)."""
     from pcipassd import log as logsetup  # noqa: PLC0415 - after --version and --help
     from pcipassd.errors import InvalidConfig, PcipassError  # noqa: PLC0415
 
     logsetup.setup(debug=args.debug)
     try:
         ctx = Context(args, kernel)
+        ran.append(ctx)
         rc = VERBS[args.verb][0](ctx)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
-        return rc
+        return rc, None, ()
     except InvalidConfig as e:
         _log_problems(e.problems)
         _log().error("invalid configuration: nothing was changed")
-        return e.exit_code
+        return e.exit_code, ("invalid configuration: nothing was changed", e.hint), e.problems
     except PcipassError as e:
         _log().error("%s%s", e.message, f" (hint: {e.hint})" if e.hint else "")
         if args.debug:
             raise
-        return e.exit_code
+        return e.exit_code, (e.message, e.hint), ()
     except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `pcipassd plan --json | head`: the reader is gone; nothing to say
+        return 130, ("interrupted", ""), ()
+    except BrokenPipeError:  # `pcipassd plan | head`: the reader is gone; nothing to say
         sys.stderr.close()  # and no "Exception ignored" when Python flushes stdout at exit
-        return EXIT_FAIL
+        return EXIT_FAIL, None, ()
     except PermissionError as e:
         _log().error("%s: %s", e.filename or "permission denied", e.strerror,
                   extra={"journal": {}})
         _log().error("pcipassd %s needs root", args.verb)
         if args.debug:
             raise
-        return EXIT_FAIL
+        return EXIT_FAIL, (f"{e.filename or 'permission denied'}: {e.strerror}",
+                           f"pcipassd {args.verb} needs root"), ()
     except ModuleNotFoundError as e:
         module = (e.name or "").partition(".")[0]
         if module not in PACKAGES or args.debug:
             raise
         _log().error("pcipassd %s needs the Python module %s, which is not installed "
                   "(hint: install %s)", args.verb, module, PACKAGES[module])
-        return EXIT_FAIL
+        return EXIT_FAIL, (f"pcipassd {args.verb} needs the Python module {module}, which is "
+                           "not installed", f"install {PACKAGES[module]}"), ()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ when no finding FAILs. IOMMU groups existing is what decides whether the IOMMU i
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
+from pcipassd import modules
 from pcipassd.host import Host
-from pcipassd.inventory import driver_loaded, kernel_release, listed_modules
+from pcipassd.inventory import kernel_release
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
             "(grub2-mkconfig -o /boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
@@ -64,32 +66,32 @@ def cpu_vendor(host: Host) -> str:
 
 
 def module_available(host: Host, driver: str) -> str | None:
-    """How `driver` can be had: "loaded", "built in", "module", or None."""
-    module = driver.replace("-", "_")
-    if driver_loaded(host, driver) or host.path(f"/sys/module/{module}").is_dir():
-        return "loaded"
-    for listing, how in (("modules.builtin", "built in"), ("modules.dep", "module")):
-        if module in listed_modules(host, listing):
-            return how
-    return None
+    """How `driver` can be had: "loaded", "built in", "module", or None (see modules.py)."""
+    return modules.availability(host, driver)
 
 
-def _cmdline_findings(host: Host, vendor: str, active: bool) -> list[Finding]:
+def _cmdline_findings(host: Host, vendors: tuple[str, ...], active: bool) -> list[Finding]:
+    """The kernel command line, for each IOMMU vendor that can be there (in a guest without a
+    vIOMMU, both: its vIOMMU can be Intel or AMD whatever the CPU)."""
     args = _read(host, "/proc/cmdline").split()
     out = []
-    if vendor == "intel":
+    if "intel" in vendors:
         on = any(a.startswith("intel_iommu=") and "on" in a[12:].split(",") for a in args)
         if "intel_iommu=off" in args:
             out.append(Finding(Level.FAIL, "kernel command line has intel_iommu=off",
                                "remove intel_iommu=off; " + GRUB_FIX.format(arg="intel_iommu=on")))
         elif on:
             out.append(Finding(Level.OK, "kernel command line has intel_iommu=on"))
+        elif not active and len(vendors) > 1:  # an AMD vIOMMU would need nothing here
+            out.append(Finding(Level.WARN, "kernel command line lacks intel_iommu=on (an Intel "
+                                           "virtual IOMMU needs it)",
+                               GRUB_FIX.format(arg="intel_iommu=on")))
         elif not active:
             out.append(Finding(Level.FAIL, "kernel command line lacks intel_iommu=on",
                                GRUB_FIX.format(arg="intel_iommu=on")))
         else:
             out.append(Finding(Level.OK, "Intel IOMMU on by default in this kernel"))
-    elif vendor == "amd":
+    if "amd" in vendors:
         if "amd_iommu=off" in args:
             out.append(Finding(Level.FAIL, "kernel command line has amd_iommu=off",
                                "remove amd_iommu=off from GRUB_CMDLINE_LINUX in "
@@ -101,29 +103,79 @@ def _cmdline_findings(host: Host, vendor: str, active: bool) -> list[Finding]:
     return out
 
 
-# systemd-detect-virt's DMI vendors, as they appear in /sys/class/dmi/id/{sys,board}_vendor and
-# product_name: what the host runs on when it is itself a virtual machine.
-_VM_VENDORS = (("QEMU", "QEMU"), ("KVM", "KVM"), ("VMware", "VMware"),
-               ("innotek GmbH", "VirtualBox"), ("Xen", "Xen"), ("Virtual Machine", "Hyper-V"),
-               ("Amazon EC2", "Amazon EC2"), ("Google Compute Engine", "Google Compute Engine"),
-               ("Parallels", "Parallels"), ("Bochs", "Bochs"))
+# systemd-detect-virt's DMI table (src/basic/virt.c): a prefix of product_name, sys_vendor,
+# board_vendor, bios_vendor or product_version (read in that order), and the name it prints.
+_DMI_FILES = ("product_name", "sys_vendor", "board_vendor", "bios_vendor", "product_version")
+_DMI_VENDORS = (("KVM", "kvm"), ("OpenStack", "kvm"), ("KubeVirt", "kvm"),
+                ("Amazon EC2", "amazon"), ("QEMU", "qemu"), ("VMware", "vmware"),
+                ("VMW", "vmware"), ("innotek GmbH", "oracle"), ("VirtualBox", "oracle"),
+                ("Oracle Corporation", "oracle"), ("Xen", "xen"), ("Bochs", "bochs"),
+                ("Parallels", "parallels"), ("BHYVE", "bhyve"), ("Hyper-V", "microsoft"),
+                ("Apple Virtualization", "apple"), ("Google Compute Engine", "google"))
+# What systemd-detect-virt reads from CPUID (the hypervisor's signature), which a program can
+# only see through the clock source that hypervisor gives the guest.
+_CLOCKSOURCES = (("kvm-clock", "kvm"), ("hyperv_clocksource", "microsoft"), ("xen", "xen"))
+# The QEMU/libvirt vIOMMU for each IOMMU driver the guest's kernel has.
+_VIOMMU = {"intel": ("`-device intel-iommu,intremap=on`", "<iommu model='intel'/>"),
+           "amd": ("`-device amd-iommu`", "<iommu model='amd'/>")}
 VIOMMU_FIX = ("give the VM a virtual IOMMU: QEMU `-machine q35 -device intel-iommu,intremap=on` "
               "(or `-device amd-iommu`), libvirt `<iommu model='intel'/>` in <devices>")
 # What the running kernel must be built with, per IOMMU vendor.
 _IOMMU_OPTION = {"intel": "CONFIG_INTEL_IOMMU", "amd": "CONFIG_AMD_IOMMU"}
 
 
+def _dmi_vendor(host: Host) -> str | None:
+    for name in _DMI_FILES:
+        text = _read(host, f"/sys/class/dmi/id/{name}").strip()
+        for prefix, vm in _DMI_VENDORS:
+            if text.startswith(prefix):
+                return vm
+    if (_read(host, "/sys/class/dmi/id/product_name").strip() == "Virtual Machine"
+            and _read(host, "/sys/class/dmi/id/sys_vendor").startswith("Microsoft")):
+        return "microsoft"  # Hyper-V, which systemd-detect-virt knows from CPUID
+    return None
+
+
 def virtual_machine(host: Host) -> str | None:
-    """The hypervisor this host runs under, from its DMI strings (None: bare metal)."""
-    dmi = " ".join(_read(host, f"/sys/class/dmi/id/{f}").strip()
-                   for f in ("sys_vendor", "board_vendor", "product_name"))
-    for marker, name in _VM_VENDORS:
-        if marker in dmi:
-            return name
+    """The hypervisor this host runs under, named as systemd-detect-virt names it (kvm, qemu,
+    vmware, microsoft, oracle, xen, ...; vm-other: a hypervisor it cannot name), or None: bare
+    metal. As systemd: the DMI vendor, except that the hypervisor's own signature wins over
+    it (QEMU with KVM is kvm), unless DMI says oracle, xen or amazon."""
+    dmi = _dmi_vendor(host)
+    if dmi in ("oracle", "xen", "amazon"):
+        return dmi
+    if _read(host, "/sys/hypervisor/type").strip() == "xen":
+        return "xen"
+    xen = _read(host, "/proc/xen/capabilities")
+    if host.path("/proc/xen").is_dir() and "control_d" not in xen:
+        return "xen"  # a domU (dom0, control_d, is the host)
+    clocks = _read(host, "/sys/devices/system/clocksource/clocksource0/available_clocksource")
+    for clock, vm in _CLOCKSOURCES:
+        if any(c.startswith(clock) for c in clocks.split()):
+            return vm
+    if dmi:
+        return dmi
     for line in _read(host, "/proc/cpuinfo").splitlines():
         if line.startswith("flags") and "hypervisor" in line.split(":", 1)[1].split():
-            return "a hypervisor"
+            return "vm-other"
     return None
+
+
+def viommu_fix(vm: str, vendors: tuple[str, ...]) -> str:
+    """How to give this VM a virtual IOMMU that its kernel has a driver for."""
+    if vm == "vmware":
+        return ("give the VM a virtual IOMMU: enable \"Expose IOMMU to the guest OS\" in its "
+                "CPU settings (VMware's is an Intel IOMMU)")
+    if vm == "oracle":
+        return "give the VM a virtual IOMMU: VBoxManage modifyvm VM --iommu automatic"
+    if vm not in ("kvm", "qemu", "bochs", "vm-other"):
+        return (f"give the VM a virtual IOMMU in the hypervisor's ({vm}) settings, or run "
+                "pcipassd on the host that has the devices")
+    if set(vendors) == set(_VIOMMU) or vendors[0] not in _VIOMMU:
+        return VIOMMU_FIX
+    qemu, libvirt = _VIOMMU[vendors[0]]
+    return (f"give the VM a virtual IOMMU: QEMU `-machine q35` {qemu}, libvirt `{libvirt}` in "
+            f"<devices> (this kernel has the {vendors[0]} IOMMU driver only)")
 
 
 def iommu_vendor(host: Host) -> tuple[str, str]:
@@ -160,17 +212,19 @@ def kernel_config(host: Host) -> dict[str, str] | None:
     return options
 
 
-def _kernel_findings(config: dict[str, str] | None, vendor: str) -> list[Finding]:
+def _kernel_findings(config: dict[str, str] | None, vendors: tuple[str, ...]) -> list[Finding]:
+    """The IOMMU driver the kernel was built with: for the IOMMU there is, or, in a guest
+    without a vIOMMU, either of the two (its vIOMMU can be Intel or AMD)."""
     if config is None:
         return []
     out = []
-    option = _IOMMU_OPTION.get(vendor)
-    if option and config.get(option) != "y":
-        out.append(Finding(Level.FAIL, f"this kernel was built without {option}",
-                           f"boot a kernel built with {option}=y (distribution kernels are); "
-                           "no firmware or boot setting can make up for it"))
-    elif option:
-        out.append(Finding(Level.OK, f"kernel built with {option}"))
+    options = [_IOMMU_OPTION[v] for v in vendors if v in _IOMMU_OPTION]
+    built = [o for o in options if config.get(o) == "y"]
+    if options and not built:
+        out.append(Finding(Level.FAIL, f"this kernel was built without {' and '.join(options)}",
+                           f"boot a kernel built with {'=y or '.join(options)}=y (distribution "
+                           "kernels are); no firmware or boot setting can make up for it"))
+    out += [Finding(Level.OK, f"kernel built with {o}") for o in built]
     if config.get("CONFIG_IRQ_REMAP") != "y":
         out.append(Finding(Level.WARN, "this kernel was built without CONFIG_IRQ_REMAP",
                            "vfio refuses assignment without interrupt remapping; boot a kernel "
@@ -178,46 +232,91 @@ def _kernel_findings(config: dict[str, str] | None, vendor: str) -> list[Finding
     return out
 
 
-def _virtualization_findings(host: Host) -> list[Finding]:
-    """What virt-host-validate checks besides the IOMMU: VT-x/AMD-V, /dev/kvm, /dev/vfio/vfio."""
-    flags = set()
+def _cpu_flags(host: Host) -> set[str]:
     for line in _read(host, "/proc/cpuinfo").splitlines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _virtualization_findings(host: Host, config: dict[str, str] | None) -> list[Finding]:
+    """What virt-host-validate checks besides the IOMMU: VT-x/AMD-V, /dev/kvm, /dev/vfio/vfio.
+    No fix that an earlier finding rules out: no modprobe where no module can be loaded, and
+    no "KVM cannot run" where /dev/kvm shows it does."""
+    ext = sorted(_cpu_flags(host) & {"vmx", "svm"})
+    kvm = host.path("/dev/kvm").exists()
+    vendor = {"vmx": "intel", "svm": "amd"}.get(ext[0], "") if ext else cpu_vendor(host)
+    kvm_module = {"intel": "kvm_intel", "amd": "kvm_amd"}.get(vendor, "")
     out = []
-    ext = sorted(flags & {"vmx", "svm"})
     if ext:
         out.append(Finding(Level.OK, f"CPU virtualization: {ext[0]}"))
+    elif kvm:
+        out.append(Finding(Level.OK, "CPU virtualization: in use by KVM (/dev/kvm), though "
+                                     "/proc/cpuinfo shows no vmx/svm flag"))
     else:
         out.append(Finding(Level.WARN, "the CPU shows no vmx/svm: KVM cannot run VMs here",
                            "enable VT-x / AMD-V (SVM) in the firmware setup (in a VM: nested "
                            "virtualization)"))
-    for dev, what, fix in (("/dev/kvm", "KVM", "modprobe kvm_intel (or kvm_amd)"),
-                           ("/dev/vfio/vfio", "VFIO", "modprobe vfio-pci")):
-        if host.path(dev).exists():
-            out.append(Finding(Level.OK, f"{dev}: {what} is available"))
+    if kvm:
+        out.append(Finding(Level.OK, "/dev/kvm: KVM is available"))
+    else:
+        blocked = modules.no_loading(host, kvm_module)
+        if not ext:  # modprobe cannot help before the CPU offers VT-x / AMD-V
+            fix = "enable VT-x / AMD-V first (see above)"
+        elif blocked:
+            fix = f"{blocked.message}: {blocked.hint}"
         else:
-            out.append(Finding(Level.WARN, f"no {dev}: {what} is not loaded", fix))
+            fix = f"modprobe {kvm_module or 'kvm_intel (or kvm_amd)'}"
+        out.append(Finding(Level.WARN, "no /dev/kvm: KVM is not loaded", fix))
+    if host.path("/dev/vfio/vfio").exists():
+        out.append(Finding(Level.OK, "/dev/vfio/vfio: VFIO is available"))
+    else:
+        missing = modules.missing(host, "vfio-pci", config)
+        out.append(Finding(Level.WARN, "no /dev/vfio/vfio: VFIO is not loaded",
+                           missing.hint if missing else "modprobe vfio-pci"))
     return out
 
 
-def check(host: Host) -> list[Finding]:
+def driver_findings(host: Host, config: dict[str, str] | None,
+                    wanted: Collection[str]) -> list[Finding]:
+    """pci-stub and vfio-pci: how this kernel has each. One the configuration binds devices to
+    and this kernel cannot have FAILs, in the words `plan` uses (modules.missing)."""
+    out = []
+    for driver in modules.OPTIONS:
+        how = modules.availability(host, driver)
+        missing = None if how else modules.missing(host, driver, config)
+        if missing is None:
+            out.append(Finding(Level.OK, f"{driver}: {how}"))
+        elif driver in wanted:
+            out.append(Finding(Level.FAIL, f"{missing.message}, and the configuration binds "
+                                           "devices to it", missing.hint))
+        else:
+            out.append(Finding(Level.WARN, missing.message, missing.hint))
+    return out
+
+
+def check(host: Host, wanted: Collection[str] = ()) -> list[Finding]:
+    """Every finding, in order; `wanted`: the target drivers the configuration names."""
     vendor, source = iommu_vendor(host)
     groups = iommu_groups(host)
     units = _listdir(host, "/sys/class/iommu")
     vm = virtual_machine(host)
     config = kernel_config(host)
+    no_viommu = bool(vm) and not groups and not units
+    # A guest without a vIOMMU can be given an Intel or an AMD one, whatever its CPU.
+    vendors = ("intel", "amd") if no_viommu and source.startswith("the CPU") else (vendor,)
     out: list[Finding] = []
-    if vm and not groups and not units:
+    if vm and no_viommu:
+        usable = tuple(v for v in vendors if config is None
+                       or config.get(_IOMMU_OPTION.get(v, "")) == "y") or vendors
         out.append(Finding(Level.FAIL, f"this host is a virtual machine ({vm}) without a "
-                                       "virtual IOMMU", VIOMMU_FIX))
+                                       "virtual IOMMU", viommu_fix(vm, usable)))
     elif vm:
         out.append(Finding(Level.OK, f"this host is a virtual machine ({vm}) with a virtual "
                                      "IOMMU"))
-    if vendor in ("intel", "amd"):
+    if len(vendors) == 1 and vendor in ("intel", "amd"):
         out.append(Finding(Level.OK, f"IOMMU vendor: {vendor} ({source})"))
-    out += _kernel_findings(config, vendor)
+    out += _kernel_findings(config, vendors)
     table = {"intel": "DMAR", "amd": "IVRS"}.get(vendor)
     if table and not vm:
         firmware = ("enable VT-d (Intel Virtualization Technology for Directed I/O) in the "
@@ -230,7 +329,7 @@ def check(host: Host) -> list[Finding]:
             out.append(Finding(Level.FAIL, f"no ACPI {table} table: the firmware does not offer "
                                            "an IOMMU", firmware))
     default_on = (config or {}).get("CONFIG_INTEL_IOMMU_DEFAULT_ON") == "y"
-    out += _cmdline_findings(host, vendor, bool(groups) or default_on)
+    out += _cmdline_findings(host, vendors, bool(groups) or default_on)
     if units:
         out.append(Finding(Level.OK, f"IOMMU units: {', '.join(units)}"))
     if groups:
@@ -242,17 +341,8 @@ def check(host: Host) -> list[Finding]:
                                           "check the kernel command line")
         out.append(Finding(Level.FAIL, "IOMMU off: /sys/kernel/iommu_groups is empty",
                            fixes[0] if fixes else fallback))
-    for driver, option in (("pci-stub", "CONFIG_PCI_STUB"), ("vfio-pci", "CONFIG_VFIO_PCI")):
-        how = module_available(host, driver)
-        if how:
-            out.append(Finding(Level.OK, f"{driver}: {how}"))
-        elif config is not None and config.get(option) not in ("y", "m"):
-            out.append(Finding(Level.WARN, f"{driver}: this kernel was built without {option}",
-                               f"boot a kernel built with {option}=m"))
-        else:
-            out.append(Finding(Level.WARN, f"{driver}: not available in this kernel",
-                               "install the kernel's modules package"))
-    return out + _virtualization_findings(host)
+    out += driver_findings(host, config, wanted)
+    return out + _virtualization_findings(host, config)
 
 
 def _interrupt_remapping(host: Host) -> Finding:
@@ -265,6 +355,7 @@ def _interrupt_remapping(host: Host) -> Finding:
     return Finding(Level.WARN, "interrupt remapping is not on",
                    "vfio refuses assignment without it; enable x2APIC / interrupt remapping in "
                    "the firmware, or load vfio_iommu_type1 with allow_unsafe_interrupts=1")
+
 
 def passthrough_possible(findings: list[Finding]) -> bool:
     return not any(f.level is Level.FAIL for f in findings)

@@ -6,6 +6,7 @@ before) and the inventory (what the kernel has now).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -153,17 +154,18 @@ def restore_plan(inventory: Inventory, records: dict[str, Record]) -> Plan:
 
 
 def predict(plan: Plan, *, iommu_on: bool, iommu_policy: str,
-            unavailable: frozenset[str]) -> Plan:
+            unavailable: Mapping[str, str]) -> Plan:
     """The plan as apply will fare on this kernel: each bind that cannot succeed becomes a
-    FAIL that says why (for `plan` and `status`; apply finds out by trying)."""
+    FAIL that says why (for `plan` and `status`; apply finds out by trying). `unavailable`:
+    each driver this kernel cannot have, and why, in the words `check` uses (modules.missing)."""
     steps = []
     for s in plan.steps:
         why = ""
         if s.action is Action.BIND:
             if not iommu_on and iommu_policy == "required":
                 why = "will not be bound: the IOMMU is off (iommu: required; see `pcipassd check`)"
-            elif s.target in unavailable:
-                why = f"will fail: this kernel has no {s.target} driver (see `pcipassd check`)"
+            elif s.target is not None and s.target in unavailable:
+                why = f"will fail: {unavailable[s.target]} (see `pcipassd check`)"
             elif s.target == vfio.DRIVER and s.group is None:
                 why = ("will fail: vfio-pci needs an IOMMU group, and the IOMMU is off "
                        "(see `pcipassd check`)")

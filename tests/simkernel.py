@@ -93,6 +93,7 @@ class SimKernel:
         (self.modules_dir / "modules.dep").write_text("")
         (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
         (root / "proc/sys/kernel/osrelease").write_text(RELEASE + "\n")
+        (root / "proc/modules").write_text("")  # a kernel with module support (CONFIG_MODULES)
         self._real_root = Path(os.path.realpath(root))
 
     # ---- building the machine ------------------------------------------------------------

@@ -323,7 +323,7 @@ def test_status_names_a_bad_record_and_is_not_converged(m: Machine) -> None:
     assert r.rc == 1
     data = json.loads(r.out)
     assert data["converged"] is False
-    assert any(NIC_E1000 in w for w in data["warnings"])
+    assert any(NIC_E1000 in w["message"] for w in data["warnings"])
 
 
 def test_a_state_file_written_by_an_older_pcipassd_without_held_is_read(m: Machine) -> None:
