@@ -1,7 +1,8 @@
 """The network guard across a reboot: the uplink is the host's at boot too.
 
 Two identical e1000e NICs. The first is the uplink: systemd-networkd brings it up with DHCP on
-QEMU's user network (a default route via 10.0.2.2). The config selects both by ID. pcipassd
+QEMU's user network, and a default route via 10.0.2.2 (its gateway: with restrict=on, so that
+nothing leaves the host, QEMU's DHCP offers none). The config selects both by ID. pcipassd
 runs at boot before the network is configured, when no route says which NIC is the uplink.
 
 1. First boot: refused at boot (judged from networkd's configuration), and again by a live
@@ -43,6 +44,8 @@ MACAddress={UPLINK_MAC}
 
 [Network]
 DHCP=ipv4
+# QEMU's user network with restrict=on (nothing leaves the host) offers no router by DHCP
+Gateway=10.0.2.2
 """
 
 SCRIPT = r"""
