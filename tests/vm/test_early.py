@@ -191,6 +191,23 @@ def test_negative_control_sees_every_probe(early_boots: list[BootResult]) -> Non
     assert DISK_BDF not in res["holdlist"], "a refused device is never held early"
 
 
+def test_the_guest_sees_the_pinned_topology(early_boots: list[BootResult]) -> None:
+    """The harness's own promise, on the first boot: every pinned device where the topology
+    puts it, each NIC alone in its IOMMU group, the IOMMU on, the disk on virtio, no failed
+    unit, and the guest rebooted when the scenario asked."""
+    res = early_boots[0]
+    assert res.shutdown == "reboot" and res.scenario_rc == 0, res.where()
+    assert "intel_iommu=on" in res["kernel.cmdline"]
+    assert res["systemd.failed"].strip() == "", res.where()
+    assert int(res["boot.iommu_groups"]) > 0
+    for dev in TOPO.devices:
+        assert res[f"boot.{dev.bdf}.id"] == dev.vendor_device, dev
+    groups = [res.iommu_group(dev.bdf, "boot") for dev in TOPO.devices]
+    assert "none" not in groups and len(set(groups)) == len(groups), groups
+    assert res.driver(DISK_BDF, "boot") == "virtio-pci"
+    assert early_boots[1]["boot"] == "2", "the disk persists across boots"
+
+
 def test_a_device_moved_late_asks_for_a_reboot(early_boots: list[BootResult]) -> None:
     """Boot 1 moved both NICs from e1000e: apply (the journal) and status say once to rebuild
     the initramfs and reboot; boot 3, held from the initramfs, says nothing of it."""
