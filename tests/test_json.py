@@ -170,3 +170,10 @@ def test_with_debug_the_object_comes_before_the_traceback(
     data = json.loads(capsys.readouterr().out)
     assert list(data) == [*COMMON, *OWN["status"]]
     assert data["error"]["message"] == "/run/pcipass is not a directory (a symlink?)"
+
+
+def test_the_verbs_that_take_json_are_those_with_an_envelope() -> None:
+    from pcipassd.cli import VERBS  # noqa: PLC0415
+    from pcipassd.output import JSON_KEYS  # noqa: PLC0415
+
+    assert {verb for verb, (_, _, json) in VERBS.items() if json} == set(JSON_KEYS)

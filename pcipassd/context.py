@@ -1,0 +1,134 @@
+"""One run of a verb: the host it works on, the kernel, the configuration, what the guard
+judged, and what the verb found (for the JSON envelope). The verbs (pcipassd/verbs/) and the
+apply sequence (pcipassd/sequence.py) share it: the decision steps, config -> selection -> guard
+-> plan, are glued here once."""
+
+from __future__ import annotations
+
+from pcipassd.output import log
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+    from typing import Any
+
+    from pcipassd.config import Config
+    from pcipassd.host import Host
+    from pcipassd.inventory import Inventory
+    from pcipassd.kernel import Kernel
+    from pcipassd.memory import Judgment
+    from pcipassd.plan import Plan
+    from pcipassd.selection import Selection
+    from pcipassd.state import Record, State
+    from pcipassd.survey import Group
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, kernel: Kernel | None) -> None:
+        from pathlib import Path  # noqa: PLC0415 - see the imports above
+
+        from pcipassd.host import Host  # noqa: PLC0415
+
+        self.args = args
+        self.host: Host = Host(Path(args.root))
+        self._kernel = kernel
+        self._judgment: Judgment | None = None
+        self.selected: Selection | None = None  # what the config selects, before the guard
+        self.out: dict[str, Any] = {}  # with --json: what the verb found (see _envelope)
+
+    @property
+    def kernel(self) -> Kernel:
+        from pcipassd.kernel import LiveKernel  # noqa: PLC0415
+
+        return self._kernel or LiveKernel(self.host)
+
+    def config_paths(self) -> list[Path] | None:
+        from pathlib import Path  # noqa: PLC0415
+
+        from pcipassd.config import config_files  # noqa: PLC0415
+
+        files = getattr(self.args, "files", None)
+        if files:
+            return [Path(f) for f in files]
+        if self.args.config:
+            return config_files(self.host, Path(self.args.config))
+        return None
+
+    def load_config(self, *, full: bool = False) -> Config:
+        """The validated config; `full` (validate): always run jsonschema too, for its exact
+        messages, not only pcipassd's quick check (see config.load_config)."""
+        from pcipassd.config import load_config  # noqa: PLC0415
+
+        return load_config(self.host, self.config_paths(), full=full)
+
+    def judgment(self, inventory: Inventory) -> Judgment:
+        """The host-critical devices, with what the guard remembers at boot (once per run: its
+        warnings are logged once)."""
+        from pcipassd.memory import judge  # noqa: PLC0415
+
+        if self._judgment is None:
+            self._judgment = judge(self.host, inventory)
+            for warning in self._judgment.warnings:
+                log().warning("%s", warning)
+        return self._judgment
+
+    def selection(self, config: Config) -> tuple[Inventory, Selection]:
+        """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
+        from pcipassd.inventory import scan  # noqa: PLC0415
+        from pcipassd.policy import enforce  # noqa: PLC0415
+        from pcipassd.selection import select  # noqa: PLC0415
+
+        inventory = scan(self.host)
+        self.selected = select(config, inventory)
+        critical = self.judgment(inventory).critical
+        return inventory, enforce(self.selected, inventory, critical)
+
+
+
+def readable_state(ctx: Context) -> State:
+    """The state file for a verb that only reads: without it (and saying so, on stderr) when
+    only root may read it, so that a user can still run list, plan and status."""
+    from pcipassd.state import State  # noqa: PLC0415
+
+    state = State(ctx.host)
+    if not state.load_if_readable():
+        log().warning("cannot read %s (only root can): shown without the devices pcipassd "
+                       "holds and how it took them; run as root to see them", state.name)
+    return state
+
+
+
+def planned(ctx: Context, config: Config, records: dict[str, Record]
+             ) -> tuple[Plan, list[Group]]:
+    """The plan as apply will fare on this kernel, and every IOMMU group it touches."""
+    from pcipassd import modules  # noqa: PLC0415
+    from pcipassd.config import STUB_DRIVERS  # noqa: PLC0415
+    from pcipassd.iommu import iommu_active, kernel_config  # noqa: PLC0415
+    from pcipassd.plan import make_plan, predict  # noqa: PLC0415
+
+    inventory, selection = ctx.selection(config)
+    kconfig = kernel_config(ctx.host)
+    unavailable = {d: m.message for d in STUB_DRIVERS
+                   if (m := modules.missing(ctx.host, d, kconfig)) is not None}
+    plan = predict(make_plan(selection, inventory, records), iommu_on=iommu_active(ctx.host),
+                   iommu_policy=config.iommu, unavailable=unavailable)
+    touched = {s.group for s in plan.steps if s.group}
+    groups = survey_groups(ctx, inventory, records, frozenset(selection.chosen)) if touched else []
+    return plan, [g for g in groups if g.group in touched]
+
+
+
+def survey_groups(ctx: Context, inventory: Inventory, records: dict[str, Record],
+            configured: frozenset[str], only: Any = None) -> list[Group]:
+    """The host's IOMMU groups as `list` shows them (survey.py): `plan` and `status` show
+    the groups they touch the same way."""
+    from pcipassd import survey  # noqa: PLC0415 - not on the boot path (apply)
+    from pcipassd.guard import describe  # noqa: PLC0415
+    from pcipassd.names import NameDb  # noqa: PLC0415
+
+    critical = {bdf: describe(r) for bdf, r in ctx.judgment(inventory).critical.items()}
+    names = NameDb.load(ctx.host, survey.wanted(inventory))
+    groups = survey.survey(inventory, names, records, configured, critical, only=only)
+    ctx.out["names"] = names.source
+    return groups

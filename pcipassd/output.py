@@ -1,0 +1,134 @@
+"""The one output model: aligned tables for people, one JSON object (the envelope) for
+programs, problems and warnings as a message with a hint. Every verb prints through these."""
+
+from __future__ import annotations
+
+from pcipassd.exits import EXIT_OK
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Sequence
+    from typing import Any
+
+    from pcipassd.errors import Problem
+    from pcipassd.plan import Step
+    from pcipassd.survey import Group
+
+
+# Every `--json` prints one object on every exit: {"format": 2, ...}. Any change to a key bumps
+# it. Version 2: the envelope (verb, ok, exit, error, problems, warnings), findings with
+# message/hint, and one shape of `groups` in list, plan and status.
+JSON_FORMAT = 2
+# Each verb's own keys, as they are when it could not run (an error): the same shape always.
+JSON_KEYS: dict[str, dict[str, Any]] = {
+    "validate": {"valid": None},
+    "check": {"passthrough_possible": None, "findings": []},
+    "plan": {"steps": [], "groups": []},
+    "status": {"converged": None, "devices": [], "groups": []},
+    "list": {"names": None, "groups": []},
+}
+
+
+def log() -> logging.Logger:
+    """The `pcipassd` logger (logging is imported only once a verb runs)."""
+    import logging  # noqa: PLC0415
+
+    return logging.getLogger("pcipassd")
+
+
+def envelope(verb: str | None, rc: int, out: dict[str, Any],
+              error: tuple[str, str] | None = None,
+              problems: Sequence[Problem] = ()) -> dict[str, Any]:
+    """The one JSON shape: `format` first, then what every verb has (its exit status, the
+    error that stopped it, the config's problems, warnings: each a `message` and a `hint`),
+    then the verb's own keys, present even when an error kept it from filling them."""
+    return {
+        "format": JSON_FORMAT, "verb": verb, "ok": rc == EXIT_OK, "exit": rc,
+        "error": {"message": error[0], "hint": error[1]} if error else None,
+        "problems": out.get("problems", [p.as_dict() for p in problems]),
+        "warnings": out.get("warnings", []),
+        **{k: out.get(k, v) for k, v in JSON_KEYS.get(verb or "", {}).items()},
+    }
+
+
+
+def print_json(data: dict[str, Any]) -> None:
+    import json  # noqa: PLC0415
+
+    print(json.dumps(data, indent=2))
+
+
+
+def message(message: str, hint: str = "") -> dict[str, str]:
+    """A finding or a warning in JSON: the same keys as a problem's."""
+    return {"message": message, "hint": hint}
+
+
+
+def hint_text(hint: str) -> str:
+    """A hint of several lines (a config to paste): the lines after the first indented."""
+    return hint.replace("\n", "\n    ")
+
+
+
+def problem_lines(problems: Sequence[Problem]) -> list[str]:
+    out = []
+    for p in problems:
+        out.append(str(p))
+        if p.hint:
+            out.append(f"    hint: {hint_text(p.hint)}")
+    return out
+
+
+
+def log_problems(problems: Sequence[Problem], kind: str | None = None) -> None:
+    from pcipassd.log import event  # noqa: PLC0415
+
+    fields = event(kind) if kind else {}
+    for p in problems:
+        log().error("%s%s", p, f" (hint: {hint_text(p.hint)})" if p.hint else "",
+                     extra={"journal": fields})
+
+
+
+def table(rows: list[list[str]], header: list[str] | None, fit: int = 0) -> list[str]:
+    """Aligned columns; with `fit`, the last column is cut short (…) to keep lines that wide."""
+    every = [header, *rows] if header else rows
+    widths = [max(len(r[i]) for r in every) for i in range(len(every[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in every]
+    return [line if not fit or len(line) <= fit else line[: fit - 1] + "…" for line in lines]
+
+
+# -- verbs -------------------------------------------------------------------------------
+
+
+
+def groups_text(groups: list[Group]) -> list[str]:
+    """Each group's members, one a line, with its name as lspci gives it, within 100 columns."""
+    if not groups:
+        return []
+    rows = [[f"{g.group}:" if i == 0 else "", r.device.bdf, f"[{r.device.id}]",
+             "(bridge)" if r.device.is_bridge else r.device.driver_label, r.name]
+            for g in groups for i, r in enumerate(g.rows)]
+    return ["", "IOMMU groups:", *(f"  {line}" for line in table(rows, None, fit=98))]
+
+
+
+def groups_json(groups: list[Group]) -> list[dict[str, Any]]:
+    """`groups` in every verb's JSON: each group with its verdict and its devices."""
+    return [{"group": g.group, "passable": g.passable, "verdict": g.verdict, "devices": [
+        {"device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
+         "class_name": r.cls, "name": r.name, "lspci": r.lspci, "driver": r.device.driver,
+         "bridge": r.device.is_bridge, "forced": r.forced or None, "notes": list(r.notes)}
+        for r in g.rows]}
+        for g in groups]
+
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    return {"device": step.bdf, "id": step.id, "action": str(step.action),
+            "driver": step.current, "target": step.target, "group": step.group,
+            "entry": step.entry, "selects": step.selects, "name": step.name, "via": step.via,
+            "note": step.reason, "forced": step.forced or None}

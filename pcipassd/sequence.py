@@ -1,0 +1,132 @@
+"""The apply and restore sequence, what the service runs (ExecStart and ExecReload: `apply`;
+ExecStop: `restore`): take over what the early stages held, check the configuration and the
+IOMMU, plan, apply, rewrite the hold list, arm the udev rule, tell systemd. The command line
+calls it; so can anything else that has a Context."""
+
+from __future__ import annotations
+
+from pcipassd.exits import EXIT_FAIL, EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED
+from pcipassd.output import log, log_problems
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipassd.context import Context
+    from pcipassd.inventory import Inventory
+    from pcipassd.plan import Plan
+    from pcipassd.state import State
+
+
+def apply(ctx: Context) -> int:
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.apply import Applier  # noqa: PLC0415
+    from pcipassd.errors import NothingConfigured, PcipassError  # noqa: PLC0415
+    from pcipassd.plan import make_plan  # noqa: PLC0415
+    from pcipassd.service import notify_status, on_sigterm, status_text  # noqa: PLC0415
+    from pcipassd.state import State  # noqa: PLC0415
+
+    with State(ctx.host).locked() as state:
+        applier = Applier(ctx.host, ctx.kernel, state)
+        with on_sigterm(applier.stop):
+            early.adopt(ctx.host, state)
+            try:
+                config = ctx.load_config()
+                require_iommu(ctx, config.iommu)
+            except NothingConfigured as e:  # installed and enabled, not configured yet
+                log().warning("%s: holding nothing (hint: %s)", e.message, e.hint)
+                early.sync(ctx.host, "")
+                rc = restore(ctx, state)
+                notify_status("holding nothing: no devices are configured")
+                return rc
+            except PcipassError:
+                early.release(ctx.host, ctx.kernel, state)
+                raise
+            inventory, selection = ctx.selection(config)
+            _remember(ctx, inventory)
+            plan = make_plan(selection, inventory, state.records)
+            log_problems(plan.problems, "refused")
+            outcome = applier.run(plan)
+            if early.sync(ctx.host, early.render(plan, selection)) and (
+                    stale := early.stale_initramfs(ctx.host)):
+                log().warning("%s", stale)
+            _say_reboot(ctx, plan, state)
+            if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
+                log().info("stopping before apply finished: giving every device back")
+                restore(ctx, state)
+                return EXIT_STOPPED
+        held = len(state.records)
+        early.arm(ctx.host, held > 0)
+    log().info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
+    notify_status(status_text(held, plan.problems, outcome.failed))
+    if not plan.problems and not outcome.failed and not outcome.in_use:
+        return EXIT_OK
+    return EXIT_PARTIAL if held else EXIT_FAIL
+
+
+
+def require_iommu(ctx: Context, policy: str) -> None:
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.iommu import Level, check, iommu_active  # noqa: PLC0415
+
+    if iommu_active(ctx.host):
+        return
+    findings = [f for f in check(ctx.host) if f.level is Level.FAIL]
+    fixes = "; ".join(f.fix for f in findings if f.fix)
+    if policy == "warn":
+        log().warning("the IOMMU is off (iommu: warn): binding anyway; vfio-pci will fail. "
+                    "Fix: %s", fixes)
+        return
+    for f in findings:
+        log().error("%s%s", f.what, f" (fix: {f.fix})" if f.fix else "")
+    raise PcipassError("the IOMMU is off: nothing was bound (iommu: required)",
+                       fixes or "run `pcipassd check`")
+
+
+
+def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
+    """Once per apply that moved a device late from its host driver: reboot to have it held
+    from the first instant (see reboot.py)."""
+    from pcipassd import reboot  # noqa: PLC0415
+    from pcipassd.log import event  # noqa: PLC0415
+    from pcipassd.plan import Action  # noqa: PLC0415
+
+    moved = {s.bdf for s in plan.steps if s.action is Action.BIND}
+    if not moved & {r.bdf for r in reboot.moved_late(ctx.host, state.records)}:
+        return
+    if advice := reboot.advice(ctx.host, state.records):
+        log().warning("%s", advice, extra={"journal": event("reboot needed")})
+
+
+
+def _remember(ctx: Context, inventory: Inventory) -> None:
+    """A live run (the guard sees the network up) writes down what it judged, for the boot."""
+    from pcipassd import memory  # noqa: PLC0415
+
+    judgment = ctx.judgment(inventory)
+    if judgment.live and ctx.selected is not None:
+        why = memory.save(ctx.host, memory.remember(judgment, inventory, ctx.selected, ctx.host))
+        if why:
+            log().warning("%s", why)
+
+
+
+def restore(ctx: Context, state: State) -> int:
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.apply import Applier  # noqa: PLC0415
+    from pcipassd.inventory import scan  # noqa: PLC0415
+    from pcipassd.plan import restore_plan  # noqa: PLC0415
+
+    early.adopt(ctx.host, state)
+    plan = restore_plan(scan(ctx.host), state.records)
+    outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+    early.arm(ctx.host, False)
+    log().info("%s", outcome.line("restored", "failed"))
+    return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
+
+
+
+def restore_all(ctx: Context) -> int:
+    # Restore needs no config: a broken config must never keep devices from coming back.
+    from pcipassd.state import State  # noqa: PLC0415
+
+    with State(ctx.host).locked() as state:
+        return restore(ctx, state)

@@ -1,0 +1,1 @@
+"""One module per verb, each with `run(ctx) -> int` (apply and restore: pcipassd.sequence)."""

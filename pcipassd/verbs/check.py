@@ -1,0 +1,63 @@
+"""`pcipassd check`: is the IOMMU on, can passthrough work, and can this kernel have the drivers
+the configuration binds devices to? Each finding with its fix."""
+
+from __future__ import annotations
+
+from pcipassd.exits import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from pcipassd.output import message, problem_lines
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipassd.context import Context
+    from pcipassd.errors import Problem
+    from pcipassd.iommu import Finding
+
+
+def _configured_drivers(ctx: Context) -> tuple[frozenset[str], list[Problem]]:
+    """The target drivers the configuration names, or its problems. No config file is no
+    problem here: `check` is about the host."""
+    from pcipassd.errors import InvalidConfig, NothingConfigured  # noqa: PLC0415
+
+    paths = ctx.config_paths()
+    if paths is None and not ctx.host.config_file.exists():
+        return frozenset(), []
+    try:
+        config = ctx.load_config()
+    except NothingConfigured:
+        return frozenset(), []
+    except InvalidConfig as e:
+        return frozenset(), e.problems
+    return frozenset(e.driver for e in config.entries), []
+
+
+
+def _finding_dict(f: Finding) -> dict[str, str]:
+    return {"level": str(f.level), **message(f.what, f.fix)}
+
+
+
+def run(ctx: Context) -> int:
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.iommu import Finding, Level, check, passthrough_possible  # noqa: PLC0415
+
+    wanted, problems = _configured_drivers(ctx)
+    findings = check(ctx.host, wanted)
+    if stale := early.stale_initramfs(ctx.host):
+        findings.append(Finding(Level.WARN, stale, early.rebuild_command(ctx.host) or ""))
+    ok = passthrough_possible(findings)
+    if ctx.args.json:
+        ctx.out = {"passthrough_possible": ok, "findings": [_finding_dict(f) for f in findings],
+                   "problems": [p.as_dict() for p in problems]}
+    else:
+        for f in findings:
+            print(f"{f.level:<4}  {f.what}")
+            if f.fix:
+                print(f"      fix: {f.fix}")
+        if problems:  # the drivers it names are unknown until it is fixed
+            print("\n".join(["", *problem_lines(problems)]))
+            print(f"the configuration is invalid ({len(problems)} problem"
+                  f"{'s' if len(problems) != 1 else ''}): `pcipassd validate`")
+        print("passthrough can work" if ok else "passthrough cannot work until the FAILs are fixed")
+    if problems:
+        return EXIT_INVALID
+    return EXIT_OK if ok else EXIT_FAIL

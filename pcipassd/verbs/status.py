@@ -1,0 +1,137 @@
+"""`pcipassd status`: each configured device, where it is and where it should be; or what to
+give QEMU or libvirt for the devices held on vfio-pci."""
+
+from __future__ import annotations
+
+from pcipassd.context import planned, readable_state
+from pcipassd.exits import EXIT_FAIL, EXIT_OK
+from pcipassd.output import groups_json, groups_text, message, problem_lines, step_dict, table
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipassd.context import Context
+    from pcipassd.plan import Plan
+    from pcipassd.state import Record
+
+
+def run(ctx: Context) -> int:
+    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.printable import printable  # noqa: PLC0415
+
+    config = ctx.load_config()
+    state = readable_state(ctx)
+    records = state.records
+    plan, groups = planned(ctx, config, records)
+    if ctx.args.qemu or ctx.args.libvirt:
+        return _handoff(plan, ctx.args.libvirt)
+    warnings = [*((w, "") for w in state.problems()), *_warnings(ctx, records),
+                *((f"{s.bdf}: {s.forced_note}", "") for s in plan.steps if s.forced)]
+    users = _users(ctx, plan)
+    converged = plan.converged and not state.invalid
+    status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
+              Action.KEEP: "kept", Action.FAIL: "failed"}
+
+    def held(bdf: str) -> str | None:
+        record = records.get(bdf)
+        return record.held if record else None
+
+    if ctx.args.json:
+        ctx.out.update({"converged": converged,
+                        "devices": [{**step_dict(s), "status": status[s.action],
+                                     "held": held(s.bdf), "in_use_by": users.get(s.bdf, [])}
+                                    for s in plan.steps],
+                        "groups": groups_json(groups),
+                        "problems": [p.as_dict() for p in plan.problems],
+                        "warnings": [message(w, h) for w, h in warnings]})
+    else:
+        rows = [[s.bdf, s.id, s.current or "-",
+                 (s.target or "-") if s.action is not Action.RESTORE else "-",
+                 s.group or "-", held(s.bdf) or "-", status[s.action],
+                 printable(s.name or s.selects or "-")]
+                for s in plan.steps]
+        print("\n".join(table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD",
+                                      "STATUS", "ENTRY"])))
+        print("\n".join(groups_text(groups)))
+        if users:
+            print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
+                                    for bdf, who in users.items())]))
+        if plan.problems:
+            print("\n".join(["", *problem_lines(plan.problems)]))
+        if warnings:
+            print("\n".join(["", *(f"warning: {w}" for w, _ in warnings)]))
+        if converged:
+            verdict = "converged"
+        elif plan.problems or state.invalid:
+            verdict = "not converged: fix the problems above"
+        else:
+            verdict = "not converged: run `systemctl reload pcipassd`"
+        print(f"\n{verdict}")
+    return EXIT_OK if converged else EXIT_FAIL
+
+
+def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]:
+    """What the admin should know about how the devices were held: (message, hint)."""
+    from pcipassd import early, reboot  # noqa: PLC0415
+
+    out = [(f"{bdf}: {why}", "") for bdf, r in sorted(records.items())
+           if (why := early.first_probe(ctx.host, r))]
+    if stale := early.stale_initramfs(ctx.host):
+        out.append((stale, early.rebuild_command(ctx.host) or ""))
+    if advice := reboot.advice(ctx.host, records):
+        out.append((advice, ""))
+    return out
+
+
+
+def _handoff(plan: Plan, libvirt: bool) -> int:
+    """`status --qemu` / `--libvirt`: what to give QEMU or libvirt for each device held on
+    vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
+    from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.printable import in_xml_comment, printable  # noqa: PLC0415
+
+    ready = []
+    for s in plan.steps:
+        if s.action not in (Action.UNCHANGED, Action.BIND):
+            continue
+        label = f"{s.bdf} [{s.id}]{f' {printable(s.name)}' if s.name else ''}"
+        if s.target != vfio.DRIVER:
+            print(f"# {label} is held on {s.target}, which QEMU cannot use (it needs vfio-pci): "
+                  f"set `driver: vfio-pci` in its entry ({s.entry}) and run "
+                  "`systemctl reload pcipassd`")
+        elif s.action is Action.BIND:
+            print(f"# {label} is not on vfio-pci yet: run `systemctl reload pcipassd`")
+        else:
+            ready.append(s)
+    if not ready:  # say why on stderr, rather than print nothing
+        to = "libvirt" if libvirt else "QEMU"
+        if plan.steps:
+            raise PcipassError(f"nothing to give {to}: no configured device is on vfio-pci",
+                               "the `#` lines above say what to change")
+        raise PcipassError(f"nothing to give {to}: the configuration selects no device "
+                           "present on this host",
+                           "`pcipassd status` shows why" if plan.problems
+                           else "`pcipassd list` shows the devices")
+    if libvirt:
+        for s in ready:
+            name = f" {in_xml_comment(s.name)}" if s.name else ""
+            print(f"<!-- {s.bdf} [{s.id}]{name} -->")
+            print(vfio.libvirt_hostdev(s.bdf))
+    else:
+        print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
+    return EXIT_OK if ready and len(ready) == len(plan.steps) else EXIT_FAIL
+
+
+
+def _users(ctx: Context, plan: Plan) -> dict[str, list[str]]:
+    """The processes (a VM) that have each device of the plan open through VFIO."""
+    from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.inventory import read_device  # noqa: PLC0415
+
+    out = {}
+    for s in plan.steps:
+        dev = read_device(ctx.host, s.bdf) if s.current == vfio.DRIVER else None
+        if dev is not None and (users := vfio.users(ctx.host, dev)):
+            out[s.bdf] = [str(u) for u in users]
+    return out
