@@ -36,8 +36,9 @@ from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory
 from pcipassd.netconfig import interfaces, uplinks
 from pcipassd.policy import blocking
+from pcipassd.safefile import write_atomic
 from pcipassd.selection import Selection
-from pcipassd.state import ID_RE, Unusable, read_document, write_atomic
+from pcipassd.state import ID_RE, Unusable, read_document
 
 __all__ = ["FILE", "Judgment", "Known", "Memory", "judge", "load", "remember", "save"]
 
@@ -258,7 +259,7 @@ def save(host: Host, memory: Memory) -> str:
             if name.startswith(_TEMP_PREFIX):
                 with contextlib.suppress(OSError):
                     os.unlink(path.parent / name)
-        write_atomic(path, body, _TEMP_PREFIX)
+        write_atomic(path, body, _TEMP_PREFIX, durable=True)
     except OSError as e:
         return (f"cannot save {host.display(path)}: {e.strerror or e}; the next boot judges "
                 "the network devices without it")
