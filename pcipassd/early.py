@@ -25,7 +25,7 @@ from pcipassd.inventory import kernel_release, listed_modules, module_of, read_d
 from pcipassd.kernel import Kernel
 from pcipassd.log import event
 from pcipassd.plan import Action, Plan, restore_plan
-from pcipassd.safefile import Refused, read_host, read_untrusted, write_atomic
+from pcipassd.safefile import Refused, read_host, read_untrusted, remove_temps, write_atomic
 from pcipassd.selection import Selection
 from pcipassd.state import DRIVER_RE, Record, State
 
@@ -84,6 +84,7 @@ def sync(host: Host, text: str) -> bool:
         if not text:
             path.unlink(missing_ok=True)
             return True
+        remove_temps(path.parent, _TEMP_PREFIX)  # left by an apply that was killed (its lock)
         # the next boot depends on it: durable, on disk before pcipassd says it is written
         write_atomic(path, text.encode(), _TEMP_PREFIX, durable=True, mode=0o644)
     except OSError as e:

@@ -56,6 +56,16 @@ def write_atomic(path: Path, body: bytes, prefix: str, *, durable: bool,
             os.close(dfd)
 
 
+def remove_temps(directory: Path, prefix: str) -> None:
+    """Remove the temp files of writes that were killed. Only under the lock that serialises
+    the writes (apply's), when no write is under way."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(directory / name)
+
+
 def _temp(directory: Path, prefix: str, mode: int) -> tuple[int, str]:
     """A new temp file in `directory`, with a name no earlier write can have left."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -32,7 +32,7 @@ from pcipassd.address import BDF_RE
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.errors import StateError
 from pcipassd.host import Host
-from pcipassd.safefile import Refused, file_kind, read_untrusted, write_atomic
+from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
 
 FORMAT = 1
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
@@ -434,9 +434,5 @@ class State:
 
     def _remove_temps(self) -> None:
         """Temp files of saves that were killed: under the lock, no save is under way."""
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.dir):
-                if name.startswith(_TEMP_PREFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(self.dir / name)
+        remove_temps(self.dir, _TEMP_PREFIX)
 

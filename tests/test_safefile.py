@@ -161,3 +161,13 @@ def test_write_atomic_keeps_the_mode_asked_for_and_leaves_no_temp_on_failure(
     with pytest.raises(IsADirectoryError):  # a directory where the file goes: no rename
         safefile.write_atomic(tmp_path / "blocked", b"two\n", ".blocked.", durable=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "list"]
+
+
+def test_a_temp_hold_list_left_by_a_killed_apply_is_removed_by_the_next(m: Machine) -> None:
+    m.with_guest_nic()
+    etc = m.root / "etc"
+    (etc / ".pcipass.early.1234").write_text("dev half-writ")  # an older pcipassd's pid name
+    (etc / ".pcipass.early.00ff00ff00ff00ff").write_text("")
+    assert m.run("apply").rc == 0
+    assert sorted(p.name for p in etc.iterdir() if p.name.startswith(".pcipass")) == []
+    assert f"dev {NIC_A} 8086:10d3 pci-stub" in (m.root / HOLD_LIST).read_text()
