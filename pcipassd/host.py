@@ -3,7 +3,6 @@ so that tests (and `--root DIR`) run against a tree that is not this machine's."
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +49,3 @@ class Host:
         except ValueError:
             return str(path)
 
-
-def read_at_most(fd: int, limit: int) -> bytes:
-    """Up to `limit` + 1 bytes of an open file: more than `limit` means it is too large. For
-    the files pcipassd must not trust to be small (the config, the state file)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = os.read(fd, limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)

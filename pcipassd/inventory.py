@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pcipassd.address import BDF_RE, Address, PciId
 from pcipassd.host import Host
+from pcipassd.safefile import read_host
 
 CLASS_BRIDGE_HOST = 0x0600
 CLASS_BRIDGE_PCI = 0x0604
@@ -34,13 +35,6 @@ class Device:
     @property
     def driver_label(self) -> str:
         return self.driver or "(none)"
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 def read_attr(path: str) -> str | None:
@@ -161,14 +155,14 @@ def scan(host: Host) -> Inventory:
 
 def kernel_release(host: Host) -> str:
     """The running kernel's release ("6.1.0-18-amd64"), "" when it cannot be read."""
-    return _read(host.path("/proc/sys/kernel/osrelease")) or ""
+    return (read_host(host.path("/proc/sys/kernel/osrelease")) or "").strip()
 
 
 def listed_modules(host: Host, listing: str) -> set[str]:
     """The module names (dashes as underscores) in /lib/modules/RELEASE/`listing`
     (modules.builtin: built into the kernel; modules.dep: installed as modules)."""
     release = kernel_release(host)
-    text = _read(host.path(f"/lib/modules/{release}/{listing}")) if release else None
+    text = read_host(host.path(f"/lib/modules/{release}/{listing}")) if release else None
     return {os.path.basename(line.split(":", 1)[0]).split(".ko", 1)[0].replace("-", "_")
             for line in (text or "").splitlines() if line.strip()}
 

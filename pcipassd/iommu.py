@@ -14,6 +14,7 @@ from enum import Enum
 from pcipassd import modules
 from pcipassd.host import Host
 from pcipassd.inventory import kernel_release
+from pcipassd.safefile import read_host
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
             "(grub2-mkconfig -o /boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
@@ -36,10 +37,8 @@ class Finding:
 
 
 def _read(host: Host, path: str) -> str:
-    try:
-        return host.path(path).read_text()
-    except OSError:
-        return ""
+    """A host file's text, "" when it is absent: here, no evidence is evidence of nothing."""
+    return read_host(host.path(path)) or ""
 
 
 def _listdir(host: Host, path: str) -> list[str]:

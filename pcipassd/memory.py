@@ -19,7 +19,6 @@ card, a damaged file) is judged from the network configuration that will bring i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory
 from pcipassd.netconfig import interfaces, uplinks
 from pcipassd.policy import blocking
+from pcipassd.safefile import remove_temps, write_atomic
 from pcipassd.selection import Selection
-from pcipassd.state import ID_RE, Unusable, read_document, write_atomic
+from pcipassd.state import ID_RE, Unusable, read_document
 
 __all__ = ["FILE", "Judgment", "Known", "Memory", "judge", "load", "remember", "save"]
 
@@ -254,11 +254,8 @@ def save(host: Host, memory: Memory) -> str:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if not stat.S_ISDIR(os.lstat(path.parent).st_mode):
             return f"{host.display(path.parent)} is not a directory (a symlink?)"
-        for name in os.listdir(path.parent):  # left by a save that was killed (apply's lock)
-            if name.startswith(_TEMP_PREFIX):
-                with contextlib.suppress(OSError):
-                    os.unlink(path.parent / name)
-        write_atomic(path, body, _TEMP_PREFIX)
+        remove_temps(path.parent, _TEMP_PREFIX)  # left by a save that was killed (apply's lock)
+        write_atomic(path, body, _TEMP_PREFIX, durable=True)
     except OSError as e:
         return (f"cannot save {host.display(path)}: {e.strerror or e}; the next boot judges "
                 "the network devices without it")

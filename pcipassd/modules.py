@@ -12,18 +12,12 @@ from dataclasses import dataclass
 
 from pcipassd.host import Host
 from pcipassd.inventory import driver_loaded, listed_modules
+from pcipassd.safefile import read_host
 
 # The build option of each target driver, for the fix that names it.
 OPTIONS = {"pci-stub": "CONFIG_PCI_STUB", "vfio-pci": "CONFIG_VFIO_PCI"}
 GRUB = ("GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub (grub2-mkconfig -o "
         "/boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
-
-
-def _read(host: Host, path: str) -> str:
-    try:
-        return host.path(path).read_text()
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)
@@ -36,7 +30,7 @@ class Missing:
 
 def no_loading(host: Host, module: str = "") -> Missing | None:
     """Why this kernel loads no module (or not `module`), None when modprobe can work."""
-    args = _read(host, "/proc/cmdline").split()
+    args = (read_host(host.path("/proc/cmdline")) or "").split()
     if not host.path("/proc/modules").exists():
         return Missing("this kernel was built without module support (no /proc/modules)",
                        "boot a kernel built with CONFIG_MODULES=y, or with the driver built in")
@@ -48,7 +42,7 @@ def no_loading(host: Host, module: str = "") -> Missing | None:
     if module and module.replace("-", "_") in blacklisted:
         return Missing(f"the kernel command line has module_blacklist={module}",
                        f"remove {module} from module_blacklist= in {GRUB}")
-    if _read(host, "/proc/sys/kernel/modules_disabled").strip() == "1":
+    if (read_host(host.path("/proc/sys/kernel/modules_disabled")) or "").strip() == "1":
         return Missing("module loading is disabled (kernel.modules_disabled=1)",
                        "reboot without setting kernel.modules_disabled (it cannot be unset)")
     return None

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pcipassd.address import PciId
 from pcipassd.host import Host
+from pcipassd.safefile import read_host
 
 HWDB_DIRS = ("/usr/lib/udev/hwdb.d", "/lib/udev/hwdb.d")
 PCI_IDS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
@@ -42,11 +42,6 @@ def _entries(pci_id: PciId, cls: int) -> list[tuple[str, str, str]]:
     ]
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return None
 
 
 def _parse_hwdb(text: str, matches: dict[str, tuple[str, str]]) -> dict[str, str] | None:
@@ -125,15 +120,15 @@ class NameDb:
         matches = {match: (key, prop) for key, match, prop in entries}
         for directory in HWDB_DIRS:
             models = f"{directory}/20-pci-vendor-model.hwdb"
-            text = _read(host.path(models))
+            text = read_host(host.path(models))
             names = None if text is None else _parse_hwdb(text, matches)
             if names is not None:
-                classes = _read(host.path(f"{directory}/20-pci-classes.hwdb"))
+                classes = read_host(host.path(f"{directory}/20-pci-classes.hwdb"))
                 names.update((_parse_hwdb(classes, matches) if classes else None) or {})
                 return cls(models, names)
         keys = {key for key, _, _ in entries}
         for path in PCI_IDS:
-            text = _read(host.path(path))
+            text = read_host(host.path(path))
             names = None if text is None else _parse_pci_ids(text, keys)
             if names is not None:
                 return cls(path, names)

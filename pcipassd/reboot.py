@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.early import HOLD_LIST, builtin, rebuild_command, stale_initramfs
 from pcipassd.host import Host
+from pcipassd.safefile import read_host
 from pcipassd.state import Record
 
 HOOK = "/usr/share/initramfs-tools/hooks/pcipassd"
@@ -30,10 +31,7 @@ def initramfs_stage(host: Host) -> bool:
 
 def held_from_boot(host: Host) -> frozenset[str]:
     """The devices the hold list names (`dev BDF ID TARGET`): held early from the next boot."""
-    try:
-        text = host.path(HOLD_LIST).read_text(errors="replace")
-    except OSError:
-        return frozenset()
+    text = read_host(host.path(HOLD_LIST)) or ""
     return frozenset(f[1] for line in text.splitlines()
                      if len(f := line.split()) == 4 and f[0] == "dev")
 

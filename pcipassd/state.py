@@ -1,15 +1,17 @@
 """What pcipassd changed, so that it can be undone: /run/pcipass/state.json.
 
 Each device is recorded *before* it is touched, with the driver and driver_override it had.
-Writes are atomic (a temp file with a fresh random name, fsync, rename) and never follow
-symlinks, so a crash between two writes leaves either the old or the new state, never a torn one.
+Writes are atomic (safefile.write_atomic: a temp file with a fresh random name, fsync, rename)
+and never follow symlinks, so a crash between two writes leaves either the old or the new
+state, never a torn one.
 
-What is read back is untrusted: the file is opened without following symlinks or blocking,
-must be a regular file of at most 1 MiB, and every field of every record must have its type and
-grammar (a canonical BDF, driver and module names that cannot name a path or an option). A file
-that cannot be read as a whole stops the verb with one line (StateError), before any device is
-touched. A single bad record is kept aside (`State.invalid`, written back as it was): its device
-is left exactly as it is and named, and every other device is handled as usual.
+What is read back is untrusted (safefile.read_untrusted): the file is opened without following
+symlinks or blocking, must be a regular file of at most 1 MiB, and every field of every record
+must have its type and grammar (a canonical BDF, driver and module names that cannot name a
+path or an option). A file that cannot be read as a whole stops the verb with one line
+(StateError), before any device is touched. A single bad record is kept aside (`State.invalid`,
+written back as it was): its device is left exactly as it is and named, and every other device
+is handled as usual.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 from pcipassd.address import BDF_RE
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.errors import StateError
-from pcipassd.host import Host, read_at_most
+from pcipassd.host import Host
+from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
 
 FORMAT = 1
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
@@ -206,36 +209,15 @@ class Unusable(Exception):
 
 
 def _read_bounded(path: Path, limit: int) -> bytes | None:
-    """The file's bytes (at most `limit` + 1), None when there is none. Never follows a
-    symlink, never opens (let alone blocks on) anything but a regular file. PermissionError
-    passes through (not root); every other failure is Unusable."""
+    """The file's bytes, None when there is none: read as untrusted (no symlink, nothing but a
+    regular file, at most `limit` bytes). PermissionError passes through (not root); every
+    other failure is Unusable."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        raise Unusable("not a file", "a symlink")
-    if not stat.S_ISREG(st.st_mode):
-        raise Unusable("not a file", _file_kind(st.st_mode))
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Unusable("not a file", "a symlink") from e
-        raise Unusable("cannot open", str(e.strerror)) from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # swapped in since the lstat
-            raise Unusable("not a file", _file_kind(st.st_mode))
-        return read_at_most(fd, limit)
-    except OSError as e:
-        raise Unusable("cannot read", str(e.strerror)) from e
-    finally:
-        os.close(fd)
+        return read_untrusted(path, limit)
+    except Refused as e:
+        if e.kind == "too large":
+            raise Unusable("damaged", f"it is larger than {limit >> 20 or 1} MiB") from e
+        raise Unusable("not a file" if e.kind == "changed" else e.kind, e.text) from e
 
 
 def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] | None:
@@ -245,8 +227,6 @@ def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] 
     body = _read_bounded(path, limit)
     if body is None:
         return None
-    if len(body) > limit:
-        raise Unusable("damaged", f"it is larger than {limit >> 20 or 1} MiB")
     try:
         data = json.loads(body)
     except RecursionError:
@@ -267,46 +247,6 @@ def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] 
         raise Unusable("damaged", f"{key} is {_kind(data.get(key))}, not a list"
                        if key in data else f"it has no {key}")
     return data
-
-
-def write_atomic(path: Path, body: bytes, prefix: str) -> None:
-    """Replace `path` with `body` atomically: a temp file named `prefix` + a fresh random name
-    in the same directory (never following a symlink), fsync, rename, fsync the directory.
-    OSError when it cannot be written; the temp file is removed then."""
-    tmp = None
-    try:
-        fd, tmp = _temp(path.parent, prefix)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
-    # The new file is in place: a failed directory fsync loses nothing that a crash would not.
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _temp(directory: Path, prefix: str) -> tuple[int, str]:
-    """A new temp file in `directory`, with a name no earlier write can have left."""
-    while True:
-        tmp = str(directory / f"{prefix}{os.urandom(8).hex()}")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return os.open(tmp, flags, 0o600), tmp
-        except FileExistsError:
-            continue
 
 
 class State:
@@ -415,7 +355,7 @@ class State:
         body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
         try:
             self._check_dir(create=True)
-            write_atomic(self.file, body, _TEMP_PREFIX)
+            write_atomic(self.file, body, _TEMP_PREFIX, durable=False)  # /run: a tmpfs
         except OSError as e:
             raise StateError(
                 f"cannot save {self.name}: {e.strerror or e}",
@@ -487,24 +427,12 @@ class State:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise StateError(f"{shown} is {_file_kind(st.st_mode)}, not a regular file",
+            raise StateError(f"{shown} is {file_kind(st.st_mode)}, not a regular file",
                              "remove it (pcipassd creates it itself), then run the command "
                              "again")
         return fd
 
     def _remove_temps(self) -> None:
         """Temp files of saves that were killed: under the lock, no save is under way."""
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.dir):
-                if name.startswith(_TEMP_PREFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(self.dir / name)
+        remove_temps(self.dir, _TEMP_PREFIX)
 
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
-        if test(mode):
-            return name
-    return "a special file"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pcipassd.host import Host
 from pcipassd.inventory import Device
+from pcipassd.safefile import read_host
 
 DRIVER = "vfio-pci"
 
@@ -59,10 +60,8 @@ def users(host: Host, device: Device) -> list[User]:
             except OSError:
                 continue
             if target in wanted:
-                try:
-                    comm = (proc / pid / "comm").read_text().strip()
-                except OSError:
-                    comm = "?"
+                text = read_host(proc / pid / "comm")
+                comm = "?" if text is None else text.strip()
                 found.append(User(int(pid), comm))
                 break
     return sorted(found, key=lambda u: u.pid)

@@ -12,7 +12,6 @@ counted as the events come, and every scalar converts or becomes a Problem at it
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
@@ -23,8 +22,8 @@ from typing import Any, Union
 import yaml
 
 from pcipassd.errors import Problem
-from pcipassd.host import read_at_most
 from pcipassd.printable import printable, short
+from pcipassd.safefile import Refused, read_untrusted
 from pcipassd.strictmodes import untrusted
 
 MAX_BYTES = 1 << 20  # a config is a few kB; anything this big is a mistake
@@ -312,46 +311,40 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
 
 
 def _read(path: Path, shown: str) -> bytes | Problem:
-    """The file's bytes, read only if it is a regular file that only root (or this user) can
-    have written; else why not."""
+    """The file's bytes, read only if it is a regular file (through symlinks: the directories
+    they pass are checked elsewhere) that only root (or this user) can have written, of at most
+    MAX_BYTES; else why not."""
 
     def whole(message: str, hint: str = "") -> Problem:
         return Problem(shown, 0, 0, "", message, hint)
 
     try:
-        st = os.stat(path)  # first, so that a FIFO or a device is never opened
-        if stat.S_ISREG(st.st_mode):
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if not shown.endswith("/pcipass.yaml"):
-            return whole("no such file", "check its name")
-        return whole("no such file", f"copy the annotated example: cp {EXAMPLE} {shown}, then "
-                     "list your devices in it (`pcipassd list` shows them)")
+        raw = read_untrusted(path, MAX_BYTES, follow_symlinks=True, check=untrusted)
     except PermissionError:
         return whole("cannot read: permission denied",
                      "run as root" if os.geteuid() != 0
                      else "check its mode and owner (and SELinux/AppArmor labels)")
-    except OSError as e:
-        return whole(f"cannot read: {e.strerror or errno.errorcode.get(e.errno or 0, e)}")
-    if stat.S_ISDIR(st.st_mode):
-        return whole("is a directory, not a YAML file")
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
-        return whole(f"is {kind}, not a regular file; pcipassd reads only regular files",
-                     "remove it, or rename it so that its name does not end in .yaml or .yml")
-    try:
-        st = os.fstat(fd)  # what was opened, in case it was swapped since
-        if not stat.S_ISREG(st.st_mode):
+    except Refused as e:
+        if e.kind == "not a file" and e.mode is not None and stat.S_ISDIR(e.mode):
+            return whole("is a directory, not a YAML file")
+        if e.kind == "not a file" and e.mode is not None:
+            kind = next((name for test, name in _KINDS if test(e.mode)), "not a file")
+            return whole(f"is {kind}, not a regular file; pcipassd reads only regular files",
+                         "remove it, or rename it so that its name does not end in .yaml or .yml")
+        if e.kind in ("not a file", "changed"):
             return whole("is not a regular file; pcipassd reads only regular files")
-        why = untrusted(st)
-        if why:
-            return whole(f"{why}; pcipassd does not use a config others can change",
+        if e.kind == "refused":
+            return whole(f"{e.text}; pcipassd does not use a config others can change",
                          f"chown root:root {shown}; chmod go-w {shown}")
-        return read_at_most(fd, MAX_BYTES)
-    except OSError as e:
-        return whole(f"cannot read: {e.strerror}")
-    finally:
-        os.close(fd)
+        if e.kind == "too large":
+            return whole(f"is larger than {MAX_BYTES // 1024} KiB; not a pcipassd config")
+        return whole(f"cannot read: {e.text}")
+    if raw is None:
+        if not shown.endswith("/pcipass.yaml"):
+            return whole("no such file", "check its name")
+        return whole("no such file", f"copy the annotated example: cp {EXAMPLE} {shown}, then "
+                     "list your devices in it (`pcipassd list` shows them)")
+    return raw
 
 
 def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
@@ -363,8 +356,6 @@ def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
     raw = _read(path, shown)
     if isinstance(raw, Problem):
         return None, [raw]
-    if len(raw) > MAX_BYTES:
-        return whole(f"is larger than {MAX_BYTES // 1024} KiB; not a pcipassd config")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
