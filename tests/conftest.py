@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from machine import Machine
 from simkernel import SimKernel, build_typical_machine
 
 from pcipassd.host import Host
@@ -38,6 +39,15 @@ def sim_host(sim: SimKernel) -> SimKernel:
     """`sim` populated with the typical machine: see simkernel.build_typical_machine and the
     BDF constants HOST_BRIDGE, BOOT_VGA, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, DISK."""
     return build_typical_machine(sim)
+
+
+@pytest.fixture
+def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    """The typical machine (`sim_host`) as an admin drives it through the CLI, nothing
+    configured yet. A test that needs a config writes it (`m.config(...)`, or
+    `m.with_guest_nic()` for the usual one); a module whose every test starts from the same host
+    adds to it in a fixture named after that host."""
+    return Machine(sim_host, capsys)
 
 
 # ---- the real-/sys guard ------------------------------------------------------------------------

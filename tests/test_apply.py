@@ -13,12 +13,6 @@ from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, SimKernel
 
 from pcipassd.cli import main
 
-
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys)
-
-
 ONE_NIC = f"""\
     version: 1
     devices:

@@ -11,7 +11,7 @@ import os
 import pytest
 from hosttree import FakeHost
 from machine import Machine
-from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import DISK, NIC_A, NIC_B, NIC_E1000
 
 MEMORY = "var/lib/pcipassd/guard.json"
 HOLD_LIST = "etc/pcipass.early"
@@ -21,20 +21,20 @@ SUBNET_VIA = "{}\t0002000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0"
 UNTIL = "refused until a live run decides otherwise"
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    machine = Machine(sim_host, capsys)
-    fake = FakeHost(machine.root)
-    disk = fake.disk("vda", "254:0", f"{rel(machine, DISK)}/virtio2")
+@pytest.fixture(autouse=True)
+def booting_host(m: Machine) -> None:
+    """Every test here starts from the typical machine as at boot: / on vda1 (DISK), the three
+    NICs' interfaces down, no route."""
+    fake = FakeHost(m.root)
+    disk = fake.disk("vda", "254:0", f"{rel(m, DISK)}/virtio2")
     fake.partition(disk, "vda1", "254:1")
     fake.mountinfo("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw")
     for name, bdf, mac in (("enp0s2", NIC_A, "52:54:00:12:34:02"),
                            ("enp0s3", NIC_B, "52:54:00:12:34:03"),
                            ("enp0s4", NIC_E1000, "52:54:00:12:34:04")):
-        path = fake.netdev(name, rel(machine, bdf), flags="0x1002")  # down, as at boot
+        path = fake.netdev(name, rel(m, bdf), flags="0x1002")  # down, as at boot
         fake.write(f"{path}/address", f"{mac}\n")
         fake.write(f"{path}/type", "1\n")
-    return machine
 
 
 def rel(m: Machine, bdf: str) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from machine import Machine
-from simkernel import BOOT_VGA, NIC_A, SimKernel
+from simkernel import BOOT_VGA, NIC_A
 
 from pcipassd import config as config_module
 from pcipassd.errors import Problem
@@ -20,11 +20,10 @@ CONFIG = f'version: 1\ndevices:\n  - address: "{NIC_A}"\n'
 MAIN = "/etc/pcipass.yaml"
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    machine = Machine(sim_host, capsys)
-    machine.config(CONFIG)
-    return machine
+@pytest.fixture(autouse=True)
+def configured(m: Machine) -> None:
+    """Every test here starts from the typical machine configured with CONFIG."""
+    m.config(CONFIG)
 
 
 def _schema_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:

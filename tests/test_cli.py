@@ -17,12 +17,8 @@ from pcipassd.cli import main
 from pcipassd.state import State
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys).with_guest_nic()
-
-
 def test_plan_shows_what_apply_would_do_and_changes_nothing(m: Machine) -> None:
+    m.with_guest_nic()
     r = m.run("plan")
     assert r.rc == 0
     lines = r.out.splitlines()
@@ -34,6 +30,7 @@ def test_plan_shows_what_apply_would_do_and_changes_nothing(m: Machine) -> None:
 
 
 def test_plan_json(m: Machine) -> None:
+    m.with_guest_nic()
     data = json.loads(m.run("plan", "--json").out)
     assert data["problems"] == []
     assert data["steps"] == [{
@@ -45,6 +42,7 @@ def test_plan_json(m: Machine) -> None:
 
 
 def test_status_exit_code_follows_convergence(m: Machine) -> None:
+    m.with_guest_nic()
     r = m.run("status")
     assert r.rc == 1
     assert "pending" in r.out and "not converged: run `systemctl reload pcipassd`" in r.out
@@ -73,6 +71,7 @@ def test_status_names_entries_by_what_they_select(m: Machine) -> None:
 
 
 def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> None:
+    m.with_guest_nic()
     m.run("apply")
     m.config(f'version: 1\ndevices:\n  - address: "{NIC_B}"\n')
     r = m.run("status")
@@ -83,6 +82,7 @@ def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> Non
 
 
 def test_validate_ok_and_invalid(m: Machine) -> None:
+    m.with_guest_nic()
     r = m.run("validate")
     assert (r.rc, r.out.strip()) == (0, "/etc/pcipass.yaml: valid, 1 entry")
     m.config('version: 2\ndevices:\n  - adress: "02:00.0"\n')
@@ -100,6 +100,7 @@ def test_validate_ok_and_invalid(m: Machine) -> None:
 
 
 def test_schema_is_the_packaged_json_schema(m: Machine) -> None:
+    m.with_guest_nic()
     r = m.run("schema")
     schema = json.loads(r.out)
     assert schema["properties"]["version"] == {
@@ -172,6 +173,7 @@ def test_check_passes_with_groups_and_interrupt_remapping(sim_host: SimKernel,
 
 def test_errors_are_one_line_and_a_hint_and_debug_shows_the_traceback(
         m: Machine, capsys: pytest.CaptureFixture[str]) -> None:
+    m.with_guest_nic()
     (m.root / "run").mkdir()
     (m.root / "run/pcipass").write_text("not a directory")
     r = m.run("apply")
@@ -184,6 +186,7 @@ def test_errors_are_one_line_and_a_hint_and_debug_shows_the_traceback(
 
 
 def test_options_work_before_and_after_the_verb(m: Machine) -> None:
+    m.with_guest_nic()
     capsys = m.capsys
     capsys.readouterr()
     assert main(["status", "--root", str(m.root)], kernel=m.sim) == 1
@@ -199,6 +202,7 @@ def test_help_and_module_entry_point() -> None:
 
 
 def test_restore_with_nothing_recorded_is_a_no_op(m: Machine) -> None:
+    m.with_guest_nic()
     r = m.run("restore")
     assert r.rc == 0
     assert "0 restored, 0 failed" in r.err
@@ -218,6 +222,7 @@ def test_a_closed_pipe_is_no_traceback(sim_host: SimKernel, tmp_path: Path) -> N
 
 def test_a_non_root_user_gets_one_line(m: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a non-root apply meets first: /run/pcipass cannot be created."""
+    m.with_guest_nic()
     def denied(self: object, create: bool) -> bool:
         raise PermissionError(13, "Permission denied", "/run/pcipass")
 
@@ -231,6 +236,7 @@ def test_a_non_root_user_gets_one_line(m: Machine, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("verb", ["validate", "check", "plan", "status", "list"])
 def test_every_json_output_is_one_object_with_a_format_version(m: Machine, verb: str) -> None:
+    m.with_guest_nic()
     m.with_guest_nic()
     data = json.loads(m.run(verb, "--json").out)
     assert isinstance(data, dict)
@@ -252,6 +258,7 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
 
 
 def test_read_only_verbs_write_nothing(m: Machine) -> None:
+    m.with_guest_nic()
     m.with_guest_nic()
     m.run("apply")
     before = snapshot(m.root)
@@ -286,6 +293,7 @@ def test_plan_and_status_predict_what_apply_cannot_do(sim: SimKernel,
 
 
 def test_a_wrong_command_line_is_not_an_invalid_config(m: Machine) -> None:
+    m.with_guest_nic()
     with pytest.raises(SystemExit) as exc:
         m.run("frobnicate")
     assert exc.value.code == 64
@@ -305,6 +313,7 @@ def test_validate_and_plan_agree_on_the_exit_status(m: Machine) -> None:
 def test_a_user_who_cannot_read_the_state_runs_without_the_held_marks(
         m: Machine, monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
     """state.json is root's (0600 in a 0700 directory): a user still gets list, plan, status."""
+    m.with_guest_nic()
     m.with_guest_nic()
     m.run("apply")
     real_lstat = os.lstat

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import pytest
 from machine import Machine, Result
-from simkernel import BOOT_VGA, NIC_A, NIC_B, SimKernel
+from simkernel import BOOT_VGA, NIC_A, NIC_B
 
 import pcipassd
 
 MAIN = "/etc/pcipass.yaml"
 NIC = f'version: 1\ndevices:\n  - address: "{NIC_A}"\n'
-
-
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys)
 
 
 def run(m: Machine, *argv: str) -> Result:

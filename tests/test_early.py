@@ -35,9 +35,10 @@ HOLD_LIST = "etc/pcipass.early"
 
 
 @pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    set_unit_state(sim_host.root, "enabled")
-    return Machine(sim_host, capsys)
+def service_enabled(m: Machine) -> None:
+    """pcipassd.service enabled on the typical machine (its WantedBy= link): pcipassd-early acts
+    from udev only then."""
+    set_unit_state(m.root, "enabled")
 
 
 @pytest.fixture
@@ -420,6 +421,7 @@ def test_a_stale_initramfs_is_reported_by_status_and_check(m: Machine) -> None:
 
 # -- udev: devices added later ------------------------------------------------------------
 @pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.usefixtures("service_enabled")
 def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine, shell: str) -> None:
     hold_list(m, "id 8086:10d3 vfio-pci\n")
     m.sim.remove_device(NIC_B)
@@ -435,6 +437,7 @@ def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine, shell: str) 
     assert early(m, "udev", NIC_E1000).stdout == "", "another ID: not held"
 
 
+@pytest.mark.usefixtures("service_enabled")
 def test_a_device_rebound_by_its_loaded_native_driver_on_hot_add_is_moved(m: Machine) -> None:
     m.with_guest_nic()
     m.run("apply")
@@ -451,6 +454,7 @@ def test_a_device_rebound_by_its_loaded_native_driver_on_hot_add_is_moved(m: Mac
     assert m.driver(NIC_A) == "e1000e"
 
 
+@pytest.mark.usefixtures("service_enabled")
 def test_a_hot_added_device_its_refused_entry_cannot_take_goes_back(m: Machine) -> None:
     m.config('version: 1\ndevices:\n  - id: "8086:10d3"\n    count: 2\n')
     m.run("apply")

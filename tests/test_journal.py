@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from machine import Machine
-from simkernel import NIC_A, NIC_B, SimKernel
+from simkernel import NIC_A, NIC_B
 
 from pcipassd import log as logsetup
 
@@ -32,12 +32,8 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> FakeJournal:
     return fake
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys).with_guest_nic()
-
-
 def test_bind_sends_the_structured_fields(m: Machine, journal: FakeJournal) -> None:
+    m.with_guest_nic()
     r = m.run("apply")
     assert r.rc == 0
     assert r.err == "", "under systemd everything goes to the journal"
@@ -59,6 +55,7 @@ def test_bind_sends_the_structured_fields(m: Machine, journal: FakeJournal) -> N
 
 
 def test_unchanged_and_restore_actions(m: Machine, journal: FakeJournal) -> None:
+    m.with_guest_nic()
     m.run("apply")
     m.run("apply")
     m.run("restore")
@@ -70,6 +67,7 @@ def test_unchanged_and_restore_actions(m: Machine, journal: FakeJournal) -> None
 
 
 def test_failure_is_an_error_with_action_fail(m: Machine, journal: FakeJournal) -> None:
+    m.with_guest_nic()
     m.sim.modprobe("pci_stub")
     m.sim.set_probe_error("pci-stub", NIC_A, 12)
     assert m.run("apply").rc == 1
@@ -94,6 +92,7 @@ def test_config_errors_reach_the_journal_with_file_line_col(m: Machine,
 
 def test_without_systemd_python_it_logs_to_stderr(m: Machine,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    m.with_guest_nic()
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     monkeypatch.setattr(logsetup, "_journal_send", lambda: None)
     r = m.run("apply")

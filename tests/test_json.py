@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from machine import Machine
-from simkernel import NIC_A, SimKernel
+from simkernel import NIC_A
 
 from pcipassd.cli import main
 
@@ -23,11 +23,6 @@ OWN = {
 }
 PROBLEM = ["file", "line", "column", "path", "message", "hint"]
 VERBS = list(OWN)
-
-
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys).with_guest_nic()
 
 
 def one_object(m: Machine, *argv: str) -> tuple[int, dict[str, Any]]:
@@ -52,6 +47,7 @@ def one_object(m: Machine, *argv: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_a_valid_config(m: Machine, verb: str) -> None:
+    m.with_guest_nic()
     rc, data = one_object(m, verb)
     assert data["error"] is None and data["problems"] == []
     assert rc == {"validate": 0, "check": 0, "plan": 0, "status": 1, "list": 0}[verb]
@@ -90,6 +86,7 @@ def test_nothing_configured(m: Machine, verb: str) -> None:
 
 @pytest.mark.parametrize("verb", ["plan", "status", "list"])
 def test_an_error_prints_one_object_with_the_error(m: Machine, verb: str) -> None:
+    m.with_guest_nic()
     (m.root / "run").mkdir()
     (m.root / "run/pcipass").write_text("not a directory")
     rc, data = one_object(m, verb)
@@ -101,6 +98,7 @@ def test_an_error_prints_one_object_with_the_error(m: Machine, verb: str) -> Non
 
 
 def test_an_error_after_the_survey_began_keeps_the_shape(m: Machine) -> None:
+    m.with_guest_nic()
     rc, data = one_object(m, "list", "--address", "zz")
     assert rc == 1
     assert data["error"] is not None and data["error"]["message"].startswith("--address: ")
@@ -110,6 +108,7 @@ def test_an_error_after_the_survey_began_keeps_the_shape(m: Machine) -> None:
 @pytest.mark.parametrize("verb", VERBS)
 def test_a_wrong_command_line_prints_one_object_and_exits_64(
         m: Machine, verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    m.with_guest_nic()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["--root", str(m.root), verb, "--json", "--frobnicate"], kernel=m.sim)
@@ -123,6 +122,7 @@ def test_a_wrong_command_line_prints_one_object_and_exits_64(
 
 
 def test_groups_have_one_shape_in_list_plan_and_status(m: Machine) -> None:
+    m.with_guest_nic()
     _, listed = one_object(m, "list")
     _, planned = one_object(m, "plan")
     _, status = one_object(m, "status")
@@ -143,6 +143,7 @@ def test_groups_have_one_shape_in_list_plan_and_status(m: Machine) -> None:
 
 def test_findings_and_warnings_use_the_keys_of_problems(m: Machine) -> None:
     """message and hint, never what/fix."""
+    m.with_guest_nic()
     _, check = one_object(m, "check")
     assert all(set(f) == {"level", "message", "hint"} for f in check["findings"])
     no_kvm = next(f for f in check["findings"] if f["message"].startswith("no /dev/kvm"))
@@ -151,6 +152,7 @@ def test_findings_and_warnings_use_the_keys_of_problems(m: Machine) -> None:
 
 def test_status_json_and_qemu_are_one_or_the_other(m: Machine,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    m.with_guest_nic()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["--root", str(m.root), "status", "--json", "--qemu"], kernel=m.sim)
@@ -162,6 +164,7 @@ def test_status_json_and_qemu_are_one_or_the_other(m: Machine,
 
 def test_with_debug_the_object_comes_before_the_traceback(
         m: Machine, capsys: pytest.CaptureFixture[str]) -> None:
+    m.with_guest_nic()
     (m.root / "run").mkdir()
     (m.root / "run/pcipass").write_text("not a directory")
     capsys.readouterr()

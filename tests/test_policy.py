@@ -18,8 +18,10 @@ GPU = "0000:41:00.0"
 GPU_AUDIO = "0000:41:00.1"
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+@pytest.fixture(autouse=True)
+def bridged_pair_and_gpu(sim_host: SimKernel) -> None:
+    """Every test here adds to the typical machine a pcie-pci-bridge with two e1000 behind it
+    (IOMMU group 8) and a GPU with its HDMI audio function (group 9)."""
     sim = sim_host
     sim.add_device(PCI_BRIDGE, 0x1B36, 0x000E, cls=0x060400, driver=None, iommu_group=8)
     sim.add_device(E1000_X, 0x8086, 0x100E, parent=PCI_BRIDGE, iommu_group=8)
@@ -27,7 +29,6 @@ def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
     sim.add_driver("snd_hda_intel", [(0x10DE, 0x10F0)])
     sim.add_device(GPU, 0x10DE, 0x1E84, cls=0x030000, iommu_group=9)
     sim.add_device(GPU_AUDIO, 0x10DE, 0x10F0, cls=0x040300, iommu_group=9)
-    return Machine(sim, capsys)
 
 
 def rel(sim: SimKernel, bdf: str) -> str:

@@ -10,17 +10,12 @@ from typing import Any
 
 import pytest
 from machine import Machine
-from simkernel import NIC_A, NIC_B, SimKernel
+from simkernel import NIC_A, NIC_B
 
 from pcipassd import log as logsetup
 
 GPU_NOTE = "a GPU initialised by its host driver may not reset cleanly"
 MOVED = f"pcipassd moved {NIC_A} (from e1000e) late, from the host driver that had initialised it"
-
-
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys).with_guest_nic()
 
 
 def initramfs_tools(m: Machine, *, built: float | None = None) -> None:
@@ -42,6 +37,7 @@ def warnings_of(text: str) -> list[str]:
 
 
 def test_apply_and_status_say_reboot_once_with_a_current_initramfs(m: Machine) -> None:
+    m.with_guest_nic()
     initramfs_tools(m)
     line = f"reboot to have it held from the first instant: {MOVED} ({GPU_NOTE})"
     r = m.run("apply")
@@ -56,6 +52,7 @@ def test_apply_and_status_say_reboot_once_with_a_current_initramfs(m: Machine) -
 
 
 def test_a_stale_initramfs_is_rebuilt_before_the_reboot(m: Machine) -> None:
+    m.with_guest_nic()
     initramfs_tools(m, built=1)
     r = m.run("apply")
     assert (f"pcipassd: warning: run `update-initramfs -u`, then reboot to have it held from "
@@ -79,6 +76,7 @@ def test_without_an_initramfs_stage_it_says_what_to_do_instead(m: Machine) -> No
 
 
 def test_no_reboot_for_a_device_no_host_driver_had(m: Machine) -> None:
+    m.with_guest_nic()
     initramfs_tools(m)
     m.sim.unload("e1000e")  # NIC_A is unbound: nothing initialised it
     r = m.run("apply")
@@ -88,6 +86,7 @@ def test_no_reboot_for_a_device_no_host_driver_had(m: Machine) -> None:
 
 
 def test_no_reboot_when_the_hold_list_cannot_hold_it(m: Machine) -> None:
+    m.with_guest_nic()
     initramfs_tools(m)
     (m.root / "etc/pcipass.early").mkdir()  # the hold list cannot be written
     r = m.run("apply")
@@ -97,6 +96,7 @@ def test_no_reboot_when_the_hold_list_cannot_hold_it(m: Machine) -> None:
 
 def test_the_journal_has_it_once_with_its_message_id(m: Machine,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    m.with_guest_nic()
     entries: list[dict[str, Any]] = []
     monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
     monkeypatch.setattr(logsetup, "_journal_send",

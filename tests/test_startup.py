@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import SimKernel
 
 import pcipassd
 
@@ -41,13 +40,9 @@ def without(module: str, *argv: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False, timeout=60)
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys).with_guest_nic()
-
-
 @pytest.mark.parametrize("verb", ["validate", "plan", "apply", "status", "list"])
 def test_without_pyyaml_each_verb_names_the_package(m: Machine, verb: str) -> None:
+    m.with_guest_nic()
     r = without("yaml", "--root", str(m.root), verb)
     assert (r.returncode, r.stderr.splitlines(), r.stdout) == (
         1, [YAML_LINE.format(verb=verb)], "")
@@ -70,6 +65,7 @@ def test_without_pyyaml_restore_still_gives_the_devices_back(
     """Restore needs no config, so not the YAML reader either: a broken installation must not
     keep devices from coming back. (In-process, for the simulated kernel: pcipassd's modules
     are imported afresh, as in a new process, with PyYAML gone.)"""
+    m.with_guest_nic()
     assert m.run("apply").rc == 0
     assert m.driver("0000:00:02.0") == "pci-stub"
     for name in list(sys.modules):
@@ -87,6 +83,7 @@ def test_without_pyyaml_restore_still_gives_the_devices_back(
 
 
 def test_without_jsonschema_validate_names_the_package(m: Machine) -> None:
+    m.with_guest_nic()
     r = without("jsonschema", "--root", str(m.root), "validate")
     assert (r.returncode, r.stderr.splitlines(), r.stdout) == (
         1, [JSONSCHEMA_LINE.format(verb="validate")], "")
@@ -94,6 +91,7 @@ def test_without_jsonschema_validate_names_the_package(m: Machine) -> None:
 
 def test_without_jsonschema_a_converged_apply_still_works(m: Machine) -> None:
     """The validation cache spares a boot the schema check, and so the dependency."""
+    m.with_guest_nic()
     assert m.run("apply").rc == 0
     before = m.driver("0000:00:02.0")
     r = without("jsonschema", "--root", str(m.root), "apply")

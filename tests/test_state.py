@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from machine import Machine, Result, deadline
-from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000
 
 STATE = "/run/pcipass/state.json"
 THREE = f"""\
@@ -25,14 +25,19 @@ THREE = f"""\
 
 
 @pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+def fresh(m: Machine) -> Machine:
+    """The typical machine configured with THREE, nothing bound yet."""
+    m.config(THREE)
+    return m
+
+
+@pytest.fixture
+def recorded(fresh: Machine) -> Machine:
     """The typical machine with both e1000e NICs and the e1000 on pci-stub, recorded."""
-    machine = Machine(sim_host, capsys)
-    machine.config(THREE)
-    r = machine.run("apply")
+    r = fresh.run("apply")
     assert r.rc == 0, r.err
-    assert set(machine.state) == set(NATIVE)
-    return machine
+    assert set(fresh.state) == set(NATIVE)
+    return fresh
 
 
 def state_file(m: Machine) -> Path:
@@ -88,7 +93,8 @@ DAMAGED: dict[str, tuple[bytes, str]] = {
 
 @pytest.mark.parametrize("name", list(DAMAGED))
 def test_a_damaged_file_stops_every_verb_in_one_line_and_touches_nothing(
-        m: Machine, name: str) -> None:
+        recorded: Machine, name: str) -> None:
+    m = recorded
     body, why = DAMAGED[name]
     state_file(m).write_bytes(body)
     before = len(m.sim.writes)
@@ -109,7 +115,8 @@ def test_a_damaged_file_stops_every_verb_in_one_line_and_touches_nothing(
 
 @pytest.mark.parametrize("kind", ["a directory", "a FIFO", "a socket", "a symlink"])
 def test_state_json_that_is_not_a_regular_file_is_named_and_never_hangs(
-        m: Machine, kind: str, tmp_path: Path) -> None:
+        recorded: Machine, kind: str, tmp_path: Path) -> None:
+    m = recorded
     path = state_file(m)
     saved = path.read_bytes()
     path.unlink()
@@ -137,8 +144,9 @@ def test_state_json_that_is_not_a_regular_file_is_named_and_never_hangs(
 
 
 @pytest.mark.parametrize("kind", ["a symlink", "a directory", "a FIFO"])
-def test_a_lock_that_is_not_a_regular_file_is_named(m: Machine, kind: str,
+def test_a_lock_that_is_not_a_regular_file_is_named(recorded: Machine, kind: str,
                                                       tmp_path: Path) -> None:
+    m = recorded
     lock = m.root / "run/pcipass/lock"
     lock.unlink()
     victim = tmp_path / "victim"
@@ -163,9 +171,10 @@ def test_a_lock_that_is_not_a_regular_file_is_named(m: Machine, kind: str,
 
 @pytest.mark.parametrize("leftover", ["a file", "a symlink"])
 def test_a_temp_file_left_by_a_killed_save_is_no_obstacle(
-        m: Machine, leftover: str, tmp_path: Path) -> None:
+        recorded: Machine, leftover: str, tmp_path: Path) -> None:
     # The old name was .state.json.PID: a killed save's file blocked every save of a later
     # process with the same PID (here: this very process).
+    m = recorded
     stale = m.root / f"run/pcipass/.state.json.{os.getpid()}"
     victim = tmp_path / "victim"
     victim.write_text("keep\n")
@@ -209,7 +218,8 @@ BAD_RECORDS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
 
 @pytest.mark.parametrize("name", list(BAD_RECORDS))
 def test_a_bad_record_leaves_its_device_alone_and_the_others_are_restored(
-        m: Machine, name: str) -> None:
+        recorded: Machine, name: str) -> None:
+    m = recorded
     mutate, why = BAD_RECORDS[name]
     devices = records(m)
     devices[0] = mutate(devices[0])
@@ -234,7 +244,8 @@ def test_a_bad_record_leaves_its_device_alone_and_the_others_are_restored(
 
 
 def test_a_non_string_original_driver_never_leaves_the_device_without_a_driver(
-        m: Machine) -> None:
+        recorded: Machine) -> None:
+    m = recorded
     devices = records(m)
     devices[0]["original_driver"] = {"name": "e1000e"}
     write_records(m, devices)
@@ -257,7 +268,8 @@ def test_a_non_string_original_driver_never_leaves_the_device_without_a_driver(
 @pytest.mark.parametrize("bdf", [2, None, "0000:00:02.0\n", "00:02.0", "0000:00:02.0 ",
                                  "0000:00:02.8", "../../0000:00:02.0"])
 def test_a_record_without_a_canonical_bdf_names_its_place_in_the_file(
-        m: Machine, bdf: Any) -> None:
+        recorded: Machine, bdf: Any) -> None:
+    m = recorded
     devices = records(m)
     devices[0]["bdf"] = bdf
     write_records(m, devices)
@@ -272,7 +284,8 @@ def test_a_record_without_a_canonical_bdf_names_its_place_in_the_file(
 
 
 @pytest.mark.parametrize("raw", ["0000:00:02.0", None, 7, [], {}])
-def test_a_record_that_is_not_an_object_is_named(m: Machine, raw: Any) -> None:
+def test_a_record_that_is_not_an_object_is_named(recorded: Machine, raw: Any) -> None:
+    m = recorded
     write_records(m, [raw, *records(m)[1:]])
     r = m.run("restore")
     assert r.rc == 1
@@ -281,7 +294,8 @@ def test_a_record_that_is_not_an_object_is_named(m: Machine, raw: Any) -> None:
     assert drivers(m) == {**NATIVE, NIC_A: "pci-stub"}
 
 
-def test_two_records_for_one_device_leave_it_alone(m: Machine) -> None:
+def test_two_records_for_one_device_leave_it_alone(recorded: Machine) -> None:
+    m = recorded
     devices = records(m)
     write_records(m, [devices[0], {**devices[0], "original_driver": "e1000"}, *devices[1:]])
     before = len(m.sim.writes)
@@ -294,7 +308,8 @@ def test_two_records_for_one_device_leave_it_alone(m: Machine) -> None:
     assert drivers(m) == {**NATIVE, NIC_A: "pci-stub"}
 
 
-def test_apply_leaves_a_configured_device_with_a_bad_record_alone(m: Machine) -> None:
+def test_apply_leaves_a_configured_device_with_a_bad_record_alone(recorded: Machine) -> None:
+    m = recorded
     devices = records(m)
     devices[0]["original_driver"] = "../x"
     write_records(m, devices)
@@ -309,7 +324,8 @@ def test_apply_leaves_a_configured_device_with_a_bad_record_alone(m: Machine) ->
     assert records(m)[0] == devices[0], "not overwritten with pci-stub as its original driver"
 
 
-def test_status_names_a_bad_record_and_is_not_converged(m: Machine) -> None:
+def test_status_names_a_bad_record_and_is_not_converged(recorded: Machine) -> None:
+    m = recorded
     devices = records(m)
     devices[2]["held"] = "later"
     write_records(m, devices)
@@ -326,7 +342,8 @@ def test_status_names_a_bad_record_and_is_not_converged(m: Machine) -> None:
     assert any(NIC_E1000 in w["message"] for w in data["warnings"])
 
 
-def test_a_state_file_written_by_an_older_pcipassd_without_held_is_read(m: Machine) -> None:
+def test_a_state_file_written_by_an_older_pcipassd_without_held_is_read(recorded: Machine) -> None:
+    m = recorded
     devices = records(m)
     for d in devices:
         del d["held"]
@@ -383,14 +400,6 @@ def read_only_run(m: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "replace", replace)
 
 
-@pytest.fixture
-def fresh(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    """The typical machine, nothing bound yet."""
-    machine = Machine(sim_host, capsys)
-    machine.config(THREE)
-    return machine
-
-
 def test_a_device_whose_record_cannot_be_saved_is_not_touched(fresh: Machine) -> None:
     m = fresh
     with pytest.MonkeyPatch.context() as mp:
@@ -432,7 +441,8 @@ def test_when_one_save_fails_the_other_devices_still_apply(fresh: Machine) -> No
 
 
 def test_restore_on_a_read_only_run_gives_every_device_back_and_keeps_the_records(
-        m: Machine) -> None:
+        recorded: Machine) -> None:
+    m = recorded
     saved = state_file(m).read_bytes()
     with pytest.MonkeyPatch.context() as mp:
         read_only_run(m, mp)

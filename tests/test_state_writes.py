@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000
 
 from pcipassd.cli import main
 from pcipassd.state import State
@@ -21,11 +21,10 @@ THREE = f"""\
     """
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    m = Machine(sim_host, capsys)
+@pytest.fixture(autouse=True)
+def configured(m: Machine) -> None:
+    """Every test here starts from the typical machine configured with THREE."""
     m.config(THREE)
-    return m
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 import pytest
 from hosttree import FakeHost
 from machine import Machine
-from simkernel import BOOT_VGA, DISK, HOST_BRIDGE, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, SimKernel
+from simkernel import BOOT_VGA, DISK, HOST_BRIDGE, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE
 
 PCI_IDS = """\
 # a few lines of pci.ids
@@ -31,18 +31,17 @@ C 06  Bridge
 """
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    machine = Machine(sim_host, capsys)
-    ids = machine.root / "usr/share/misc/pci.ids"
+@pytest.fixture(autouse=True)
+def named_host_with_root_on_disk(m: Machine) -> None:
+    """Every test here starts from the typical machine with a small pci.ids and / on vda1 (DISK)."""
+    ids = m.root / "usr/share/misc/pci.ids"
     ids.parent.mkdir(parents=True)
     ids.write_text(PCI_IDS)
-    fake = FakeHost(machine.root)
+    fake = FakeHost(m.root)
     disk = fake.disk("vda", "254:0",
-                     "/" + os.path.relpath(sim_host.device_dir(DISK), sim_host.root) + "/virtio2")
+                     "/" + os.path.relpath(m.sim.device_dir(DISK), m.root) + "/virtio2")
     fake.partition(disk, "vda1", "254:1")
     fake.mountinfo("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw")
-    return machine
 
 
 def lines_of(out: str, bdf: str) -> str:

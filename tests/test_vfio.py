@@ -10,11 +10,6 @@ from machine import Machine
 from simkernel import NIC_A, NIC_B, NIC_E1000, SimKernel
 
 
-@pytest.fixture
-def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    return Machine(sim_host, capsys)
-
-
 def vm_opens(m: Machine, group: int, pid: int = 359, comm: str = "qemu-system-x86") -> None:
     """A process holding /dev/vfio/<group> open, as QEMU does while the VM runs."""
     proc = m.root / "proc" / str(pid)
