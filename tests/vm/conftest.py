@@ -35,11 +35,25 @@ from .image import (
     install_project,
 )
 
+#: The VM scenarios, longest first (seconds of boots on a 2-core TCG host, from CI's
+#: --durations): with two workers (--dist loadscope) the two longest start at once and the
+#: rest fill in, the non-VM tests last.
+LONGEST_FIRST = ("test_early", "test_package", "test_scenarios", "test_installed",
+                 "test_uplink", "test_handoff")
+
+
+def _order(item: pytest.Item) -> int:
+    path = Path(str(item.fspath)).resolve()
+    if not path.is_relative_to(HERE):
+        return len(LONGEST_FIRST) + 1
+    return LONGEST_FIRST.index(path.stem) if path.stem in LONGEST_FIRST else len(LONGEST_FIRST)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).resolve().is_relative_to(HERE):
             item.add_marker(pytest.mark.vm)
+    items.sort(key=_order)  # stable: each module's tests keep their order
 
 
 def out_root() -> Path:
