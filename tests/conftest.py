@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from machine import Machine
+from machine import FakeJournal, Machine
 from simkernel import SimKernel, build_typical_machine
 
 from pcipassd.host import Host
@@ -215,3 +215,14 @@ def _fresh_logging() -> Iterator[None]:
     logger.handlers[:] = saved[0]
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+
+
+@pytest.fixture
+def journal(monkeypatch: pytest.MonkeyPatch) -> FakeJournal:
+    """Run as systemd runs the unit: INVOCATION_ID set, systemd.journal.send captured."""
+    from pcipassd import log as logsetup  # noqa: PLC0415
+
+    fake = FakeJournal()
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    monkeypatch.setattr(logsetup, "_journal_send", lambda: fake.send)
+    return fake

@@ -93,3 +93,16 @@ class Machine:
 
     def writes_to(self, suffix: str) -> list[tuple[str, str]]:
         return [w for w in self.sim.writes if w[0].endswith(suffix)]
+
+
+class FakeJournal:
+    """What pcipassd sends to journald (the `journal` fixture captures it)."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def send(self, message: str, **fields: Any) -> None:
+        self.entries.append({"MESSAGE": message, **fields})
+
+    def device(self, bdf: str) -> list[dict[str, Any]]:
+        return [e for e in self.entries if e.get("PCIPASS_DEVICE") == bdf]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from hosttree import FakeHost
-from machine import Machine
+from machine import FakeJournal, Machine
 from simkernel import SimKernel
 from workstation import (
     GPU_AUDIO,
@@ -49,23 +49,6 @@ def ws(sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
 
 def config(m: Machine, body: str) -> None:
     m.config("version: 1\ndevices:\n" + body)
-
-
-class FakeJournal:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def send(self, message: str, **fields: Any) -> None:
-        self.entries.append({"MESSAGE": message, **fields})
-
-
-@pytest.fixture
-def journal(monkeypatch: pytest.MonkeyPatch) -> FakeJournal:
-    """Run as systemd runs the unit: INVOCATION_ID set, systemd.journal.send captured."""
-    fake = FakeJournal()
-    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
-    monkeypatch.setattr(logsetup, "_journal_send", lambda: fake.send)
-    return fake
 
 
 # --- the safe choice first ----------------------------------------------------------------------

@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from machine import Machine
+from machine import FakeJournal, Machine
 from simkernel import NIC_A, NIC_B
 
 from pcipassd import log as logsetup
-
-
-class FakeJournal:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def send(self, message: str, **fields: Any) -> None:
-        self.entries.append({"MESSAGE": message, **fields})
-
-    def device(self, bdf: str) -> list[dict[str, Any]]:
-        return [e for e in self.entries if e.get("PCIPASS_DEVICE") == bdf]
-
-
-@pytest.fixture
-def journal(monkeypatch: pytest.MonkeyPatch) -> FakeJournal:
-    """Run as systemd runs the unit: INVOCATION_ID set, systemd.journal.send captured."""
-    fake = FakeJournal()
-    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
-    monkeypatch.setattr(logsetup, "_journal_send", lambda: fake.send)
-    return fake
 
 
 def test_bind_sends_the_structured_fields(m: Machine, journal: FakeJournal) -> None:
