@@ -36,8 +36,9 @@ from .image import (
 )
 
 #: The VM scenarios, longest first (seconds of boots on a 2-core TCG host, from CI's
-#: --durations): with two workers (--dist loadscope) the two longest start at once and the
-#: rest fill in, the non-VM tests last.
+#: --durations): with two workers (--dist loadscope --no-loadscope-reorder: scopes in this
+#: order, not by their number of tests) the two longest start at once and the rest fill in,
+#: the non-VM tests last.
 LONGEST_FIRST = ("test_early", "test_package", "test_scenarios", "test_installed",
                  "test_uplink", "test_handoff")
 
