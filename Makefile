@@ -27,6 +27,7 @@ UPDATE_CATALOG = if [ -z "$(DESTDIR)" ] && command -v journalctl >/dev/null 2>&1
 		journalctl --update-catalog; fi
 
 SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
+VERB_SOURCES := $(wildcard pcipassd/verbs/*.py)
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pcipassd/__init__.py)
 
 .PHONY: all install uninstall clean rpm test demo
@@ -39,9 +40,10 @@ build/doc/.stamp: tools/gendocs.py pcipassd/cli.py pcipassd/schema.json pcipassd
 	touch $@
 
 install: build/doc/.stamp
-	install -d $(DESTDIR)$(LIBDIR)/pcipassd $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) \
+	install -d $(DESTDIR)$(LIBDIR)/pcipassd/verbs $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/pcipass.d
 	install -m 0644 $(SOURCES) $(DESTDIR)$(LIBDIR)/pcipassd/
+	install -m 0644 $(VERB_SOURCES) $(DESTDIR)$(LIBDIR)/pcipassd/verbs/
 	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nfrom pcipassd.cli import main\nraise SystemExit(main())\n' \
 		'$(PYTHON)' '$(LIBDIR)' > $(DESTDIR)$(SBINDIR)/pcipassd
 	chmod 0755 $(DESTDIR)$(SBINDIR)/pcipassd

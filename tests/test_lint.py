@@ -75,6 +75,14 @@ def test_makefile_install_layout(tmp_path: Path) -> None:
                               str(tmp_path / "usr/lib/pcipassd")],
                              capture_output=True, text=True, check=False)
     assert version.stdout.startswith("pcipassd 0."), version.stderr
+    # every module of the package, subpackages too (a verb is imported only when it runs)
+    installed = tmp_path / "usr/lib/pcipassd"
+    assert ({str(f.relative_to(installed)) for f in installed.rglob("*.py")}
+            == {str(f.relative_to(REPO)) for f in (REPO / "pcipassd").rglob("*.py")})
+    schema = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                             "from pcipassd.cli import main; raise SystemExit(main(['schema']))",
+                             str(installed)], capture_output=True, text=True, check=False)
+    assert schema.returncode == 0 and '"$schema"' in schema.stdout, schema.stderr
     # an existing config is never overwritten
     (tmp_path / "etc/pcipass.yaml").write_text("mine\n")
     subprocess.run([make, "-s", "install", f"DESTDIR={tmp_path}", "PREFIX=/usr"], cwd=REPO,
