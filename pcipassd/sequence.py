@@ -85,11 +85,14 @@ def require_iommu(ctx: Context, policy: str) -> None:
 def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
     """Once per apply that moved a device late from its host driver: reboot to have it held
     from the first instant (see reboot.py)."""
-    from pcipassd import reboot  # noqa: PLC0415
-    from pcipassd.log import event  # noqa: PLC0415
     from pcipassd.plan import Action  # noqa: PLC0415
 
     moved = {s.bdf for s in plan.steps if s.action is Action.BIND}
+    if not moved:  # a converged boot: nothing moved, no hold list to read again
+        return
+    from pcipassd import reboot  # noqa: PLC0415
+    from pcipassd.log import event  # noqa: PLC0415
+
     if not moved & {r.bdf for r in reboot.moved_late(ctx.host, state.records)}:
         return
     if advice := reboot.advice(ctx.host, state.records):
