@@ -73,14 +73,23 @@ class Context:
                 log().warning("%s", warning)
         return self._judgment
 
-    def selection(self, config: Config) -> tuple[Inventory, Selection]:
-        """Config -> devices, with the IOMMU-group policy and the host-critical guard."""
+    def selection(self, config: Config, *, settle: bool = False) -> tuple[Inventory, Selection]:
+        """Config -> devices, with the IOMMU-group policy and the host-critical guard. With
+        `settle` (apply), first wait for udev if a selected device may still be probed."""
         from pcipassd.inventory import scan  # noqa: PLC0415
         from pcipassd.policy import enforce  # noqa: PLC0415
         from pcipassd.selection import select  # noqa: PLC0415
 
         inventory = scan(self.host)
         self.selected = select(config, inventory)
+        if settle:
+            from pcipassd.settle import unsettled  # noqa: PLC0415
+
+            if waiting := unsettled(self.selected, inventory):
+                log().debug("waiting for udev before taking %s", ", ".join(waiting))
+                self.kernel.settle()
+                inventory = scan(self.host)
+                self.selected = select(config, inventory)
         critical = self.judgment(inventory).critical
         return inventory, enforce(self.selected, inventory, critical)
 

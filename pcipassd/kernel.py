@@ -16,6 +16,8 @@ from pcipassd.host import Host
 
 log = logging.getLogger(__name__)
 
+SETTLE_TIMEOUT = 60  # seconds; the unit's TimeoutStartSec (120) bounds the whole start
+
 
 class Kernel(Protocol):
     def write(self, path: Path, data: str) -> None:
@@ -27,6 +29,10 @@ class Kernel(Protocol):
     def load_native(self, modalias: str) -> None:
         """Load what udev would load for a device's `modalias`, honouring the module blacklist
         (`modprobe -b`). No module for it, or a blacklisted one, is not an error."""
+
+    def settle(self) -> None:
+        """Wait until udev has handled every queued event (coldplug's driver loads included);
+        a timeout or a failure is not an error: pcipassd goes on with what it sees."""
 
 
 class LiveKernel:
@@ -52,6 +58,18 @@ class LiveKernel:
             self._modprobe(modalias, "-b")
         except KernelError as e:  # the re-probe that follows tells what happened
             log.debug("%s", e.message)
+
+    def settle(self) -> None:
+        if not self.host.is_live:  # another root's udev is not this host's
+            return
+        import subprocess  # noqa: PLC0415 - only here, off the converged boot path
+
+        log.debug("waiting for udev: udevadm settle --timeout=%d", SETTLE_TIMEOUT)
+        try:
+            subprocess.run(["udevadm", "settle", f"--timeout={SETTLE_TIMEOUT}"],
+                           capture_output=True, check=False)
+        except OSError as e:  # no udevadm (a container): nothing to wait for
+            log.debug("udevadm settle: %s", e)
 
     def _modprobe(self, module: str, *options: str) -> None:
         if not self.host.is_live:

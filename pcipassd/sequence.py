@@ -40,7 +40,7 @@ def apply(ctx: Context) -> int:
             except PcipassError:
                 early.release(ctx.host, ctx.kernel, state)
                 raise
-            inventory, selection = ctx.selection(config)
+            inventory, selection = ctx.selection(config, settle=True)
             _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             log_problems(plan.problems, "refused")

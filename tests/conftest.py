@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 from machine import FakeJournal, Machine
-from simkernel import SimKernel, build_typical_machine
+from simkernel import (
+    DISK,
+    NIC_A,
+    NIC_B,
+    NIC_E1000,
+    SimKernel,
+    build_typical_machine,
+    set_unit_state,
+)
 
 from pcipassd.host import Host
 
@@ -48,6 +56,27 @@ def m(sim_host: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
     `m.with_guest_nic()` for the usual one); a module whose every test starts from the same host
     adds to it in a fixture named after that host."""
     return Machine(sim_host, capsys)
+
+
+@pytest.fixture
+def cold(sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
+    """The typical machine at power-on: the devices are there, e1000e and e1000 are modules
+    nothing has loaded yet (udev's coldplug will), so no NIC has a driver."""
+    sim.enable_iommu("intel")
+    sim.add_driver("e1000e", [(0x8086, 0x10D3)], loaded=False)
+    sim.add_driver("e1000", [(0x8086, 0x100E)], loaded=False)
+    sim.add_driver("virtio-pci", [(0x1AF4, 0x1001)])
+    sim.add_driver("pcieport", [(0x1B36, 0x000C)], builtin=True)
+    sim.add_driver("pci-stub", loaded=False)
+    sim.add_driver("vfio-pci", loaded=False, needs_iommu=True)
+    sim.add_device(NIC_A, 0x8086, 0x10D3, iommu_group=2)
+    sim.add_device(NIC_B, 0x8086, 0x10D3, iommu_group=3)
+    sim.add_device(NIC_E1000, 0x8086, 0x100E, iommu_group=4)
+    sim.add_device("0000:00:1c.0", 0x1B36, 0x000C, cls=0x060400, iommu_group=5)
+    sim.add_device(DISK, 0x1AF4, 0x1001, cls=0x010000, iommu_group=6, parent="0000:00:1c.0")
+    (sim.root / "proc/cmdline").write_text("root=/dev/vda ro quiet\n")
+    set_unit_state(sim.root, "enabled")
+    return Machine(sim, capsys)
 
 
 # ---- the real-/sys guard ------------------------------------------------------------------------

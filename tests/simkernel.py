@@ -82,6 +82,10 @@ class SimKernel:
         # Called after each write that succeeded, with (path under root, data): lets a test
         # change the machine between two of pcipassd's steps (e.g. hot-remove a device).
         self.after_write: Callable[[str, str], None] | None = None
+        # udev's queue: devices whose add event udev has not handled yet (coldplug still
+        # running); `settle` handles them, loading each one's module as udev would.
+        self.udev_queue: list[str] = []
+        self.settles = 0  # how many times pcipassd waited for udev
         for d in ("devices", "drivers"):
             (self.pci / d).mkdir(parents=True, exist_ok=True)
         for d in ("devices", "kernel/iommu_groups", "module", "class/iommu"):
@@ -281,6 +285,13 @@ class SimKernel:
         for drv in drivers:
             if drv.name not in self._registered:
                 self._register(drv)
+
+    def settle(self) -> None:
+        """`udevadm settle`: udev handles its queue (each device's `modprobe -b MODALIAS`)."""
+        self.settles += 1
+        while self.udev_queue:
+            dev = self._devices[self.udev_queue.pop(0)]
+            self.load_native(f"pci:v0000{dev.vendor:04X}d0000{dev.device:04X}")
 
     def load_native(self, modalias: str) -> None:
         """`modprobe -b MODALIAS`: load the (not blacklisted) modules whose drivers' id tables
@@ -510,3 +521,23 @@ def set_unit_state(root: Path, state: str) -> None:
         mask.symlink_to("/dev/null")
     elif state == "masked-empty":
         mask.write_text("")
+
+
+class Intercept:
+    """A Kernel that passes everything to `sim`: a test subclasses it and overrides `write` to
+    act between two of pcipassd's writes (crash, SIGTERM, check the state file)."""
+
+    def __init__(self, sim: SimKernel) -> None:
+        self.sim = sim
+
+    def write(self, path: Path, data: str) -> None:
+        self.sim.write(path, data)
+
+    def modprobe(self, module: str) -> None:
+        self.sim.modprobe(module)
+
+    def load_native(self, modalias: str) -> None:
+        self.sim.load_native(modalias)
+
+    def settle(self) -> None:
+        self.sim.settle()

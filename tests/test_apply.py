@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, SimKernel
+from simkernel import DISK, NIC_A, NIC_B, NIC_E1000, Intercept, SimKernel
 
 from pcipassd.cli import main
 
@@ -265,21 +265,15 @@ def test_state_written_before_the_device_is_touched_survives_a_crash(m: Machine)
     class Crash(BaseException):
         pass
 
-    class CrashOnUnbind:
+    class CrashOnUnbind(Intercept):
         def write(self, path: Path, data: str) -> None:
             if path.name == "unbind":
                 raise Crash
-            m.sim.write(path, data)
-
-        def modprobe(self, module: str) -> None:
-            m.sim.modprobe(module)
-
-        def load_native(self, modalias: str) -> None:
-            m.sim.load_native(modalias)
+            self.sim.write(path, data)
 
     m.config(ONE_NIC)
     with pytest.raises(Crash):
-        main(["--root", str(m.root), "apply"], kernel=CrashOnUnbind())
+        main(["--root", str(m.root), "apply"], kernel=CrashOnUnbind(m.sim))
     assert m.override(NIC_A) == "pci-stub", "it crashed halfway"
     assert m.state[NIC_A]["original_driver"] == "e1000e"
     assert not list((m.root / "run/pcipass").glob(".state*")), "no temp file left behind"

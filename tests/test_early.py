@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from machine import Machine
 from simkernel import (
-    DISK,
     NIC_A,
     NIC_B,
     NIC_E1000,
     UNIT_STATES,
+    Intercept,
     SimKernel,
     build_typical_machine,
     set_unit_state,
@@ -39,27 +39,6 @@ def service_enabled(m: Machine) -> None:
     """pcipassd.service enabled on the typical machine (its WantedBy= link): pcipassd-early acts
     from udev only then."""
     set_unit_state(m.root, "enabled")
-
-
-@pytest.fixture
-def cold(sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
-    """The typical machine at power-on: the devices are there, e1000e and e1000 are modules
-    nothing has loaded yet (udev's coldplug will), so no NIC has a driver."""
-    sim.enable_iommu("intel")
-    sim.add_driver("e1000e", [(0x8086, 0x10D3)], loaded=False)
-    sim.add_driver("e1000", [(0x8086, 0x100E)], loaded=False)
-    sim.add_driver("virtio-pci", [(0x1AF4, 0x1001)])
-    sim.add_driver("pcieport", [(0x1B36, 0x000C)], builtin=True)
-    sim.add_driver("pci-stub", loaded=False)
-    sim.add_driver("vfio-pci", loaded=False, needs_iommu=True)
-    sim.add_device(NIC_A, 0x8086, 0x10D3, iommu_group=2)
-    sim.add_device(NIC_B, 0x8086, 0x10D3, iommu_group=3)
-    sim.add_device(NIC_E1000, 0x8086, 0x100E, iommu_group=4)
-    sim.add_device("0000:00:1c.0", 0x1B36, 0x000C, cls=0x060400, iommu_group=5)
-    sim.add_device(DISK, 0x1AF4, 0x1001, cls=0x010000, iommu_group=6, parent="0000:00:1c.0")
-    (sim.root / "proc/cmdline").write_text("root=/dev/vda ro quiet\n")
-    set_unit_state(sim.root, "enabled")
-    return Machine(sim, capsys)
 
 
 # The shells it runs under: dash (Debian's /bin/sh, and klibc's sh is a dash) and busybox's
@@ -525,23 +504,18 @@ def test_notify_returns_at_once_without_systemd() -> None:
     assert time.monotonic() - start < 5
 
 
-class TermAt:
+class TermAt(Intercept):
     """The simulated kernel, with SIGTERM arriving right after the `at`-th write."""
 
     def __init__(self, sim: SimKernel, at: int) -> None:
-        self.sim, self.at, self.count = sim, at, 0
+        super().__init__(sim)
+        self.at, self.count = at, 0
 
     def write(self, path: Path, data: str) -> None:
         self.sim.write(path, data)
         self.count += 1
         if self.count == self.at:
             os.kill(os.getpid(), signal.SIGTERM)
-
-    def modprobe(self, module: str) -> None:
-        self.sim.modprobe(module)
-
-    def load_native(self, modalias: str) -> None:
-        self.sim.load_native(modalias)
 
 
 THREE_DEVICES = f"""\
@@ -577,3 +551,48 @@ def test_sigterm_at_every_step_of_apply_gives_everything_back(
         at += 1
     assert writes >= 9, "three devices, three writes each: every one was interrupted once"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# -- waiting for udev (pcipassd/settle.py) ----------------------------------------------------
+def booting(machine: Machine) -> None:
+    """udev's coldplug triggered but not finished: no NIC's module is loaded yet."""
+    machine.sim.udev_queue[:] = [NIC_A, NIC_B, NIC_E1000]
+
+
+def test_a_boot_whose_devices_the_early_stage_held_does_not_wait_for_udev(
+        cold: Machine) -> None:
+    hold_list(cold, f"dev {NIC_A} 8086:10d3 pci-stub\n")
+    early(cold, "boot", "early")
+    booting(cold)
+    cold.with_guest_nic()
+    r = cold.run("apply")
+    assert r.rc == 0, r.err
+    assert cold.driver(NIC_A) == "pci-stub"
+    assert cold.sim.settles == 0
+    assert cold.driver(NIC_B) is None, "udev is still at work on the rest; apply went on"
+
+
+def test_without_a_hold_list_apply_waits_for_udev_and_records_the_driver_it_loaded(
+        cold: Machine) -> None:
+    booting(cold)  # the first boot after install: nothing held the NIC before coldplug
+    cold.with_guest_nic()
+    r = cold.run("apply")
+    assert r.rc == 0, r.err
+    assert cold.sim.settles == 1
+    assert f"{NIC_A} [8086:10d3] e1000e -> pci-stub" in r.err
+    assert cold.run("restore").rc == 0
+    assert cold.driver(NIC_A) == "e1000e", "given back to the driver udev loaded for it"
+
+
+def test_an_entry_added_since_the_last_apply_makes_apply_wait_for_udev(
+        cold: Machine) -> None:
+    hold_list(cold, f"dev {NIC_A} 8086:10d3 pci-stub\n")
+    early(cold, "boot", "early")
+    booting(cold)
+    cold.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n  - address: "{NIC_E1000}"\n')
+    r = cold.run("apply")
+    assert r.rc == 0, r.err
+    assert cold.sim.settles == 1
+    assert f"{NIC_E1000} [8086:100e] e1000 -> pci-stub" in r.err
+    assert cold.run("restore").rc == 0
+    assert (cold.driver(NIC_A), cold.driver(NIC_E1000)) == ("e1000e", "e1000")

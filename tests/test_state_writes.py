@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000
+from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000, Intercept
 
 from pcipassd.cli import main
 from pcipassd.state import State
@@ -41,11 +41,12 @@ def saves(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return done
 
 
-class Watching:
+class Watching(Intercept):
     """The simulated kernel, checking at every unbind that the state file on disk already names
     the device with the driver it is leaving (for apply) or its record (for restore)."""
 
     def __init__(self, m: Machine) -> None:
+        super().__init__(m.sim)
         self.m = m
         self.checked: list[str] = []
 
@@ -56,12 +57,6 @@ class Watching:
             assert record["original_driver"] == NATIVE[data]
             self.checked.append(data)
         self.m.sim.write(path, data)
-
-    def modprobe(self, module: str) -> None:
-        self.m.sim.modprobe(module)
-
-    def load_native(self, modalias: str) -> None:
-        self.m.sim.load_native(modalias)
 
 
 def test_apply_records_every_device_before_touching_it(m: Machine) -> None:
