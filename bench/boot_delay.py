@@ -7,9 +7,11 @@ each boot: when sysinit.target and multi-user.target were reached, when pcipassd
 active, and how long udev's coldplug trigger took (systemd-udev-trigger.service, from its start
 to active). Prints the medians and the delay of each target against the disabled boots of the
 same run. The disabled image is the same package with both units disabled, as `systemctl
-disable pcipassd` leaves them.
+disable pcipassd` leaves them. Each image boots once first, not counted (the hold list is
+written then; later boots hold the device before udev's coldplug, as a host's do). With
+`--before REF`, the package of that commit is booted too, in the same rounds.
 
-    python3 bench/boot_delay.py [--boots 3]
+    python3 bench/boot_delay.py [--boots 3] [--before REF]
 
 Needs root (the harness builds a disk with mkfs.ext4 -d) and the cached base image
 (/var/cache/pcipassd-vm, or $PCIPASSD_VM_CACHE): built on first use, a few minutes.
@@ -19,15 +21,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from pkgbuild import build_deb  # noqa: E402
 from vm.harness import DEFAULT_TOPOLOGY, boot  # noqa: E402
-from vm.image import build_image, ensure_base, ensure_host_tools, install_from_deb  # noqa: E402
+from vm.image import (  # noqa: E402
+    build_image,
+    ensure_base,
+    ensure_host_tools,
+    install_debs,
+    install_from_deb,
+)
 
 HELD = DEFAULT_TOPOLOGY.bdf("e1000e-b")
 # The harness's scenario unit is wanted by multi-user.target, and a target waits for what it
@@ -59,37 +70,72 @@ def _disabled(rootfs: Path) -> None:
         link.unlink()
 
 
+def _package_of(ref: str, tmp: Path) -> Callable[[Path], None]:
+    """The .deb of commit `ref` (a git worktree of it, built as the working tree's is)."""
+    tree = tmp / "before-tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref],
+                   check=True, capture_output=True)
+
+    def install(rootfs: Path) -> None:
+        install_debs(rootfs, [build_deb(repo=tree)])
+
+    return install
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--boots", type=int, default=3)
+    ap.add_argument("--before", metavar="REF", help="also boot the package of this commit")
     args = ap.parse_args()
     ensure_host_tools()
     base = ensure_base()
-    seconds: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
-    with tempfile.TemporaryDirectory(prefix="pcipassd-boot-delay-") as tmp:
-        images = {on: build_image(CONFIG, SCRIPT, base=base, workdir=Path(tmp) / f"on-{on}",
-                                  install=install_from_deb if on else _disabled,
-                                  extra_files=AFTER_MULTI_USER, remove_files=(WANTED,),
-                                  enable_pcipassd=on)
-                  for on in (True, False)}
-        for n in range(args.boots):
-            for on in (True, False):
-                res = boot(images[on], log_dir=Path(tmp) / f"on-{on}" / f"log-{n}")
+    seconds: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="pcipassd-boot-delay-") as name:
+        tmp = Path(name)
+        installers: dict[str, Callable[[Path], None]] = {
+            "enabled": install_from_deb, "disabled": _disabled}
+        if args.before:
+            installers[f"before ({args.before})"] = _package_of(args.before, tmp)
+        images = {}
+        for n, (variant, install) in enumerate(installers.items()):
+            images[variant] = build_image(CONFIG, SCRIPT, base=base, workdir=tmp / f"v{n}",
+                                          install=install, extra_files=AFTER_MULTI_USER,
+                                          remove_files=(WANTED,),
+                                          enable_pcipassd=variant != "disabled")
+        # One boot each first, not counted: the first boot writes the hold list (which the
+        # next boots hold from, before udev's coldplug) and does systemd's first-boot work.
+        for round_ in range(-1, args.boots):
+            for n, (variant, image) in enumerate(images.items()):
+                res = boot(image, log_dir=tmp / f"v{n}" / f"log{round_}")
+                on = variant != "disabled"
                 assert res["held"] == ("pci-stub" if on else "e1000e"), res.where()
+                if round_ < 0:
+                    continue
+                times = seconds.setdefault(variant, {})
                 for unit in UNITS:
-                    value = res.get(f"t.{unit}") or "0"
-                    seconds[on].setdefault(unit, []).append(int(value) / 1e6)
+                    times.setdefault(unit, []).append(int(res.get(f"t.{unit}") or 0) / 1e6)
                 start = int(res.get("s.systemd-udev-trigger.service") or 0) / 1e6
-                seconds[on].setdefault("coldplug", []).append(
-                    seconds[on]["systemd-udev-trigger.service"][-1] - start)
-    med = {on: {k: statistics.median(v) for k, v in d.items()} for on, d in seconds.items()}
-    print(f"medians of {args.boots} boots each (seconds since the kernel started, TCG guest)")
-    for unit in ("sysinit.target", "multi-user.target"):
-        on, off = med[True][unit], med[False][unit]
-        print(f"  {unit:<20} enabled {on:6.2f}  disabled {off:6.2f}  delay {on / off - 1:+.1%}")
-    print(f"  pcipassd.service active at {med[True]['pcipassd.service']:.2f}")
-    print(f"  udev coldplug: enabled {med[True]['coldplug']:.2f}, "
-          f"disabled {med[False]['coldplug']:.2f}")
+                times.setdefault("coldplug", []).append(
+                    times["systemd-udev-trigger.service"][-1] - start)
+                started = int(res.get("s.pcipassd.service") or 0) / 1e6
+                times.setdefault("unit", []).append(
+                    times["pcipassd.service"][-1] - started if on else 0.0)
+        if args.before:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(tmp / "before-tree")], check=False)
+    med = {v: {k: statistics.median(x) for k, x in d.items()} for v, d in seconds.items()}
+    print(f"medians of {args.boots} boots each after one warm-up boot "
+          "(seconds since the kernel started, TCG guest)")
+    off = med["disabled"]
+    for variant, median in med.items():
+        print(f"  {variant}:")
+        for unit in ("sysinit.target", "multi-user.target"):
+            delay = f"  delay {median[unit] / off[unit] - 1:+.1%}" if variant != "disabled" else ""
+            print(f"    {unit:<20} {median[unit]:6.2f}{delay}")
+        if variant != "disabled":
+            print(f"    pcipassd.service     active at {median['pcipassd.service']:.2f}, "
+                  f"{median['unit']:.2f} s from its start")
+        print(f"    udev coldplug        {median['coldplug']:.2f} s")
     return 0
 
 
