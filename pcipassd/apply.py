@@ -38,8 +38,9 @@ from pcipassd.inventory import (
 )
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
-from pcipassd.plan import Action, Plan, Step
-from pcipassd.state import Record, State
+from pcipassd.model import Action, Record
+from pcipassd.plan import Plan, Step
+from pcipassd.state import State
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, NothingConfigured, Problem
-from pcipassd.guard import FORCE_TRUE, KINDS
 from pcipassd.host import Host
+from pcipassd.model import FORCE_TRUE, KINDS, STUB_DRIVERS
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # yamldoc (PyYAML) is imported when a file is read: restore n
     from pcipassd.yamldoc import Document, JsonPath
 
 NOTHING_CONFIGURED = "no devices are configured"
-STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 DEFAULT_DRIVER = "pci-stub"
 DEFAULT_IOMMU = "required"
 DEFAULT_GROUP = "isolated"
@@ -54,7 +53,7 @@ class Entry:
     count: int | None
     driver: str
     group: str
-    force: frozenset[str]  # the kinds of host-critical reasons it overrides (guard.KINDS)
+    force: frozenset[str]  # the kinds of host-critical reasons it overrides (model.KINDS)
     name: str | None
 
     @property
@@ -409,7 +408,7 @@ def _explain_force(doc: Document, path: JsonPath, value: object) -> list[Problem
 
 def _force_kinds(value: bool | list[str]) -> frozenset[str]:
     """What a valid `force:` value overrides: true is every kind of reason but the chipset
-    (guard.FORCE_TRUE), false none."""
+    (model.FORCE_TRUE), false none."""
     if value is True:
         return frozenset(FORCE_TRUE)
     return frozenset(value or ())

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from pcipassd.inventory import Inventory
     from pcipassd.kernel import Kernel
     from pcipassd.memory import Judgment
+    from pcipassd.model import Record
     from pcipassd.plan import Plan
     from pcipassd.selection import Selection
-    from pcipassd.state import Record, State
+    from pcipassd.state import State
     from pcipassd.survey import Group
 
 
@@ -112,8 +113,8 @@ def planned(ctx: Context, config: Config, records: dict[str, Record]
              ) -> tuple[Plan, list[Group]]:
     """The plan as apply will fare on this kernel, and every IOMMU group it touches."""
     from pcipassd import modules  # noqa: PLC0415
-    from pcipassd.config import STUB_DRIVERS  # noqa: PLC0415
     from pcipassd.iommu import iommu_active, kernel_config  # noqa: PLC0415
+    from pcipassd.model import STUB_DRIVERS  # noqa: PLC0415
     from pcipassd.plan import make_plan, predict  # noqa: PLC0415
 
     inventory, selection = ctx.selection(config)

@@ -18,16 +18,17 @@ import logging
 from dataclasses import dataclass
 
 from pcipassd.address import BDF_RE
-from pcipassd.apply import Applier
-from pcipassd.config import STUB_DRIVERS
 from pcipassd.host import Host
-from pcipassd.inventory import kernel_release, listed_modules, module_of, read_device, scan
-from pcipassd.kernel import Kernel
+from pcipassd.inventory import kernel_release, listed_modules, module_of, read_device
 from pcipassd.log import event
-from pcipassd.plan import Action, Plan, restore_plan
+from pcipassd.model import STUB_DRIVERS, Action, Record
 from pcipassd.safefile import Refused, read_host, read_untrusted, remove_temps, write_atomic
-from pcipassd.selection import Selection
-from pcipassd.state import DRIVER_RE, Record, State
+from pcipassd.state import DRIVER_RE, State
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipassd.plan import Plan
+    from pcipassd.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +102,6 @@ def arm(host: Host, holding: bool) -> None:
         path.unlink(missing_ok=True)
     elif not path.exists():
         path.touch(mode=0o600)
-
-
-def release(host: Host, kernel: Kernel, state: State) -> None:
-    """The config cannot be applied: give back what the early stages held and pcipassd has not
-    moved to its target yet. Devices already on their targets stay (nothing changes for them)."""
-    inventory = scan(host)
-    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
-             and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
-    if loose:
-        log.warning("giving back the %d device(s) the early stages held", len(loose))
-        Applier(host, kernel, state).run(restore_plan(inventory, loose))
-    arm(host, bool(state.records))
 
 
 # -- taking over what the early stages held ----------------------------------------------

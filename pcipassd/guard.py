@@ -2,7 +2,7 @@
 
 `critical_devices(host)` reads (never writes) five kinds of evidence, all under `host`'s root,
 and names each reason's kind, which is also what an entry's `force:` list names to override it
-(`force: true` overrides every kind but `chipset`, see FORCE_TRUE):
+(`force: true` overrides every kind but `chipset`, see model.FORCE_TRUE):
 
 storage
     Every mounted filesystem in `/proc/self/mountinfo` and every swap partition in `/proc/swaps`,
@@ -80,16 +80,10 @@ from pcipassd.hostfiles import (
     value,
 )
 from pcipassd.inventory import read_attr
+from pcipassd.model import BOOT_VGA, CHIPSET, CONSOLE, KINDS, NETWORK, STORAGE
 from pcipassd.storage import Backing, backing, mounts, swaps
 
 __all__ = [
-    "BOOT_VGA",
-    "CHIPSET",
-    "CONSOLE",
-    "FORCE_TRUE",
-    "KINDS",
-    "NETWORK",
-    "STORAGE",
     "Con2FbReader",
     "Reason",
     "cost",
@@ -98,13 +92,6 @@ __all__ = [
     "read_con2fbmap",
 ]
 
-STORAGE = "storage"
-NETWORK = "network"
-BOOT_VGA = "boot-vga"
-CONSOLE = "console"
-CHIPSET = "chipset"
-KINDS = (STORAGE, NETWORK, BOOT_VGA, CONSOLE, CHIPSET)  # what `force:` may name, in this order
-FORCE_TRUE = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force: true` overrides: not chipset
 # What the host loses when a device of each kind is taken from it ("the host loses ...").
 COSTS = {STORAGE: "those filesystems", NETWORK: "its network", BOOT_VGA: "its boot display",
          CONSOLE: "its console",

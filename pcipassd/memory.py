@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcipassd.address import BDF_RE
-from pcipassd.guard import KINDS, NETWORK, Reason, critical_devices
+from pcipassd.guard import Reason, critical_devices
 from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory
+from pcipassd.model import KINDS, NETWORK
 from pcipassd.netconfig import interfaces, uplinks
 from pcipassd.policy import blocking
 from pcipassd.safefile import remove_temps, write_atomic

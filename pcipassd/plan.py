@@ -8,24 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
 
 from pcipassd import vfio
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
+from pcipassd.model import Action, Record
 from pcipassd.selection import Selection
-from pcipassd.state import Record
-
-
-class Action(str, Enum):  # enum.StrEnum is 3.11+
-    BIND = "bind"  # move the device to its target driver
-    UNCHANGED = "unchanged"  # already where the config wants it
-    RESTORE = "restore"  # no longer configured: back to its original driver
-    KEEP = "keep"  # bound by pcipassd, but its entry has a problem: left as it is
-    FAIL = "fail"  # cannot be done; says why
-
-    def __str__(self) -> str:
-        return str(self.value)
 
 
 @dataclass(frozen=True)

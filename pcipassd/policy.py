@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from pcipassd.config import STUB_DRIVERS, Entry
+from pcipassd.config import Entry
 from pcipassd.errors import Problem
-from pcipassd.guard import CHIPSET, KINDS, Reason, cost, describe
+from pcipassd.guard import Reason, cost, describe
 from pcipassd.inventory import Device, Inventory
+from pcipassd.model import CHIPSET, KINDS, STUB_DRIVERS
 from pcipassd.selection import Selected, Selection
 
 Critical = Mapping[str, tuple[Reason, ...]]

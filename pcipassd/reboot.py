@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pcipassd.config import STUB_DRIVERS
 from pcipassd.early import HOLD_LIST, builtin, rebuild_command, stale_initramfs
 from pcipassd.host import Host
+from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import read_host
-from pcipassd.state import Record
 
 HOOK = "/usr/share/initramfs-tools/hooks/pcipassd"
 GPU_NOTE = "a GPU initialised by its host driver may not reset cleanly"

@@ -38,7 +38,7 @@ def apply(ctx: Context) -> int:
                 notify_status("holding nothing: no devices are configured")
                 return rc
             except PcipassError:
-                early.release(ctx.host, ctx.kernel, state)
+                release(ctx, state)
                 raise
             inventory, selection = ctx.selection(config, settle=True)
             _remember(ctx, inventory)
@@ -63,6 +63,26 @@ def apply(ctx: Context) -> int:
 
 
 
+def release(ctx: Context, state: State) -> None:
+    """The config cannot be applied: give back what the early stages held and pcipassd has not
+    moved to its target yet. Devices already on their targets stay (nothing changes for them).
+    Here rather than in early.py, so that early (which the hold list and `status` import) needs
+    neither apply nor plan: apply stays the one module that writes /sys, and the only one that
+    imports it is this sequence."""
+    from pcipassd import early  # noqa: PLC0415
+    from pcipassd.apply import Applier  # noqa: PLC0415
+    from pcipassd.inventory import scan  # noqa: PLC0415
+    from pcipassd.plan import restore_plan  # noqa: PLC0415
+
+    inventory = scan(ctx.host)
+    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
+             and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
+    if loose:
+        early.log.warning("giving back the %d device(s) the early stages held", len(loose))
+        Applier(ctx.host, ctx.kernel, state).run(restore_plan(inventory, loose))
+    early.arm(ctx.host, bool(state.records))
+
+
 def require_iommu(ctx: Context, policy: str) -> None:
     from pcipassd.errors import PcipassError  # noqa: PLC0415
     from pcipassd.iommu import Level, check, iommu_active  # noqa: PLC0415
@@ -85,7 +105,7 @@ def require_iommu(ctx: Context, policy: str) -> None:
 def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
     """Once per apply that moved a device late from its host driver: reboot to have it held
     from the first instant (see reboot.py)."""
-    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.model import Action  # noqa: PLC0415
 
     moved = {s.bdf for s in plan.steps if s.action is Action.BIND}
     if not moved:  # a converged boot: nothing moved, no hold list to read again

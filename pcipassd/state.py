@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from pcipassd.address import BDF_RE
-from pcipassd.config import STUB_DRIVERS
 from pcipassd.errors import StateError
 from pcipassd.host import Host
+from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
 
 FORMAT = 1
@@ -47,29 +47,6 @@ ID_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}\Z")
 _TEMP_PREFIX = ".state.json."
 _HINT_DAMAGED = ("pcipassd moves no device while it cannot read this file: move it away; "
                  "`pcipassd list` then shows the devices still held, to give back by hand")
-
-
-@dataclass(frozen=True)
-class Record:
-    bdf: str
-    id: str  # vendor:device when it was bound, to notice changed hardware
-    original_driver: str | None  # None: it was unbound, and stays so on restore
-    original_override: str | None
-    original_module: str | None  # the module providing original_driver, loaded on restore
-    target: str
-    entry: str  # FILE:LINE that selected it
-    # How it was held: initramfs, early (before udev's coldplug), udev (added later) or late
-    # (moved by the main service). Held before any driver bound it, original_driver is None and
-    # restore gives it to the driver udev would load for it (see apply.py).
-    held: str = "late"
-    # What `force:` overrode to bind it ("carries the default route via eth0"), empty when
-    # nothing was: kept here because the evidence is gone once the device is held.
-    forced: str = ""
-
-    @property
-    def native_unknown(self) -> bool:
-        """Held before any driver bound it: its driver is whatever udev would load for it."""
-        return self.original_driver is None and self.held != "late"
 
 
 @dataclass(frozen=True)

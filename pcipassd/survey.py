@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from pcipassd.address import Address, PciId
 from pcipassd.inventory import Device, Inventory, group_key
+from pcipassd.model import Record
 from pcipassd.names import NameDb
-from pcipassd.state import Record
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pcipassd.address import Address, PciId
 from pcipassd.config import Config, Entry
 from pcipassd.guard import Reason
 from pcipassd.inventory import Device, Inventory
-from pcipassd.state import Record
+from pcipassd.model import Record
 
 CONFIG = "/etc/pcipass.yaml"
 NIC = 0x020000

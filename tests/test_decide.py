@@ -8,8 +8,9 @@ from __future__ import annotations
 from inputs import AUDIO, PCI_BRIDGE, VGA, config, device, entry, inventory, reason
 
 from pcipassd.config import Entry
-from pcipassd.guard import CHIPSET, CONSOLE, NETWORK, STORAGE, Reason
+from pcipassd.guard import Reason
 from pcipassd.inventory import Inventory
+from pcipassd.model import CHIPSET, CONSOLE, NETWORK, STORAGE
 from pcipassd.policy import enforce
 from pcipassd.selection import Selection, select
 

@@ -33,8 +33,9 @@ from workstation import (
 )
 
 from pcipassd import log as logsetup
-from pcipassd.guard import CHIPSET, Reason, critical_devices
+from pcipassd.guard import Reason, critical_devices
 from pcipassd.host import Host
+from pcipassd.model import CHIPSET
 from pcipassd.state import State
 
 FORCED_UPLINK = "carries the default route via eth0"

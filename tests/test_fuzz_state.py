@@ -21,7 +21,8 @@ from simkernel import NATIVE, NIC_E1000, SimKernel
 from pcipassd import cli
 from pcipassd.errors import StateError
 from pcipassd.host import Host
-from pcipassd.state import Record, State, parse_record
+from pcipassd.model import Record
+from pcipassd.state import State, parse_record
 
 SEED = 20261125
 STATE = "/run/pcipass/state.json"

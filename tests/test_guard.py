@@ -13,18 +13,9 @@ import pytest
 from hosttree import FakeHost
 
 from pcipassd.config import schema_text
-from pcipassd.guard import (
-    BOOT_VGA,
-    CONSOLE,
-    KINDS,
-    NETWORK,
-    STORAGE,
-    Reason,
-    critical_devices,
-    describe,
-    read_con2fbmap,
-)
+from pcipassd.guard import Reason, critical_devices, describe, read_con2fbmap
 from pcipassd.host import Host
+from pcipassd.model import BOOT_VGA, CONSOLE, KINDS, NETWORK, STORAGE
 
 
 @pytest.fixture

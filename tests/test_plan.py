@@ -8,12 +8,11 @@ from dataclasses import replace
 from inputs import config, device, entry, inventory, reason, record
 
 from pcipassd.config import Entry
-from pcipassd.guard import NETWORK
 from pcipassd.inventory import Inventory
-from pcipassd.plan import Action, Plan, Step, make_plan, predict, restore_plan
+from pcipassd.model import NETWORK, Action, Record
+from pcipassd.plan import Plan, Step, make_plan, predict, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import select
-from pcipassd.state import Record
 
 NIC_A = "0000:00:02.0"
 NIC_B = "0000:00:03.0"

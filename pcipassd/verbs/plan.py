@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context) -> int:
-    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.model import Action  # noqa: PLC0415
 
     config = ctx.load_config()
     plan, groups = planned(ctx, config, readable_state(ctx).records)

@@ -10,12 +10,12 @@ from pcipassd.output import groups_json, groups_text, message, problem_lines, st
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipassd.context import Context
+    from pcipassd.model import Record
     from pcipassd.plan import Plan
-    from pcipassd.state import Record
 
 
 def run(ctx: Context) -> int:
-    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.model import Action  # noqa: PLC0415
     from pcipassd.printable import printable  # noqa: PLC0415
 
     config = ctx.load_config()
@@ -88,7 +88,7 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
     vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
     from pcipassd import vfio  # noqa: PLC0415
     from pcipassd.errors import PcipassError  # noqa: PLC0415
-    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.model import Action  # noqa: PLC0415
     from pcipassd.printable import in_xml_comment, printable  # noqa: PLC0415
 
     ready = []

@@ -1,0 +1,64 @@
+"""pcipassd's words: the names several modules share, and nothing else.
+
+A module that needs one of these imports it from here rather than from the module that uses it
+most, so that no module imports another only for a constant or a type. This module imports no
+other pcipassd module, so that it stays at the bottom of the import graph (tests/test_layers.py).
+
+- the kinds of host-critical device the guard knows, which `force:` may name;
+- the drivers a device can be held by (``driver:`` and ``target``);
+- a Record, what the state file keeps about each device pcipassd moved;
+- an Action, what a plan does to a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+# -- the guard's kinds of host-critical device --------------------------------------------
+STORAGE = "storage"
+NETWORK = "network"
+BOOT_VGA = "boot-vga"
+CONSOLE = "console"
+CHIPSET = "chipset"
+KINDS = (STORAGE, NETWORK, BOOT_VGA, CONSOLE, CHIPSET)  # what `force:` may name, in this order
+FORCE_TRUE = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force: true` overrides: not chipset
+
+# -- the drivers pcipassd holds a device with ---------------------------------------------
+STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
+
+
+# -- the state file: one record per device pcipassd moved ---------------------------------
+@dataclass(frozen=True)
+class Record:
+    bdf: str
+    id: str  # vendor:device when it was bound, to notice changed hardware
+    original_driver: str | None  # None: it was unbound, and stays so on restore
+    original_override: str | None
+    original_module: str | None  # the module providing original_driver, loaded on restore
+    target: str
+    entry: str  # FILE:LINE that selected it
+    # How it was held: initramfs, early (before udev's coldplug), udev (added later) or late
+    # (moved by the main service). Held before any driver bound it, original_driver is None and
+    # restore gives it to the driver udev would load for it (see apply.py).
+    held: str = "late"
+    # What `force:` overrode to bind it ("carries the default route via eth0"), empty when
+    # nothing was: kept here because the evidence is gone once the device is held.
+    forced: str = ""
+
+    @property
+    def native_unknown(self) -> bool:
+        """Held before any driver bound it: its driver is whatever udev would load for it."""
+        return self.original_driver is None and self.held != "late"
+
+
+# -- the plan: what apply does to each device ---------------------------------------------
+class Action(str, Enum):  # enum.StrEnum is 3.11+
+    BIND = "bind"  # move the device to its target driver
+    UNCHANGED = "unchanged"  # already where the config wants it
+    RESTORE = "restore"  # no longer configured: back to its original driver
+    KEEP = "keep"  # bound by pcipassd, but its entry has a problem: left as it is
+    FAIL = "fail"  # cannot be done; says why
+
+    def __str__(self) -> str:
+        return str(self.value)
