@@ -107,7 +107,7 @@ def release(host: Host, kernel: Kernel, state: State) -> None:
     """The config cannot be applied: give back what the early stages held and pcipassd has not
     moved to its target yet. Devices already on their targets stay (nothing changes for them)."""
     inventory = scan(host)
-    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
+    loose = {bdf: r for bdf, r in state.records.items() if r.stage != "late"
              and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
     if loose:
         log.warning("giving back the %d device(s) the early stages held", len(loose))
@@ -152,9 +152,9 @@ def first_probe(host: Host, record: Record) -> str | None:
     """Why a native driver bound the device before pcipassd held it, with what to do; None
     when no native driver did (or when the main service moved it late, as it always has)."""
     driver = record.original_driver
-    if record.held not in STAGES or driver is None or driver in STUB_DRIVERS:
+    if record.stage not in STAGES or driver is None or driver in STUB_DRIVERS:
         return None
-    if record.held == "udev":
+    if record.stage == "udev":
         return (f"{driver} was loaded and bound it when it was added, before udev ran; "
                 "pcipassd moved it")
     if builtin(host, record.original_module):
@@ -201,7 +201,7 @@ def adopt(host: Host, state: State) -> None:
 def _fields(record: Record) -> dict[str, str]:
     return {"PCIPASS_DEVICE": record.bdf, "PCIPASS_ID": record.id,
             "PCIPASS_DRIVER_FROM": record.original_driver or "none",
-            "PCIPASS_DRIVER_TO": record.target, "PCIPASS_HELD": record.held}
+            "PCIPASS_DRIVER_TO": record.target, "PCIPASS_STAGE": record.stage}
 
 
 def stale_initramfs(host: Host) -> str | None:

@@ -41,7 +41,7 @@ def moved_late(host: Host, records: Mapping[str, Record]) -> list[Record]:
     (not those whose driver is built into the kernel: it binds before any stage can run)."""
     listed = held_from_boot(host)
     return [r for bdf, r in sorted(records.items())
-            if r.held == "late" and r.original_driver not in (None, *STUB_DRIVERS)
+            if r.stage == "late" and r.original_driver not in (None, *STUB_DRIVERS)
             and bdf in listed and not builtin(host, r.original_module)]
 
 

@@ -55,7 +55,7 @@ def apply(ctx: Context) -> int:
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
-    log().info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
+    log().info("%s", outcome.line("bind", "unchanged", "restore", "fail"))
     notify_status(status_text(held, plan.problems, outcome.failed))
     if not plan.problems and not outcome.failed and not outcome.in_use:
         return EXIT_OK
@@ -122,7 +122,7 @@ def restore(ctx: Context, state: State) -> int:
     plan = restore_plan(scan(ctx.host), state.records)
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     early.arm(ctx.host, False)
-    log().info("%s", outcome.line("restored", "failed"))
+    log().info("%s", outcome.line("restore", "fail"))
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
 

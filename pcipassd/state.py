@@ -34,10 +34,11 @@ from pcipassd.errors import StateError
 from pcipassd.host import Host
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
 
-FORMAT = 1
+FORMAT = 2  # 2: a record's `held` is now `stage`
+READS = (1, FORMAT)  # format 1 (before an upgrade reloaded the service) is read too
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
 MAX_DEPTH = 8  # a valid file nests 3 deep (object, list, record)
-HELD = ("initramfs", "early", "udev", "late")
+STAGES = ("initramfs", "early", "udev", "late")
 
 # A driver as sysfs names it (e1000e, virtio-pci, snd_hda_intel), and a module (e1000e,
 # snd_hda_intel): no '/', no leading '.' or '-', so neither a path nor an option.
@@ -58,18 +59,19 @@ class Record:
     original_module: str | None  # the module providing original_driver, loaded on restore
     target: str
     entry: str  # FILE:LINE that selected it
-    # How it was held: initramfs, early (before udev's coldplug), udev (added later) or late
-    # (moved by the main service). Held before any driver bound it, original_driver is None and
-    # restore gives it to the driver udev would load for it (see apply.py).
-    held: str = "late"
+    # The stage that held it: initramfs, early (before udev's coldplug), udev (added later) or
+    # late (moved by the main service). Held before any driver bound it, original_driver is None
+    # and restore gives it to the driver udev would load for it (see apply.py).
+    stage: str = "late"
     # What `force:` overrode to bind it ("carries the default route via eth0"), empty when
     # nothing was: kept here because the evidence is gone once the device is held.
     forced: str = ""
 
     @property
-    def native_unknown(self) -> bool:
-        """Held before any driver bound it: its driver is whatever udev would load for it."""
-        return self.original_driver is None and self.held != "late"
+    def original_unknown(self) -> bool:
+        """Held before any driver bound it: its original driver is whatever udev would load for
+        it."""
+        return self.original_driver is None and self.stage != "late"
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def _entry(value: Any) -> str:
     return value
 
 
-_OPTIONAL = ("held", "forced")  # absent from files written before they existed
+_OPTIONAL = ("stage", "forced")  # absent from files written before they existed
 def _forced(value: Any) -> str:
     """What `force:` overrode: printable, one line, bounded (it is logged and shown)."""
     if (not isinstance(value, str) or len(value) > 4096
@@ -138,10 +140,15 @@ _REQUIRED = tuple(f.name for f in fields(Record) if f.name not in _OPTIONAL)
 _KNOWN = (*_REQUIRED, *_OPTIONAL)
 
 
-def parse_record(raw: Any) -> Record:
-    """A record from the file, every field checked; ValueError says what is wrong."""
+def parse_record(raw: Any, fmt: int = FORMAT) -> Record:
+    """A record from the file, every field checked; ValueError says what is wrong. A record of
+    format 1 names its stage `held`."""
     if not isinstance(raw, dict):
         raise ValueError(f"{_show(raw)} is not a record")
+    if fmt == 1:
+        if "stage" in raw:
+            raise ValueError('unknown field "stage"')
+        raw = {("stage" if k == "held" else k): v for k, v in raw.items()}
     unknown = sorted(str(k) for k in raw if k not in _KNOWN)
     if unknown:
         raise ValueError(f"unknown field {_show(unknown[0])}")
@@ -162,7 +169,7 @@ def parse_record(raw: Any) -> Record:
                               "a module name like e1000e, or null", optional=True),
         target=_one_of("target", raw["target"], STUB_DRIVERS),
         entry=_entry(raw["entry"]),
-        held=_one_of("held", raw.get("held", "late"), HELD),
+        stage=_one_of("stage", raw.get("stage", "late"), STAGES),
         forced=_forced(raw.get("forced", "")),
     )
 
@@ -220,10 +227,13 @@ def _read_bounded(path: Path, limit: int) -> bytes | None:
         raise Unusable("not a file" if e.kind == "changed" else e.kind, e.text) from e
 
 
-def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] | None:
+def read_document(path: Path, limit: int, fmt: int | tuple[int, ...],
+                  key: str) -> dict[str, Any] | None:
     """A JSON object pcipassd wrote, read as untrusted: a regular file (no symlink) of at most
     `limit` bytes, not nested deeper than MAX_DEPTH, with `"format": fmt` and a list under
-    `key`. None when there is no file; Unusable (one line: what is wrong) otherwise."""
+    `key` (`fmt`: the format, or the formats, it may have). None when there is no file;
+    Unusable (one line: what is wrong) otherwise."""
+    formats = fmt if isinstance(fmt, tuple) else (fmt,)
     body = _read_bounded(path, limit)
     if body is None:
         return None
@@ -240,8 +250,9 @@ def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] 
     if not isinstance(data, dict):
         raise Unusable("damaged", f"it holds {_kind(data)}, not an object with format and {key}")
     version = data.get("format")
-    if type(version) is not int or version != fmt:
-        raise Unusable("damaged", f"format is {_show(version)}, not {fmt}"
+    if type(version) is not int or version not in formats:
+        wanted = " or ".join(str(f) for f in formats)
+        raise Unusable("damaged", f"format is {_show(version)}, not {wanted}"
                        if "format" in data else "it has no format")
     if not isinstance(data.get(key), list):
         raise Unusable("damaged", f"{key} is {_kind(data.get(key))}, not a list"
@@ -286,7 +297,7 @@ class State:
         if not self._check_dir(create=False):
             return self
         try:
-            data = read_document(self.file, LIMIT, FORMAT, "devices")
+            data = read_document(self.file, LIMIT, READS, "devices")
         except PermissionError:
             raise  # not root: main() says so in one line
         except Unusable as e:
@@ -294,7 +305,7 @@ class State:
                     "remove it (pcipassd writes this file itself), then run the command again")
             raise StateError(e.line(self.name), hint) from None
         if data is not None:
-            self._parse(data["devices"])
+            self._parse(data["devices"], data["format"])
         return self
 
     def load_if_readable(self) -> bool:
@@ -307,11 +318,11 @@ class State:
             return False
         return True
 
-    def _parse(self, devices: list[Any]) -> None:
+    def _parse(self, devices: list[Any], fmt: int = FORMAT) -> None:
         good: list[tuple[int, Record]] = []
         for i, raw in enumerate(devices, 1):
             try:
-                good.append((i, parse_record(raw)))
+                good.append((i, parse_record(raw, fmt)))
             except ValueError as e:
                 bdf = raw.get("bdf") if isinstance(raw, dict) else None
                 ok = isinstance(bdf, str) and BDF_RE.fullmatch(bdf)

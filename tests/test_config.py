@@ -208,14 +208,14 @@ def test_json_lists_the_problems_and_an_empty_list_when_valid(cli: Cli) -> None:
     result = cli.validate("--json")
     assert result.rc == 2
     assert json.loads(result.out) == {
-        "format": 2, "verb": "validate", "ok": False, "exit": 2, "error": None, "problems": [{
+        "format": 3, "verb": "validate", "ok": False, "exit": 2, "error": None, "problems": [{
             "file": MAIN, "line": 3, "column": 5, "path": "devices[0].adress",
             "message": "unknown key 'adress'", "hint": "did you mean 'address'?",
         }], "warnings": [], "valid": False}
     cli.write(one_entry(f'address: "{NIC_A}"'))
     result = cli.validate("--json")
     assert (result.rc, json.loads(result.out)) == (0, {
-        "format": 2, "verb": "validate", "ok": True, "exit": 0, "error": None, "problems": [],
+        "format": 3, "verb": "validate", "ok": True, "exit": 0, "error": None, "problems": [],
         "warnings": [], "valid": True})
 
 

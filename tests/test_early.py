@@ -133,7 +133,7 @@ def test_initramfs_stage_holds_the_device_before_coldplug_and_apply_takes_over(
     assert f"{NIC_A} [8086:10d3] held for pci-stub since the initramfs stage" in r.err
     assert f"{NIC_A} [8086:10d3] (none) -> pci-stub (/etc/pcipass.yaml:3)" in r.err
     assert cold.driver(NIC_A) == "pci-stub"
-    assert cold.state[NIC_A]["held"] == "initramfs"
+    assert cold.state[NIC_A]["stage"] == "initramfs"
     assert cold.state[NIC_A]["original_driver"] is None
     assert not (cold.root / "run/pcipass/early.log").exists(), "adopted once"
     assert "warning" not in r.err
@@ -169,7 +169,7 @@ def test_restore_with_a_blacklisted_native_driver_leaves_it_unbound_without_erro
     assert r.rc == 0, r.err
     assert cold.driver(NIC_E1000) is None
     assert cold.override(NIC_E1000) is None
-    assert "no driver took it (its native module is blacklisted, or it has none)" in r.err
+    assert "no driver took it (its original driver is blacklisted, or it has none)" in r.err
     assert "error" not in r.err
     assert "1 restored, 0 failed" in r.err
 
@@ -410,7 +410,7 @@ def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine, shell: str) 
     (m.root / "run/pcipass").mkdir(parents=True, exist_ok=True)
     (m.root / "run/pcipass/armed").touch()
     r = early(m, "udev", NIC_B, shell=shell)
-    assert r.stdout == "PCIPASS_HELD=1\n"
+    assert r.stdout == "PCIPASS_RELOAD=1\n"
     assert m.override(NIC_B) == "vfio-pci"
     assert (m.root / "run/pcipass/early.log").read_text() == f"{NIC_B} udev vfio-pci none\n"
     assert early(m, "udev", NIC_E1000).stdout == "", "another ID: not held"
@@ -423,7 +423,7 @@ def test_a_device_rebound_by_its_loaded_native_driver_on_hot_add_is_moved(m: Mac
     m.sim.remove_device(NIC_A)
     m.sim.add_device(NIC_A, 0x8086, 0x10D3, iommu_group=2)  # e1000e is loaded: it binds at once
     assert m.driver(NIC_A) == "e1000e"
-    assert early(m, "udev", NIC_A).stdout == "PCIPASS_HELD=1\n"
+    assert early(m, "udev", NIC_A).stdout == "PCIPASS_RELOAD=1\n"
     r = m.run("apply")  # what the rule's `systemctl reload` runs
     assert r.rc == 0, r.err
     assert (f"warning: {NIC_A} [8086:10d3]: e1000e was loaded and bound it when it was added, "
@@ -441,7 +441,7 @@ def test_a_hot_added_device_its_refused_entry_cannot_take_goes_back(m: Machine) 
     m.sim.unload("e1000e")
     third = "0000:00:05.0"
     m.sim.add_device(third, 0x8086, 0x10D3, driver=None, iommu_group=7)
-    assert early(m, "udev", third).stdout == "PCIPASS_HELD=1\n"
+    assert early(m, "udev", third).stdout == "PCIPASS_RELOAD=1\n"
     r = m.run("apply")
     assert r.rc == 3
     assert "count: 2, but 3 present" in r.err

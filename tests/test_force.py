@@ -153,7 +153,7 @@ def test_the_journal_gets_the_forced_warning_with_its_message_id(
                                   "(/etc/pcipass.yaml:3)")
     assert warning["PRIORITY"] == "4"
     assert (warning["PCIPASS_DEVICE"], warning["PCIPASS_FORCED"]) == (UPLINK, FORCED_UPLINK)
-    bound = [e for e in journal.entries if e.get("MESSAGE_ID") == logsetup.MESSAGE_IDS["bound"]]
+    bound = [e for e in journal.entries if e.get("MESSAGE_ID") == logsetup.MESSAGE_IDS["bind"]]
     assert {e["PCIPASS_DEVICE"]: e.get("PCIPASS_FORCED") for e in bound} == {
         UPLINK: FORCED_UPLINK, NIC_2: None, NIC_3: None}
     assert list(logsetup.MESSAGE_IDS.values()).count(forced_id) == 1, "its own MESSAGE_ID"
