@@ -162,10 +162,10 @@ class Applier:
     def _in_use(self, step: Step, dev: Device) -> bool:
         """A VM has the device open through VFIO: unbinding it would block in the kernel until
         the VM lets go. Leave it (and its record) as it is, and say who has it."""
-        holders = vfio.users(self.host, dev)
-        if not holders:
+        users = vfio.users(self.host, dev)
+        if not users:
             return False
-        who = ", ".join(str(u) for u in holders)
+        who = ", ".join(str(u) for u in users)
         self._report(replace(step, driver=dev.driver), Action.KEEP,
                      f"{who} has {dev.bdf} open: stop the VM first; left on {dev.driver}"
                      f"{step.source}", logging.WARNING, kind="in use")

@@ -83,7 +83,7 @@ def require_iommu(ctx: Context, policy: str) -> None:
 
 
 def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
-    """Once per apply that moved a device late from its host driver: reboot to have it held
+    """Once per apply that moved a device late from its original driver: reboot to have it held
     from the first instant (see reboot.py)."""
     from pcipassd.plan import Action  # noqa: PLC0415
 

@@ -248,7 +248,7 @@ def read_document(path: Path, limit: int, fmt: int | tuple[int, ...],
     if _too_deep(data):
         raise Unusable("damaged", "it is nested too deeply")
     if not isinstance(data, dict):
-        raise Unusable("damaged", f"it holds {_kind(data)}, not an object with format and {key}")
+        raise Unusable("damaged", f"it is {_kind(data)}, not an object with format and {key}")
     version = data.get("format")
     if type(version) is not int or version not in formats:
         wanted = " or ".join(str(f) for f in formats)
@@ -400,7 +400,7 @@ class State:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[State]:
-        """Hold /run/pcipass/lock: one pcipassd changes devices at a time."""
+        """Take /run/pcipass/lock: one pcipassd changes devices at a time."""
         try:
             self._check_dir(create=True)
         except PermissionError:

@@ -476,7 +476,7 @@ class SimKernel:
 
 
 def build_typical_machine(sim: SimKernel) -> SimKernel:
-    """A small q35-like host (the BDF constants above): native drivers e1000e, e1000,
+    """A small q35-like host (the BDF constants above): original drivers e1000e, e1000,
     virtio-pci loaded, pcieport built in, pci-stub and vfio-pci (needs an IOMMU group) loadable.
     Intel IOMMU on, every device in its own group."""
     sim.enable_iommu("intel")

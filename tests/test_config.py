@@ -716,7 +716,7 @@ def test_an_earlier_dropin_wins_the_conflict_message(cli: Cli) -> None:
 
 
 GROUP_REFUSED = [
-    "/etc/pcipass.d/gpu.yaml:3:5: devices[0]: IOMMU group 7 of 0000:0a:00.0 also holds "
+    "/etc/pcipass.d/gpu.yaml:3:5: devices[0]: IOMMU group 7 of 0000:0a:00.0 also contains "
     "0000:0a:00.1 [10de:10f0] on snd_hda_intel",
     "    hint: select those devices too, or set `group: bind` to bind them with it, "
     "or `group: ignore`",

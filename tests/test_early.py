@@ -60,8 +60,8 @@ def hold_list(machine: Machine, text: str) -> None:
 
 
 def coldplug(machine: Machine) -> None:
-    """udev's coldplug: load each present device's native module (module load honours
-    driver_override, as the kernel's driver_attach does)."""
+    """udev's coldplug: load the module of each present device's original driver (module load
+    honours driver_override, as the kernel's driver_attach does)."""
     for module in ("e1000e", "e1000"):
         machine.sim.modprobe(module)
 
@@ -146,7 +146,7 @@ def test_restore_gives_a_never_bound_device_to_the_driver_udev_would_load(
     coldplug(cold)
     cold.with_guest_nic()
     cold.run("apply")
-    cold.sim.unload("e1000e")  # nothing has the native module loaded any more
+    cold.sim.unload("e1000e")  # its original driver's module is not loaded any more
     r = cold.run("restore")
     assert r.rc == 0, r.err
     assert cold.driver(NIC_A) == "e1000e"
@@ -252,7 +252,7 @@ def test_off_in_the_real_root_gives_back_what_the_initramfs_held(
                         "(held at the initramfs stage)\n")
     assert cold.override(NIC_A) is None
     kernel_probes(cold)
-    assert cold.driver(NIC_A) == "e1000e", "the loaded native driver took it at once"
+    assert cold.driver(NIC_A) == "e1000e", "its original driver, loaded, took it at once"
     assert not (cold.root / "run/pcipass/armed").exists(), "the udev rule holds nothing"
     assert (cold.root / "run/pcipass/early.log").read_text() == "", "nothing to adopt"
 
@@ -388,7 +388,7 @@ def test_a_stale_initramfs_is_reported_by_status_and_check(m: Machine) -> None:
     m.with_guest_nic()
     r = m.run("apply")
     stale = ("/boot/initrd.img-6.1.0-sim is older than /etc/pcipass.early: until "
-             "`update-initramfs -u` is run, a native driver in the initramfs can bind a "
+             "`update-initramfs -u` is run, a driver in the initramfs can bind a "
              "configured device before pcipassd holds it")
     assert f"warning: {stale}" in r.err
     assert f"warning: {stale}" in m.run("status").out

@@ -71,10 +71,10 @@ def touched(m: Machine, bdf: str, since: int) -> list[tuple[str, str]]:
 # -- a file that cannot be read as a whole: one line, nothing touched ------------------------
 VALID = {"format": 2, "devices": []}
 DAMAGED: dict[str, tuple[bytes, str]] = {
-    "a list": (b"[]", "it holds a list, not an object with format and devices"),
-    "null": (b"null", "it holds null"),
-    "a number": (b"1", "it holds a number"),
-    "a string": (b'"0000:00:02.0"', "it holds a string"),
+    "a list": (b"[]", "it is a list, not an object with format and devices"),
+    "null": (b"null", "it is null"),
+    "a number": (b"1", "it is a number"),
+    "a string": (b'"0000:00:02.0"', "it is a string"),
     "100,000 [": (b"[" * 100_000, "nested too deeply"),
     "nested 50 deep": (b"[" * 50 + b"]" * 50, "nested too deeply"),
     "empty": (b"", "it is not JSON (line 1, column 1)"),
@@ -525,7 +525,7 @@ def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_native_driv
     with pytest.MonkeyPatch.context() as mp:
         fail_writes(m, mp, errno.ENOSPC, allow=1)  # the record is saved; its removal not
         r = m.run("apply")
-    assert r.rc == 3, "it holds a record"
+    assert r.rc == 3, "it has a record"
     assert (m.driver(NIC_A), m.override(NIC_A)) == ("e1000e", None)
     assert f"{NIC_A}: rolled back to e1000e" in r.err
     assert f"pcipassd: error: {NIC_A}: its record stays: cannot save {STATE}" in r.err
