@@ -106,7 +106,7 @@ def backing(
     pools: dict[tuple[str, bool], Backing] | None = None,
 ) -> Backing:
     """What `mount` rests on; `every` is the mount table, for the files behind loop devices and
-    the layers of an overlay. `follow`: also follow those into the mounts holding them (else
+    the layers of an overlay. `follow`: also follow those into the mounts containing them (else
     they count as nothing: those mounts are in the table themselves, and a host with 100
     containers has 100 overlays of 40 layers each). `pools` caches each ZFS pool's members
     across calls (a Proxmox host mounts a dataset per container)."""

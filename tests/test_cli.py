@@ -83,6 +83,13 @@ def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> Non
     assert rows[NIC_A][6] == "restore"
     assert rows[NIC_A][3] == "-", "a restore has no target"
     assert rows[NIC_B][6] == "bind"
+    plan = {line.split()[0]: line for line in m.run("plan").out.splitlines()[1:3]}
+    assert plan[NIC_A].split()[3:6] == ["-", "2", "restore"]
+    assert plan[NIC_A].endswith("no longer configured; back to e1000e")
+    steps = {s["device"]: s for s in json.loads(m.run("plan", "--json").out)["steps"]}
+    assert (steps[NIC_A]["driver"], steps[NIC_A]["target"], steps[NIC_A]["original"]) == (
+        "pci-stub", None, "e1000e")
+    assert (steps[NIC_B]["target"], steps[NIC_B]["original"]) == ("pci-stub", None)
 
 
 def test_validate_ok_and_invalid(m: Machine) -> None:

@@ -157,7 +157,7 @@ def test_restore_gives_a_never_bound_device_to_the_driver_udev_would_load(
     assert not (cold.root / "run/pcipass/armed").exists(), "stop disarms the udev rule"
 
 
-def test_restore_with_a_blacklisted_native_driver_leaves_it_unbound_without_error(
+def test_restore_with_a_blacklisted_original_driver_leaves_it_unbound_without_error(
         cold: Machine) -> None:
     hold_list(cold, f"dev {NIC_E1000} 8086:100e pci-stub\n")
     early(cold, "boot", "early")
@@ -342,7 +342,7 @@ def test_enabled_again_holds_again_from_the_next_boot(cold: Machine, tmp_path: P
     (True, "e1000e is built into the kernel and bound it at boot; pcipassd moved it"),
 ])
 @pytest.mark.parametrize("shell", SHELLS)
-def test_a_native_driver_that_bound_first_is_named_with_the_reason(
+def test_an_original_driver_that_bound_first_is_named_with_the_reason(
         cold: Machine, builtin: bool, why: str, shell: str) -> None:
     (cold.root / "usr/sbin").mkdir(parents=True)
     (cold.root / "usr/sbin/update-initramfs").touch()
@@ -417,7 +417,7 @@ def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine, shell: str) 
 
 
 @pytest.mark.usefixtures("service_enabled")
-def test_a_device_rebound_by_its_loaded_native_driver_on_hot_add_is_moved(m: Machine) -> None:
+def test_a_device_rebound_by_its_loaded_original_driver_on_hot_add_is_moved(m: Machine) -> None:
     m.with_guest_nic()
     m.run("apply")
     m.sim.remove_device(NIC_A)

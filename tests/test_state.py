@@ -512,7 +512,7 @@ def test_apply_on_a_read_only_run_binds_nothing_and_says_why(fresh: Machine) -> 
     assert "0 bound, 0 unchanged, 0 restored, 3 failed" in r.err
 
 
-def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_native_driver(
+def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_original_driver(
         fresh: Machine) -> None:
     m = fresh
     m.config(f"""\

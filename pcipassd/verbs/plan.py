@@ -35,9 +35,10 @@ def run(ctx: Context) -> int:
 
 
 def _note(step: Step) -> str:
-    """Its reason; a restore without one says where the device goes back to."""
+    """Its reason; a restore also says where the device goes back to (its TARGET is `-`)."""
     from pcipassd.plan import Action  # noqa: PLC0415
 
-    if step.reason or step.action is not Action.RESTORE:
+    if step.action is not Action.RESTORE:
         return step.reason
-    return f"back to {step.original}" if step.original else "unbound"
+    back = f"back to {step.original}" if step.original else "unbound"
+    return "; ".join(n for n in (step.reason, back) if n)
