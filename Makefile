@@ -35,7 +35,7 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pcipassd/__init__.p
 # The man pages and the bash completion, generated from the argument parser and the schema.
 all: build/doc/.stamp
 
-build/doc/.stamp: tools/gendocs.py pcipassd/cli.py pcipassd/schema.json pcipassd/__init__.py
+build/doc/.stamp: tools/gendocs.py pcipassd/cli.py pcipassd/schema.json pcipassd/__init__.py README.md
 	$(BUILD_PYTHON) tools/gendocs.py build/doc
 	touch $@
 

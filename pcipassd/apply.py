@@ -65,7 +65,7 @@ class Outcome:
     def failed(self) -> int:
         """Devices that did not end where they should, and records that could not be
         removed: the run did not fully succeed."""
-        return self.counts["failed"] + self.counts[UNSAVED]
+        return self.counts["fail"] + self.counts[UNSAVED]
 
     @property
     def in_use(self) -> int:
@@ -73,10 +73,13 @@ class Outcome:
         return self.counts["in use"]
 
     def line(self, *kinds: str) -> str:
-        """`2 bound, 0 unchanged, ...`; devices left to a VM, and records that could not be
-        removed, are counted when there are any."""
+        """`2 bound, 0 unchanged, ...` (`kinds`: action words); devices left to a VM, and
+        records that could not be removed, are counted when there are any."""
         extra = tuple(k for k in ("in use", UNSAVED) if self.counts[k])
-        return ", ".join(f"{self.counts[k]} {k}" for k in (*kinds, *extra))
+        return ", ".join(f"{self.counts[k]} {_DONE.get(k, k)}" for k in (*kinds, *extra))
+
+
+_DONE = {"bind": "bound", "restore": "restored", "fail": "failed"}  # for Outcome.line
 
 
 class Applier:
@@ -122,7 +125,7 @@ class Applier:
 
     def _gone(self, step: Step) -> None:
         """The device vanished: nothing is left to undo; forget it, in one line."""
-        self._report(replace(step, target=None), Action.FAIL,
+        self._report(replace(step, target=None, original=None), Action.FAIL,
                      f"{step.bdf} [{step.id}] {GONE}{step.source}", logging.ERROR)
         self._forget(step)
 
@@ -160,11 +163,11 @@ class Applier:
     def _in_use(self, step: Step, dev: Device) -> bool:
         """A VM has the device open through VFIO: unbinding it would block in the kernel until
         the VM lets go. Leave it (and its record) as it is, and say who has it."""
-        holders = vfio.users(self.host, dev)
-        if not holders:
+        users = vfio.users(self.host, dev)
+        if not users:
             return False
-        who = ", ".join(str(u) for u in holders)
-        self._report(replace(step, target=dev.driver), Action.KEEP,
+        who = ", ".join(str(u) for u in users)
+        self._report(replace(step, driver=dev.driver), Action.KEEP,
                      f"{who} has {dev.bdf} open: stop the VM first; left on {dev.driver}"
                      f"{step.source}", logging.WARNING, kind="in use")
         return True
@@ -212,9 +215,10 @@ class Applier:
         return read_device(self.host, bdf) is None
 
     def _rollback(self, step: Step, record: Record) -> None:
-        back = replace(step, action=Action.RESTORE, target=record.original_driver)
+        back = replace(step, action=Action.RESTORE, target=None,
+                       original=record.original_driver)
         try:
-            back = replace(back, current=self._device(step.bdf).driver)
+            back = replace(back, driver=self._device(step.bdf).driver)
             now = self._restore_device(record)
         except StepFailed as e:
             if self._vanished(step.bdf):
@@ -226,14 +230,14 @@ class Applier:
                       extra={"journal": back.journal_fields})
             return
         log.warning("%s: rolled back to %s", step.bdf, now or "no driver",
-                    extra={"journal": replace(back, target=now).journal_fields})
+                    extra={"journal": replace(back, original=now).journal_fields})
         self._forget(step)
 
     def _restore_device(self, record: Record, dev: Device | None = None) -> str | None:
         """Give the device back (`dev`: as just read); return the driver it is on now."""
         bdf, stub, original = record.bdf, record.target, record.original_driver
         dev = dev or self._device(bdf)
-        if original is not None and not record.native_unknown and dev.driver != original:
+        if original is not None and not record.original_unknown and dev.driver != original:
             try:  # before anything moves: a driver that cannot be had leaves it on the stub
                 self.ensure_driver(original, record.original_module)
             except KernelError as e:
@@ -241,12 +245,12 @@ class Applier:
         self._set_override(bdf, record.original_override)
         if dev.driver == stub or (dev.driver is not None and dev.driver != original):
             self._unbind(bdf, dev.driver)
-        if record.native_unknown:
-            # No native driver ever bound it: load what udev would have loaded (a blacklisted
+        if record.original_unknown:
+            # No original driver ever bound it: load what udev would have loaded (a blacklisted
             # module stays unloaded), and let the kernel pick, built-in drivers included.
             alias = modalias(self.host, bdf)
             if alias:
-                self.kernel.load_native(alias)
+                self.kernel.load_original(alias)
             self._probe(bdf)
             return self._driver(bdf)
         if original is None:
@@ -281,18 +285,17 @@ class Applier:
             self._report(step, Action.FAIL, f"{step.summary}: restore failed: {e}",
                          logging.ERROR)
             return
-        done = replace(step, target=now)
+        done = replace(step, original=now)
         note = ""
-        if record.native_unknown and now is None:
-            note = ("; no driver took it (its native module is blacklisted, or it has none): "
+        if record.original_unknown and now is None:
+            note = ("; no driver took it (its original driver is blacklisted, or it has none): "
                     "left unbound")
         self._report(done, Action.RESTORE, done.summary + note)
         self._forget(step)
 
     def _report(self, step: Step, action: Action, message: str,
                 level: int = logging.INFO, kind: str | None = None) -> None:
-        kind = kind or {Action.BIND: "bound", Action.RESTORE: "restored", Action.FAIL: "failed",
-                        Action.UNCHANGED: "unchanged", Action.KEEP: "kept"}[action]
+        kind = kind or str(action)
         self.outcome.counts[kind] += 1
         fields = replace(step, action=action).journal_fields
         if kind in MESSAGE_IDS:
@@ -307,11 +310,12 @@ class Applier:
     # -- the whole plan ------------------------------------------------------------------
     def run(self, plan: Plan) -> Outcome:
         for bad in self.state.unreported():  # their devices are never touched
-            self.outcome.counts["failed"] += 1
+            self.outcome.counts["fail"] += 1
             fields = {"PCIPASS_DEVICE": bad.bdf} if bad.bdf else {}
             log.error("%s (hint: fix or delete that record, then run `pcipassd restore`)",
                       self.state.describe(bad),
-                      extra={"journal": {**fields, "PCIPASS_ACTION": "fail", **event("failed")}})
+                      extra={"journal": {**fields, "PCIPASS_ACTION": str(Action.FAIL),
+                                        **event("fail")}})
         untouchable = self.state.invalid_bdfs
         wanted = sorted({s.target for s in plan.steps if s.action is Action.BIND and s.target
                          and s.bdf not in untouchable})

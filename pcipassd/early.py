@@ -1,13 +1,13 @@
 """The early hold: configured devices held from the first instant of boot.
 
-`pcipassd apply` writes the hold list, /etc/pcipass.early, from the plan: the devices it holds
+`pcipassd apply` writes the hold list, /etc/pcipass.early, from the plan: the devices pcipassd holds
 (`dev BDF ID TARGET`) and the IDs of `id:` entries (`id ID TARGET`, for devices added later).
-The shell script pcipassd-early reads it three times per boot, before any native driver can
+The shell script pcipassd-early reads it three times per boot, before any driver can
 probe: in the initramfs (init-top, before udevd), in the real root (pcipassd-early.service,
 before udev's coldplug and systemd-modules-load) and from 60-pcipassd.rules for devices added
 later. It holds a device by writing its driver_override, and appends `BDF STAGE TARGET DRIVER`
 to /run/pcipass/early.log. The main service adopts those lines into the state file
-(`adopt`), so that restore gives the devices back, and warns about each device that a native
+(`adopt`), so that restore gives the devices back, and warns about each device that its original
 driver bound first, saying why. /run/pcipass/armed exists while pcipassd holds devices: the
 udev rule acts only then.
 """
@@ -67,7 +67,7 @@ class Hold:
 
 # -- the hold list ------------------------------------------------------------------------
 def render(plan: Plan, selection: Selection) -> str:
-    """The hold list for this plan: every device it holds, then the IDs of `id:` entries."""
+    """The hold list for this plan: every device pcipassd holds, then the IDs of `id:` entries."""
     lines = [f"dev {s.bdf} {s.id} {s.target}\n" for s in plan.steps
              if s.action in (Action.BIND, Action.UNCHANGED) and s.target]
     ids = sorted({(str(sel.entry.id), sel.entry.driver) for sel in selection.chosen.values()
@@ -77,7 +77,7 @@ def render(plan: Plan, selection: Selection) -> str:
 
 
 def sync(host: Host, text: str) -> bool:
-    """Write the hold list if it changed (remove it when it holds nothing); True if changed."""
+    """Write the hold list if it changed (remove it when it lists no device); True if changed."""
     path = host.path(HOLD_LIST)
     if (read_host(path) or "") == text:
         return False
@@ -138,12 +138,12 @@ def rebuild_command(host: Host) -> str | None:
 
 
 def first_probe(host: Host, record: Record) -> str | None:
-    """Why a native driver bound the device before pcipassd held it, with what to do; None
-    when no native driver did (or when the main service moved it late, as it always has)."""
+    """Why its original driver bound the device before pcipassd held it, with what to do; None
+    when none did (or when the main service moved it late, as it always has)."""
     driver = record.original_driver
-    if record.held not in STAGES or driver is None or driver in STUB_DRIVERS:
+    if record.stage not in STAGES or driver is None or driver in STUB_DRIVERS:
         return None
-    if record.held == "udev":
+    if record.stage == "udev":
         return (f"{driver} was loaded and bound it when it was added, before udev ran; "
                 "pcipassd moved it")
     if builtin(host, record.original_module):
@@ -159,24 +159,24 @@ def first_probe(host: Host, record: Record) -> str | None:
 
 def adopt(host: Host, state: State) -> None:
     """Record what the early stages held (once: early.log is consumed) and warn about each
-    device that a native driver bound first."""
+    device that its original driver bound first."""
     holds = _read_log(host)
     for hold in holds:
         dev = read_device(host, hold.bdf)
         if dev is None:
             continue
-        native = hold.driver if hold.driver not in (None, *STUB_DRIVERS) else None
+        original = hold.driver if hold.driver not in (None, *STUB_DRIVERS) else None
         old = state.records.get(hold.bdf)
-        if old is not None and native is None:
+        if old is not None and original is None:
             continue  # held again (a remove + rescan) before any driver bound it
-        module = module_of(host, native) if native else None
+        module = module_of(host, original) if original else None
         if old is None:
-            record = Record(hold.bdf, str(dev.id), native, None, module, hold.target, "",
+            record = Record(hold.bdf, str(dev.id), original, None, module, hold.target, "",
                             hold.stage)
             log.info("%s [%s] held for %s since the %s stage", hold.bdf, dev.id, hold.target,
                      hold.stage, extra={"journal": _fields(record)})
-        else:  # bound again by its native driver on the way back: restore to that driver
-            record = Record(old.bdf, old.id, native, None, module, old.target, old.entry,
+        else:  # bound again by its original driver on the way back: restore to that driver
+            record = Record(old.bdf, old.id, original, None, module, old.target, old.entry,
                             hold.stage, old.forced)
         state.put(record)
         why = first_probe(host, record)
@@ -190,7 +190,7 @@ def adopt(host: Host, state: State) -> None:
 def _fields(record: Record) -> dict[str, str]:
     return {"PCIPASS_DEVICE": record.bdf, "PCIPASS_ID": record.id,
             "PCIPASS_DRIVER_FROM": record.original_driver or "none",
-            "PCIPASS_DRIVER_TO": record.target, "PCIPASS_HELD": record.held}
+            "PCIPASS_DRIVER_TO": record.target, "PCIPASS_STAGE": record.stage}
 
 
 def stale_initramfs(host: Host) -> str | None:
@@ -208,5 +208,5 @@ def stale_initramfs(host: Host) -> str | None:
     if command is None or built >= listed:
         return None
     return (f"{host.display(image)} is older than {HOLD_LIST}: until `{command}` is run, "
-            "a native driver in the initramfs can bind a configured device before pcipassd "
+            "a driver in the initramfs can bind a configured device before pcipassd "
             "holds it")

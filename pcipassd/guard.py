@@ -42,7 +42,7 @@ chipset
     (Intel's 00:1f) the memory controller (0580: there the power management controller, which
     sleeps and resets the machine) and the serial bus controller (0c80: there the SPI
     controller of the firmware flash). Not critical, though also in the chipset: RAM memory
-    (0500: Intel's shared SRAM, which no host driver uses and which shares a group with the
+    (0500: Intel's shared SRAM, which no driver uses and which shares a group with the
     USB controller people pass through) and signal processing controllers (1180: the PCH's
     thermal sensor; the hardware's own thermal protection does not depend on its driver).
     `force: true` does not override this kind: it is written for a NIC or a GPU the admin
@@ -128,7 +128,7 @@ Con2FbReader = Callable[[Host], "Mapping[int, int] | None"]
 
 @dataclass(frozen=True)
 class Reason:
-    """Why one PCI endpoint must stay bound to its host driver; `kind` is one of KINDS."""
+    """Why one PCI endpoint must stay with the host; `kind` is one of KINDS."""
 
     bdf: str
     text: str
@@ -155,7 +155,7 @@ def critical_devices(
 
 
 def describe(reasons: tuple[Reason, ...] | list[Reason]) -> str:
-    """One line for the admin: "holds / (vda1); carries the default route via eth0"."""
+    """One line for the admin: "carries / (vda1); carries the default route via eth0"."""
     return "; ".join(reason.text for reason in reasons)
 
 
@@ -176,7 +176,7 @@ def _compact(items: list[str]) -> str:
 
 
 @dataclass
-class _Holding:
+class _Carried:
     places: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
 
@@ -188,7 +188,7 @@ class _Holding:
 
     def text(self) -> str:
         places = _compact(sorted(self.places, key=_place_order))
-        return f"holds {places} ({_compact(sorted(self.devices, key=natural_order))})"
+        return f"carries {places} ({_compact(sorted(self.devices, key=natural_order))})"
 
 
 def _place_order(place: str) -> tuple[int, int, str]:
@@ -201,16 +201,16 @@ def _place_order(place: str) -> tuple[int, int, str]:
 def _storage_reasons(host: Host) -> list[Reason]:
     table = mounts(host)
     root = next((m for m in reversed(table) if m.place == "/"), None)  # the one on top
-    holdings: dict[str, _Holding] = {}
+    carried: dict[str, _Carried] = {}
     pools: dict[tuple[str, bool], Backing] = {}
     failing_closed: list[Reason] = []
     for mount in (*table, *swaps(host)):
         behind = backing(host, mount, table, follow=mount is root, pools=pools)
         for bdf, device in behind.disks:
-            holdings.setdefault(bdf, _Holding()).add(mount.place, device)
+            carried.setdefault(bdf, _Carried()).add(mount.place, device)
         if mount is root:
             failing_closed = _root_reasons(host, behind)
-    reasons = [Reason(bdf, holding.text(), STORAGE) for bdf, holding in holdings.items()]
+    reasons = [Reason(bdf, what.text(), STORAGE) for bdf, what in carried.items()]
     if root is None:
         failing_closed = _no_root_reasons(host)
     return reasons + failing_closed
@@ -225,7 +225,7 @@ def _no_root_reasons(host: Host) -> list[Reason]:
         why = "/ is not in the mount table (/proc/self/mountinfo)"
     log.debug("%s: failing closed", why)
     return [Reason(bdf, f"is a storage controller, and {why}: cannot tell which controller "
-                        "holds /", STORAGE)
+                        "carries /", STORAGE)
             for bdf, code in pci_classes(host).items()
             if code >> 16 == STORAGE_CLASS or code >> 8 == FIBRE_CHANNEL_CLASS]
 

@@ -26,7 +26,7 @@ class Kernel(Protocol):
     def modprobe(self, module: str) -> None:
         """Load a kernel module; raise KernelError when it cannot be loaded."""
 
-    def load_native(self, modalias: str) -> None:
+    def load_original(self, modalias: str) -> None:
         """Load what udev would load for a device's `modalias`, honouring the module blacklist
         (`modprobe -b`). No module for it, or a blacklisted one, is not an error."""
 
@@ -53,7 +53,7 @@ class LiveKernel:
     def modprobe(self, module: str) -> None:
         self._modprobe(module)
 
-    def load_native(self, modalias: str) -> None:
+    def load_original(self, modalias: str) -> None:
         try:
             self._modprobe(modalias, "-b")
         except KernelError as e:  # the re-probe that follows tells what happened

@@ -15,12 +15,13 @@ from typing import Any, ClassVar
 
 IDENTIFIER = "pcipassd"
 
-# One MESSAGE_ID per kind of event; systemd/pcipassd.catalog explains each (`journalctl -x`).
+# One MESSAGE_ID per kind of event (an action's events by its word: bind, restore, fail);
+# systemd/pcipassd.catalog explains each (`journalctl -x`). The IDs never change.
 MESSAGE_IDS = {
-    "bound": "f9ff3b866b0f4445822d3e9a68a942ed",
-    "restored": "ddcee5c7c81a46b9b3838c5178dd00ea",
+    "bind": "f9ff3b866b0f4445822d3e9a68a942ed",
+    "restore": "ddcee5c7c81a46b9b3838c5178dd00ea",
     "refused": "7491d00d408146cfa0f7b21f525edb05",
-    "failed": "c18d0eb9df4448868ee4951bfcd2dca2",
+    "fail": "c18d0eb9df4448868ee4951bfcd2dca2",
     "early hold missed": "1a8126f48da14a3c9230b0bf84e94cad",
     "in use": "b1dd98260ef24d2da1ca14bea53b1fb1",
     "forced": "bc3a566ee4ed43a2ba44ae4513d200c1",

@@ -38,26 +38,29 @@ class Record:
     original_module: str | None  # the module providing original_driver, loaded on restore
     target: str
     entry: str  # FILE:LINE that selected it
-    # How it was held: initramfs, early (before udev's coldplug), udev (added later) or late
-    # (moved by the main service). Held before any driver bound it, original_driver is None and
-    # restore gives it to the driver udev would load for it (see apply.py).
-    held: str = "late"
+    # The stage that held it: initramfs, early (before udev's coldplug), udev (added later) or
+    # late (moved by the main service). Held before any driver bound it, original_driver is None
+    # and restore gives it to the driver udev would load for it (see apply.py).
+    stage: str = "late"
     # What `force:` overrode to bind it ("carries the default route via eth0"), empty when
     # nothing was: kept here because the evidence is gone once the device is held.
     forced: str = ""
 
     @property
-    def native_unknown(self) -> bool:
-        """Held before any driver bound it: its driver is whatever udev would load for it."""
-        return self.original_driver is None and self.held != "late"
+    def original_unknown(self) -> bool:
+        """Held before any driver bound it: its original driver is whatever udev would load for
+        it."""
+        return self.original_driver is None and self.stage != "late"
 
 
 # -- the plan: what apply does to each device ---------------------------------------------
 class Action(str, Enum):  # enum.StrEnum is 3.11+
-    BIND = "bind"  # move the device to its target driver
-    UNCHANGED = "unchanged"  # already where the config wants it
+    # The one set of action words: plan's ACTION, status's ACTION (what a reload would do), the
+    # JSON's `action`, the journal's PCIPASS_ACTION (README: Words).
+    BIND = "bind"  # move the device to its target
+    UNCHANGED = "unchanged"  # already on its target
     RESTORE = "restore"  # no longer configured: back to its original driver
-    KEEP = "keep"  # bound by pcipassd, but its entry has a problem: left as it is
+    KEEP = "keep"  # held by pcipassd, but its entry has a problem: left as it is
     FAIL = "fail"  # cannot be done; says why
 
     def __str__(self) -> str:

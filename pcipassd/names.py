@@ -45,7 +45,7 @@ def _entries(pci_id: PciId, cls: int) -> list[tuple[str, str, str]]:
 
 
 def _parse_hwdb(text: str, matches: dict[str, tuple[str, str]]) -> dict[str, str] | None:
-    """The wanted names in a hwdb source; None when it holds no `pci:` record at all."""
+    """The wanted names in a hwdb source; None when it contains no `pci:` record at all."""
     found: dict[str, str] = {}
     record: list[tuple[str, str]] = []  # (key, property) wanted from the current record
     recognised = in_properties = False
@@ -81,7 +81,7 @@ def _split(body: str, width: int) -> tuple[str, str] | None:
 
 
 def _parse_pci_ids(text: str, keys: set[str]) -> dict[str, str] | None:
-    """The wanted names in a pci.ids file; None when it holds no vendor or class entry."""
+    """The wanted names in a pci.ids file; None when it contains no vendor or class entry."""
     found: dict[str, str] = {}
     parent: str | None = None  # "v8086" or "c02" when the indented lines that follow are wanted
     recognised = False

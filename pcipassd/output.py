@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 
 # Every `--json` prints one object on every exit: {"format": 2, ...}. Any change to a key bumps
 # it. Version 2: the envelope (verb, ok, exit, error, problems, warnings), findings with
-# message/hint, and one shape of `groups` in list, plan and status.
-JSON_FORMAT = 2
+# message/hint, and one shape of `groups` in list, plan and status. Version 3: one vocabulary
+# (README: Words): a step's `target` is only the stub driver its entry asks for (null for a
+# restore) and its new `original` is the original driver a restore gives it back to; status's
+# `held` is `stage`, and its `status` word is gone (`action` says it).
+JSON_FORMAT = 3
 # Each verb's own keys, as they are when it could not run (an error): the same shape always.
 JSON_KEYS: dict[str, dict[str, Any]] = {
     "validate": {"valid": None},
@@ -129,6 +132,7 @@ def groups_json(groups: list[Group]) -> list[dict[str, Any]]:
 
 def step_dict(step: Step) -> dict[str, Any]:
     return {"device": step.bdf, "id": step.id, "action": str(step.action),
-            "driver": step.current, "target": step.target, "group": step.group,
+            "driver": step.driver, "target": step.target, "original": step.original,
+            "group": step.group,
             "entry": step.entry, "selects": step.selects, "name": step.name, "via": step.via,
             "note": step.reason, "forced": step.forced or None}

@@ -21,8 +21,8 @@ class Step:
     bdf: str
     id: str
     action: Action
-    current: str | None  # driver now
-    target: str | None  # driver after the step (the original driver, for restore)
+    driver: str | None  # the driver now
+    target: str | None  # the stub driver its entry asks for; None for a restore
     group: str | None
     entry: str | None  # FILE:LINE that selected it
     name: str | None = None
@@ -32,6 +32,7 @@ class Step:
     warning: str = ""  # logged as a warning when apply binds it (`group: ignore`)
     selects: str | None = None  # what its entry selects (`address 0000:02:00.0`), for status
     forced: str = ""  # what `force:` overrode to bind it; shown by every verb, in the journal
+    original: str | None = None  # the original driver a restore gives it back to (None: unbound)
 
     @property
     def forced_note(self) -> str:
@@ -39,12 +40,18 @@ class Step:
         return f"forced: {self.forced}" if self.forced else ""
 
     @property
+    def moves_to(self) -> str | None:
+        """The driver the step leaves the device on: its target, or, for a restore, its
+        original driver; a keep leaves it on its driver."""
+        return self.driver if self.action is Action.KEEP else self.target or self.original
+
+    @property
     def journal_fields(self) -> dict[str, str]:
         fields = {
             "PCIPASS_DEVICE": self.bdf,
             "PCIPASS_ID": self.id,
-            "PCIPASS_DRIVER_FROM": self.current or "none",
-            "PCIPASS_DRIVER_TO": self.target or "none",
+            "PCIPASS_DRIVER_FROM": self.driver or "none",
+            "PCIPASS_DRIVER_TO": self.moves_to or "none",
             "PCIPASS_ACTION": str(self.action),
         }
         if self.entry:
@@ -63,7 +70,7 @@ class Step:
     @property
     def summary(self) -> str:
         """`0000:02:00.0 [14e4:1639] bnx2 -> pci-stub (/etc/pcipass.yaml:7)`"""
-        moves = f"{self.current or '(none)'} -> {self.target or '(none)'}"
+        moves = f"{self.driver or '(none)'} -> {self.moves_to or '(none)'}"
         return f"{self.bdf} [{self.id}] {moves}{self.source}"
 
 
@@ -88,16 +95,17 @@ def _hardware_changed(device: Device, record: Record) -> str:
 def _restore_step(record: Record, device: Device | None, reason: str = "") -> Step:
     """Restore, unless the device is gone or is no longer the device pcipassd bound."""
     if device is None:
-        return Step(record.bdf, record.id, Action.FAIL, None, record.original_driver, None,
+        return Step(record.bdf, record.id, Action.FAIL, None, None, None,
                     record.entry, reason="device is gone (hot-removed?); forgetting it",
-                    forget=True, forced=record.forced)
+                    forget=True, forced=record.forced, original=record.original_driver)
     if str(device.id) != record.id:
         return Step(record.bdf, str(device.id), Action.FAIL, device.driver,
-                    record.original_driver, device.group, record.entry,
+                    None, device.group, record.entry,
                     reason=_hardware_changed(device, record), forget=True,
-                    forced=record.forced)
-    return Step(record.bdf, record.id, Action.RESTORE, device.driver, record.original_driver,
-                device.group, record.entry, reason=reason, forced=record.forced)
+                    forced=record.forced, original=record.original_driver)
+    return Step(record.bdf, record.id, Action.RESTORE, device.driver, None,
+                device.group, record.entry, reason=reason, forced=record.forced,
+                original=record.original_driver)
 
 
 def make_plan(
@@ -125,11 +133,11 @@ def make_plan(
         # A device its refused entry matched stays as it is, unless the early hold took it and
         # it never reached its target: then nothing would drive it, so it goes back.
         if bdf in selection.kept and device is not None and (
-                record.held == "late" or device.driver == record.target):
-            steps.append(Step(bdf, record.id, Action.KEEP, device.driver, device.driver,
+                record.stage == "late" or device.driver == record.target):
+            steps.append(Step(bdf, record.id, Action.KEEP, device.driver, record.target,
                               device.group, record.entry,
                               reason="its entry has a problem; left as it is",
-                              forced=record.forced))
+                              forced=record.forced, original=record.original_driver))
             continue
         steps.append(_restore_step(record, device, "no longer configured"))
     return Plan(tuple(sorted(steps, key=lambda s: s.bdf)), selection.problems)

@@ -3,7 +3,7 @@
 - `group: isolated` (default): every other endpoint in a selected device's IOMMU group must be
   selected too, or be unbound or on a stub driver; otherwise the entry is refused.
 - `group: bind`: the other endpoints are bound with it (bridges never are; the chipset's
-  functions never are either: a group holding them is refused, naming them).
+  functions never are either: a group containing them is refused, naming them).
 - `group: ignore`: bind what was selected, with a warning that VFIO will not accept the group.
 - A device that is host-critical (root disk controller, NIC with the default route, boot VGA,
   console GPU, the chipset), or that shares an IOMMU group with one, is refused unless its
@@ -45,9 +45,9 @@ def _chipset(dev: Device, critical: Critical) -> list[Reason]:
 
 def _chipset_problem(entry: Entry, dev: Device, chipset: list[Device], critical: Critical,
                      hint: str) -> Problem:
-    held = "; ".join(f"{d.bdf} {describe(_chipset(d, critical))}" for d in chipset)
-    return entry.problem(f"refusing {dev.bdf}: IOMMU group {dev.group} also holds the chipset, "
-                         f"which the host needs: {held}", hint)
+    functions = "; ".join(f"{d.bdf} {describe(_chipset(d, critical))}" for d in chipset)
+    return entry.problem(f"refusing {dev.bdf}: IOMMU group {dev.group} also contains the "
+                         f"chipset, which the host needs: {functions}", hint)
 
 
 def _apply_group_policy(
@@ -81,11 +81,11 @@ def _apply_group_policy(
             continue
         if entry.group == "isolated":
             return [], entry.problem(
-                f"IOMMU group {dev.group} of {dev.bdf} also holds {_busy(loose)}",
+                f"IOMMU group {dev.group} of {dev.bdf} also contains {_busy(loose)}",
                 "select those devices too, or set `group: bind` to bind them with it, "
                 "or `group: ignore`",
             ), frozenset()
-        note = (f"IOMMU group {dev.group} is not viable for VFIO: it also holds "
+        note = (f"IOMMU group {dev.group} is not viable for VFIO: it also contains "
                 f"{_busy(loose)}")
         out[i] = Selected(dev, entry, sel.via, sel.notes, note)
     return out, None, frozenset()

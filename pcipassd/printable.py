@@ -1,6 +1,6 @@
 """Config text on a terminal or in the journal: control characters shown, never obeyed.
 
-A `name:` (or a drop-in's file name) may hold an escape sequence or a newline; printed raw, it
+A `name:` (or a drop-in's file name) may contain an escape sequence or a newline; printed raw, it
 could repaint the terminal or forge a log line. `printable` spells such characters out as
 `\\xNN`/`\\uNNNN`, as Python's repr would, and leaves every other character alone.
 """

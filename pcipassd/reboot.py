@@ -1,6 +1,6 @@
-"""When a reboot is needed: a device `apply` moved late, from the host driver that had it, is
+"""When a reboot is needed: a device `apply` moved late, from the original driver that had it, is
 in the hold list now, so from the next boot the early stages hold it from the first instant,
-before any host driver can initialise it (a GPU initialised by its host driver may not reset
+before any driver can initialise it (a GPU initialised by its original driver may not reset
 cleanly). Said once per `apply` that moves one, and by `status` while it is so: the records
 are in /run, so the reboot itself ends it.
 
@@ -19,7 +19,7 @@ from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import read_host
 
 HOOK = "/usr/share/initramfs-tools/hooks/pcipassd"
-GPU_NOTE = "a GPU initialised by its host driver may not reset cleanly"
+GPU_NOTE = "a GPU initialised by its original driver may not reset cleanly"
 
 
 def initramfs_stage(host: Host) -> bool:
@@ -36,11 +36,11 @@ def held_from_boot(host: Host) -> frozenset[str]:
 
 
 def moved_late(host: Host, records: Mapping[str, Record]) -> list[Record]:
-    """The devices pcipassd moved late from a host driver, which the next boot holds early
+    """The devices pcipassd moved late from their original driver, which the next boot holds early
     (not those whose driver is built into the kernel: it binds before any stage can run)."""
     listed = held_from_boot(host)
     return [r for bdf, r in sorted(records.items())
-            if r.held == "late" and r.original_driver not in (None, *STUB_DRIVERS)
+            if r.stage == "late" and r.original_driver not in (None, *STUB_DRIVERS)
             and bdf in listed and not builtin(host, r.original_module)]
 
 
@@ -51,7 +51,7 @@ def advice(host: Host, records: Mapping[str, Record]) -> str | None:
         return None
     them = "it" if len(moved) == 1 else "them"
     devices = ", ".join(f"{r.bdf} (from {r.original_driver})" for r in moved)
-    why = (f"pcipassd moved {devices} late, from the host driver that had initialised {them} "
+    why = (f"pcipassd moved {devices} late, from the original driver that had initialised {them} "
            f"({GPU_NOTE})")
     if initramfs_stage(host):
         first = "reboot" if stale_initramfs(host) is None else (

@@ -55,7 +55,7 @@ def apply(ctx: Context) -> int:
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
-    log().info("%s", outcome.line("bound", "unchanged", "restored", "failed"))
+    log().info("%s", outcome.line("bind", "unchanged", "restore", "fail"))
     notify_status(status_text(held, plan.problems, outcome.failed))
     if not plan.problems and not outcome.failed and not outcome.in_use:
         return EXIT_OK
@@ -75,7 +75,7 @@ def release(ctx: Context, state: State) -> None:
     from pcipassd.plan import restore_plan  # noqa: PLC0415
 
     inventory = scan(ctx.host)
-    loose = {bdf: r for bdf, r in state.records.items() if r.held != "late"
+    loose = {bdf: r for bdf, r in state.records.items() if r.stage != "late"
              and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
     if loose:
         early.log.warning("giving back the %d device(s) the early stages held", len(loose))
@@ -103,7 +103,7 @@ def require_iommu(ctx: Context, policy: str) -> None:
 
 
 def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
-    """Once per apply that moved a device late from its host driver: reboot to have it held
+    """Once per apply that moved a device late from its original driver: reboot to have it held
     from the first instant (see reboot.py)."""
     from pcipassd.model import Action  # noqa: PLC0415
 
@@ -142,7 +142,7 @@ def restore(ctx: Context, state: State) -> int:
     plan = restore_plan(scan(ctx.host), state.records)
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     early.arm(ctx.host, False)
-    log().info("%s", outcome.line("restored", "failed"))
+    log().info("%s", outcome.line("restore", "fail"))
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
 

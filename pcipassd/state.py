@@ -34,10 +34,11 @@ from pcipassd.host import Host
 from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
 
-FORMAT = 1
+FORMAT = 2  # 2: a record's `held` is now `stage`
+READS = (1, FORMAT)  # format 1 (before an upgrade reloaded the service) is read too
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
 MAX_DEPTH = 8  # a valid file nests 3 deep (object, list, record)
-HELD = ("initramfs", "early", "udev", "late")
+STAGES = ("initramfs", "early", "udev", "late")
 
 # A driver as sysfs names it (e1000e, virtio-pci, snd_hda_intel), and a module (e1000e,
 # snd_hda_intel): no '/', no leading '.' or '-', so neither a path nor an option.
@@ -93,7 +94,7 @@ def _entry(value: Any) -> str:
     return value
 
 
-_OPTIONAL = ("held", "forced")  # absent from files written before they existed
+_OPTIONAL = ("stage", "forced")  # absent from files written before they existed
 def _forced(value: Any) -> str:
     """What `force:` overrode: printable, one line, bounded (it is logged and shown)."""
     if (not isinstance(value, str) or len(value) > 4096
@@ -115,10 +116,15 @@ _REQUIRED = tuple(f.name for f in fields(Record) if f.name not in _OPTIONAL)
 _KNOWN = (*_REQUIRED, *_OPTIONAL)
 
 
-def parse_record(raw: Any) -> Record:
-    """A record from the file, every field checked; ValueError says what is wrong."""
+def parse_record(raw: Any, fmt: int = FORMAT) -> Record:
+    """A record from the file, every field checked; ValueError says what is wrong. A record of
+    format 1 names its stage `held`."""
     if not isinstance(raw, dict):
         raise ValueError(f"{_show(raw)} is not a record")
+    if fmt == 1:
+        if "stage" in raw:
+            raise ValueError('unknown field "stage"')
+        raw = {("stage" if k == "held" else k): v for k, v in raw.items()}
     unknown = sorted(str(k) for k in raw if k not in _KNOWN)
     if unknown:
         raise ValueError(f"unknown field {_show(unknown[0])}")
@@ -139,7 +145,7 @@ def parse_record(raw: Any) -> Record:
                               "a module name like e1000e, or null", optional=True),
         target=_one_of("target", raw["target"], STUB_DRIVERS),
         entry=_entry(raw["entry"]),
-        held=_one_of("held", raw.get("held", "late"), HELD),
+        stage=_one_of("stage", raw.get("stage", "late"), STAGES),
         forced=_forced(raw.get("forced", "")),
     )
 
@@ -197,10 +203,13 @@ def _read_bounded(path: Path, limit: int) -> bytes | None:
         raise Unusable("not a file" if e.kind == "changed" else e.kind, e.text) from e
 
 
-def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] | None:
+def read_document(path: Path, limit: int, fmt: int | tuple[int, ...],
+                  key: str) -> dict[str, Any] | None:
     """A JSON object pcipassd wrote, read as untrusted: a regular file (no symlink) of at most
     `limit` bytes, not nested deeper than MAX_DEPTH, with `"format": fmt` and a list under
-    `key`. None when there is no file; Unusable (one line: what is wrong) otherwise."""
+    `key` (`fmt`: the format, or the formats, it may have). None when there is no file;
+    Unusable (one line: what is wrong) otherwise."""
+    formats = fmt if isinstance(fmt, tuple) else (fmt,)
     body = _read_bounded(path, limit)
     if body is None:
         return None
@@ -215,10 +224,11 @@ def read_document(path: Path, limit: int, fmt: int, key: str) -> dict[str, Any] 
     if _too_deep(data):
         raise Unusable("damaged", "it is nested too deeply")
     if not isinstance(data, dict):
-        raise Unusable("damaged", f"it holds {_kind(data)}, not an object with format and {key}")
+        raise Unusable("damaged", f"it is {_kind(data)}, not an object with format and {key}")
     version = data.get("format")
-    if type(version) is not int or version != fmt:
-        raise Unusable("damaged", f"format is {_show(version)}, not {fmt}"
+    if type(version) is not int or version not in formats:
+        wanted = " or ".join(str(f) for f in formats)
+        raise Unusable("damaged", f"format is {_show(version)}, not {wanted}"
                        if "format" in data else "it has no format")
     if not isinstance(data.get(key), list):
         raise Unusable("damaged", f"{key} is {_kind(data.get(key))}, not a list"
@@ -263,7 +273,7 @@ class State:
         if not self._check_dir(create=False):
             return self
         try:
-            data = read_document(self.file, LIMIT, FORMAT, "devices")
+            data = read_document(self.file, LIMIT, READS, "devices")
         except PermissionError:
             raise  # not root: main() says so in one line
         except Unusable as e:
@@ -271,7 +281,7 @@ class State:
                     "remove it (pcipassd writes this file itself), then run the command again")
             raise StateError(e.line(self.name), hint) from None
         if data is not None:
-            self._parse(data["devices"])
+            self._parse(data["devices"], data["format"])
         return self
 
     def load_if_readable(self) -> bool:
@@ -284,11 +294,11 @@ class State:
             return False
         return True
 
-    def _parse(self, devices: list[Any]) -> None:
+    def _parse(self, devices: list[Any], fmt: int = FORMAT) -> None:
         good: list[tuple[int, Record]] = []
         for i, raw in enumerate(devices, 1):
             try:
-                good.append((i, parse_record(raw)))
+                good.append((i, parse_record(raw, fmt)))
             except ValueError as e:
                 bdf = raw.get("bdf") if isinstance(raw, dict) else None
                 ok = isinstance(bdf, str) and BDF_RE.fullmatch(bdf)
@@ -366,7 +376,7 @@ class State:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[State]:
-        """Hold /run/pcipass/lock: one pcipassd changes devices at a time."""
+        """Take /run/pcipass/lock: one pcipassd changes devices at a time."""
         try:
             self._check_dir(create=True)
         except PermissionError:

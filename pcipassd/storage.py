@@ -7,14 +7,14 @@ A mount in `/proc/self/mountinfo` (or a swap partition in `/proc/swaps`) is foll
   `/sys/fs/btrfs/<fsid>/devices/*`, bcachefs its source `/dev/a:/dev/b` and
   `/sys/fs/bcachefs/<uuid>/dev-N/block`. Then down the block stack: the `slaves/` of
   device-mapper and md devices, the disk of a partition, the controllers of an NVMe multipath
-  head, and the file behind a loop device (`loop/backing_file`, followed to the mount holding
+  head, and the file behind a loop device (`loop/backing_file`, followed to the mount containing
   it);
 - ZFS datasets (source `pool/dataset`, no block device): the pool's member disks as udev's
   blkid probe recorded them, `E:ID_FS_TYPE=zfs_member` with `E:ID_FS_LABEL=<pool>` in
   `/run/udev/data/b<MAJ>:<MIN>` (ZFS registers no sysfs holders, and the kernel publishes the
   vdevs nowhere else that a reader without /dev/zfs can see; `/proc/spl/kstat/zfs/<pool>` only
   says the pool is imported);
-- overlayfs: the mounts holding its `lowerdir=` and `upperdir=` directories;
+- overlayfs: the mounts containing its `lowerdir=` and `upperdir=` directories;
 - storage reached over the network: NFS, SMB and CephFS by their server address (the `addr=`
   mount option, or the source's host when it is an IP address); iSCSI disks (a `sessionN` in
   the sysfs path) by their connection's `persistent_address`; NVMe over TCP or RDMA by the
@@ -106,7 +106,7 @@ def backing(
     pools: dict[tuple[str, bool], Backing] | None = None,
 ) -> Backing:
     """What `mount` rests on; `every` is the mount table, for the files behind loop devices and
-    the layers of an overlay. `follow`: also follow those into the mounts holding them (else
+    the layers of an overlay. `follow`: also follow those into the mounts containing them (else
     they count as nothing: those mounts are in the table themselves, and a host with 100
     containers has 100 overlays of 40 layers each). `pools` caches each ZFS pool's members
     across calls (a Proxmox host mounts a dataset per container)."""
@@ -115,7 +115,7 @@ def backing(
     return out
 
 
-def mount_holding(every: list[Mount], path: str) -> Mount | None:
+def mount_containing(every: list[Mount], path: str) -> Mount | None:
     """The mount a path lies on: the deepest mount point above it, the last mounted there."""
     best: Mount | None = None
     for mount in every:
@@ -197,7 +197,7 @@ class _Walk:
         layers.append(_option(mount.options, "upperdir") or "")
         unders: list[Mount] = []  # a container's 50 layers are usually all on one mount
         for layer in [layer.replace("\\:", ":") for layer in layers if layer]:
-            under = mount_holding(self.every, layer)
+            under = mount_containing(self.every, layer)
             if under is None:
                 self.out.unseen.append(f"the overlay layer {layer}, on no mount")
             elif under not in unders:
@@ -270,7 +270,7 @@ class _Walk:
             return
         if backing_file:
             path = backing_file.removesuffix(" (deleted)")
-            under = mount_holding(self.every, path)
+            under = mount_containing(self.every, path)
             if under is None:
                 self.out.unseen.append(f"{disk.name}, backed by {path}, on no mount")
             else:

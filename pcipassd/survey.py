@@ -88,7 +88,7 @@ def _row(dev: Device, names: NameDb, record: Record | None, configured: bool,
          critical: str | None) -> Row:
     notes = []
     if record is not None:
-        notes.append(f"held ({record.held})")
+        notes.append(f"held ({record.stage})")
         if record.forced:
             notes.append(f"forced: {record.forced}")
     elif configured:

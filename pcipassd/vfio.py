@@ -1,9 +1,9 @@
 """Who has a device open through VFIO, and what QEMU and libvirt need to be given it.
 
-Unbinding a device from vfio-pci while a VM holds its group blocks in the kernel until the VM
+Unbinding a device from vfio-pci while a VM has its group open blocks in the kernel until the VM
 lets go ("Device is currently in use, task ... blocked"). So before every unbind from vfio-pci
-pcipassd looks for a process holding the device's group (/dev/vfio/N) or its cdev
-(/dev/vfio/devices/vfioX, kernels >= 6.2), and leaves the device where it is if one does.
+pcipassd looks for a process that has the device's group (/dev/vfio/N) or its cdev
+(/dev/vfio/devices/vfioX, kernels >= 6.2) open, and leaves the device where it is if one does.
 """
 
 from __future__ import annotations

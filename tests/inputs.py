@@ -58,6 +58,6 @@ def reason(bdf: str, kind: str, text: str) -> dict[str, tuple[Reason, ...]]:
 
 
 def record(bdf: str, pci_id: str = "8086:10d3", *, original: str | None = "e1000e",
-           target: str = "pci-stub", line: int = 3, held: str = "late") -> Record:
+           target: str = "pci-stub", line: int = 3, stage: str = "late") -> Record:
     """What pcipassd wrote in its state file when it bound `bdf`."""
-    return Record(bdf, pci_id, original, None, original, target, f"{CONFIG}:{line}", held)
+    return Record(bdf, pci_id, original, None, original, target, f"{CONFIG}:{line}", stage)

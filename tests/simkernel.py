@@ -30,7 +30,7 @@ BOOT_VGA = "0000:00:01.0"  # 1234:1111 QEMU VGA, class 0x030000, boot_vga=1, no 
 NIC_A = "0000:00:02.0"  # 8086:10d3 e1000e, group 2
 NIC_B = "0000:00:03.0"  # 8086:10d3 e1000e (identical to NIC_A), group 3
 NIC_E1000 = "0000:00:04.0"  # 8086:100e e1000, group 4
-NATIVE = {NIC_A: "e1000e", NIC_B: "e1000e", NIC_E1000: "e1000"}  # the NICs' own drivers
+ORIGINAL = {NIC_A: "e1000e", NIC_B: "e1000e", NIC_E1000: "e1000"}  # the NICs' own drivers
 PCIE_BRIDGE = "0000:00:1c.0"  # 1b36:000c PCIe root port, class 0x060400, pcieport, group 5
 DISK = "0000:01:00.0"  # 1af4:1001 virtio-blk behind PCIE_BRIDGE, class 0x010000, virtio-pci, g6
 TYPICAL_DEVICES = (HOST_BRIDGE, BOOT_VGA, NIC_A, NIC_B, NIC_E1000, PCIE_BRIDGE, DISK)
@@ -291,9 +291,9 @@ class SimKernel:
         self.settles += 1
         while self.udev_queue:
             dev = self._devices[self.udev_queue.pop(0)]
-            self.load_native(f"pci:v0000{dev.vendor:04X}d0000{dev.device:04X}")
+            self.load_original(f"pci:v0000{dev.vendor:04X}d0000{dev.device:04X}")
 
-    def load_native(self, modalias: str) -> None:
+    def load_original(self, modalias: str) -> None:
         """`modprobe -b MODALIAS`: load the (not blacklisted) modules whose drivers' id tables
         match; nothing matching is not an error."""
         self.modprobes.append(modalias)
@@ -476,7 +476,7 @@ class SimKernel:
 
 
 def build_typical_machine(sim: SimKernel) -> SimKernel:
-    """A small q35-like host (the BDF constants above): native drivers e1000e, e1000,
+    """A small q35-like host (the BDF constants above): original drivers e1000e, e1000,
     virtio-pci loaded, pcieport built in, pci-stub and vfio-pci (needs an IOMMU group) loadable.
     Intel IOMMU on, every device in its own group."""
     sim.enable_iommu("intel")
@@ -536,8 +536,8 @@ class Intercept:
     def modprobe(self, module: str) -> None:
         self.sim.modprobe(module)
 
-    def load_native(self, modalias: str) -> None:
-        self.sim.load_native(modalias)
+    def load_original(self, modalias: str) -> None:
+        self.sim.load_original(modalias)
 
     def settle(self) -> None:
         self.sim.settle()

@@ -35,7 +35,7 @@ def test_plan_json(m: Machine) -> None:
     assert data["problems"] == []
     assert data["steps"] == [{
         "device": NIC_A, "id": "8086:10d3", "action": "bind", "driver": "e1000e",
-        "target": "pci-stub", "group": "2", "entry": "/etc/pcipass.yaml:3",
+        "target": "pci-stub", "original": None, "group": "2", "entry": "/etc/pcipass.yaml:3",
         "selects": "address 0000:00:02.0", "name": "guest-nic", "via": None, "note": "",
         "forced": None,
     }]
@@ -45,16 +45,19 @@ def test_status_exit_code_follows_convergence(m: Machine) -> None:
     m.with_guest_nic()
     r = m.run("status")
     assert r.rc == 1
-    assert "pending" in r.out and "not converged: run `systemctl reload pcipassd`" in r.out
+    assert r.out.splitlines()[1].split()[6] == "bind"
+    assert "not converged: run `systemctl reload pcipassd`" in r.out
     m.run("apply")
     r = m.run("status")
     assert r.rc == 0
     assert r.out.splitlines()[1].split() == [NIC_A, "8086:10d3", "pci-stub", "pci-stub", "2",
-                                             "late", "ok", "guest-nic"]
+                                             "late", "unchanged", "guest-nic"]
     assert r.out.splitlines()[-1] == "converged"
     data = json.loads(m.run("status", "--json").out)
     assert data["converged"] is True
-    assert data["devices"][0]["status"] == "ok"
+    assert data["devices"][0]["action"] == "unchanged"
+    assert data["devices"][0]["stage"] == "late"
+    assert "status" not in data["devices"][0] and "held" not in data["devices"][0]
 
 
 def test_status_names_entries_by_what_they_select(m: Machine) -> None:
@@ -65,9 +68,9 @@ def test_status_names_entries_by_what_they_select(m: Machine) -> None:
     m.config(f'# edited\nversion: 1\n\ndevices:\n  - id: "8086:100e"\n  - address: "{NIC_B}"\n'
              f'  - address: "{NIC_A}"\n    name: guest-nic\n')
     rows = {line.split()[0]: line for line in m.run("status").out.splitlines()[1:4]}
-    assert rows[NIC_B].endswith(f"ok      address {NIC_B}")
-    assert rows[NIC_E1000].endswith("ok      id 8086:100e")
-    assert rows[NIC_A].endswith("ok      guest-nic")
+    assert rows[NIC_B].endswith(f"unchanged  address {NIC_B}")
+    assert rows[NIC_E1000].endswith("unchanged  id 8086:100e")
+    assert rows[NIC_A].endswith("unchanged  guest-nic")
 
 
 def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> None:
@@ -77,8 +80,16 @@ def test_status_shows_a_device_left_over_from_an_older_config(m: Machine) -> Non
     r = m.run("status")
     assert r.rc == 1
     rows = {line.split()[0]: line.split() for line in r.out.splitlines()[1:3]}
-    assert rows[NIC_A][6] == "stale"
-    assert rows[NIC_B][6] == "pending"
+    assert rows[NIC_A][6] == "restore"
+    assert rows[NIC_A][3] == "-", "a restore has no target"
+    assert rows[NIC_B][6] == "bind"
+    plan = {line.split()[0]: line for line in m.run("plan").out.splitlines()[1:3]}
+    assert plan[NIC_A].split()[3:6] == ["-", "2", "restore"]
+    assert plan[NIC_A].endswith("no longer configured; back to e1000e")
+    steps = {s["device"]: s for s in json.loads(m.run("plan", "--json").out)["steps"]}
+    assert (steps[NIC_A]["driver"], steps[NIC_A]["target"], steps[NIC_A]["original"]) == (
+        "pci-stub", None, "e1000e")
+    assert (steps[NIC_B]["target"], steps[NIC_B]["original"]) == ("pci-stub", None)
 
 
 def test_validate_ok_and_invalid(m: Machine) -> None:
@@ -163,7 +174,7 @@ def test_check_passes_with_groups_and_interrupt_remapping(sim_host: SimKernel,
     r = Machine(sim_host, capsys).run("check", "--json")
     assert r.rc == 0
     data = json.loads(r.out)
-    assert (data["format"], data["passthrough_possible"]) == (2, True)
+    assert (data["format"], data["passthrough_possible"]) == (3, True)
     findings = {f["message"]: f["level"] for f in data["findings"]}
     assert findings["IOMMU on: 7 IOMMU groups"] == "OK"
     assert findings["interrupt remapping is on"] == "OK"
@@ -240,7 +251,7 @@ def test_every_json_output_is_one_object_with_a_format_version(m: Machine, verb:
     m.with_guest_nic()
     data = json.loads(m.run(verb, "--json").out)
     assert isinstance(data, dict)
-    assert next(iter(data.items())) == ("format", 2)
+    assert next(iter(data.items())) == ("format", 3)
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:
@@ -285,7 +296,7 @@ def test_plan_and_status_predict_what_apply_cannot_do(sim: SimKernel,
     assert "fail" in rows[NIC_A] and "vfio-pci needs an IOMMU group" in rows[NIC_A]
     assert "fail" in rows[NIC_B] and "this kernel has no pci-stub driver" in rows[NIC_B]
     status = json.loads(m.run("status", "--json").out)
-    assert [d["status"] for d in status["devices"]] == ["failed", "failed"]
+    assert [d["action"] for d in status["devices"]] == ["fail", "fail"]
     m.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n    driver: vfio-pci\n')
     r = m.run("plan")
     assert r.rc == 1
@@ -332,6 +343,6 @@ def test_a_user_who_cannot_read_the_state_runs_without_the_held_marks(
                      "root to see them\n")
     if verb == "status":
         assert r.out.splitlines()[1].split() == [NIC_A, "8086:10d3", "pci-stub", "pci-stub",
-                                                 "2", "-", "ok", "guest-nic"]
+                                                 "2", "-", "unchanged", "guest-nic"]
     if verb == "list":
         assert "held (late)" not in r.out and "configured" in r.out

@@ -208,14 +208,14 @@ def test_json_lists_the_problems_and_an_empty_list_when_valid(cli: Cli) -> None:
     result = cli.validate("--json")
     assert result.rc == 2
     assert json.loads(result.out) == {
-        "format": 2, "verb": "validate", "ok": False, "exit": 2, "error": None, "problems": [{
+        "format": 3, "verb": "validate", "ok": False, "exit": 2, "error": None, "problems": [{
             "file": MAIN, "line": 3, "column": 5, "path": "devices[0].adress",
             "message": "unknown key 'adress'", "hint": "did you mean 'address'?",
         }], "warnings": [], "valid": False}
     cli.write(one_entry(f'address: "{NIC_A}"'))
     result = cli.validate("--json")
     assert (result.rc, json.loads(result.out)) == (0, {
-        "format": 2, "verb": "validate", "ok": True, "exit": 0, "error": None, "problems": [],
+        "format": 3, "verb": "validate", "ok": True, "exit": 0, "error": None, "problems": [],
         "warnings": [], "valid": True})
 
 
@@ -716,7 +716,7 @@ def test_an_earlier_dropin_wins_the_conflict_message(cli: Cli) -> None:
 
 
 GROUP_REFUSED = [
-    "/etc/pcipass.d/gpu.yaml:3:5: devices[0]: IOMMU group 7 of 0000:0a:00.0 also holds "
+    "/etc/pcipass.d/gpu.yaml:3:5: devices[0]: IOMMU group 7 of 0000:0a:00.0 also contains "
     "0000:0a:00.1 [10de:10f0] on snd_hda_intel",
     "    hint: select those devices too, or set `group: bind` to bind them with it, "
     "or `group: ignore`",

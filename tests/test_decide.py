@@ -40,7 +40,7 @@ def test_isolated_refuses_a_device_whose_group_mate_is_on_a_host_driver() -> Non
     d = decide(gpu_host(), entry(3, address=GPU))
     assert d.chosen == {}
     [problem] = d.problems
-    assert problem.message == (f"IOMMU group 9 of {GPU} also holds {GPU_AUDIO} [10de:10f0] "
+    assert problem.message == (f"IOMMU group 9 of {GPU} also contains {GPU_AUDIO} [10de:10f0] "
                                "on snd_hda_intel")
     assert "`group: bind`" in problem.hint
     assert d.kept == {GPU}
@@ -77,7 +77,7 @@ def test_group_bind_never_binds_a_bridge_in_the_group() -> None:
 def test_group_ignore_binds_only_what_was_selected_with_a_warning() -> None:
     d = decide(gpu_host(), entry(3, address=GPU, group="ignore"))
     assert list(d.chosen) == [GPU]
-    assert d.chosen[GPU].warning == (f"IOMMU group 9 is not viable for VFIO: it also holds "
+    assert d.chosen[GPU].warning == (f"IOMMU group 9 is not viable for VFIO: it also contains "
                                      f"{GPU_AUDIO} [10de:10f0] on snd_hda_intel")
 
 
@@ -88,7 +88,7 @@ def test_no_group_binds_the_chipset_sharing_the_group() -> None:
     d = decide(inv, entry(3, address=NIC_A, group="bind"), critical=critical)
     assert d.chosen == {}
     [problem] = d.problems
-    assert problem.message == (f"refusing {NIC_A}: IOMMU group 0 also holds the chipset, which "
+    assert problem.message == (f"refusing {NIC_A}: IOMMU group 0 also contains the chipset, which "
                                f"the host needs: {LPC} is the chipset's ISA bridge")
     assert problem.hint.startswith("`group: bind` never binds the chipset")
 
@@ -115,11 +115,11 @@ def test_force_naming_the_reason_binds_it_and_marks_it_forced() -> None:
 
 
 def test_force_naming_another_kind_still_refuses() -> None:
-    critical = reason(DISK, STORAGE, "holds / (vda1)")
+    critical = reason(DISK, STORAGE, "carries / (vda1)")
     d = decide(inventory(device(DISK, "1af4:1001", driver="virtio-pci", group="6")),
                entry(3, address=DISK, force=(CONSOLE,)), critical=critical)
     assert d.chosen == {}
-    assert [p.message for p in d.problems] == [f"refusing {DISK}: {DISK} holds / (vda1)"]
+    assert [p.message for p in d.problems] == [f"refusing {DISK}: {DISK} carries / (vda1)"]
 
 
 def test_a_device_sharing_a_group_with_a_critical_one_is_refused_naming_it() -> None:
@@ -135,7 +135,7 @@ def test_a_refused_entry_is_told_every_reason_at_once() -> None:
     inv = inventory(device(NIC_A, group="2"), device(NIC_B, driver=None, group="2"))
     d = decide(inv, entry(3, address=NIC_B), critical=UPLINK)
     assert [p.message for p in d.problems] == [
-        f"IOMMU group 2 of {NIC_B} also holds {NIC_A} [8086:10d3] on e1000e",
+        f"IOMMU group 2 of {NIC_B} also contains {NIC_A} [8086:10d3] on e1000e",
         f"refusing {NIC_B}: {NIC_A} carries the default route via enp0s2, "
         f"and shares IOMMU group 2 with {NIC_B}"]
 

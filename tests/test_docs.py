@@ -3,7 +3,11 @@ argument parser and the schema: everything the program accepts is in them."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from pcipassd.cli import VERBS
-from pcipassd.config import schema_text
+from pcipassd.config import STUB_DRIVERS, schema_text
+from pcipassd.plan import Action
+from pcipassd.state import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,3 +87,50 @@ def test_completion_completes_classes_and_files(docs: Path, tmp_path: Path) -> N
     (tmp_path / "10-vm.yml").write_text("version: 1\n")
     assert complete(docs, "pcipassd", "validate", f"{tmp_path}/10") == [f"{tmp_path}/10-vm.yml"]
     assert complete(docs, "pcipassd", "--config", f"{tmp_path}/1") == [f"{tmp_path}/10-vm.yml"]
+
+
+def _glossary() -> dict[str, str]:
+    """The README's `## Words`, as tools/gendocs.py reads it for pcipassd(8): word -> meaning."""
+    spec = importlib.util.spec_from_file_location("gendocs", REPO / "tools/gendocs.py")
+    assert spec is not None and spec.loader is not None
+    gendocs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gendocs)
+    items: list[tuple[list[str], str]] = gendocs.words((REPO / "README.md").read_text())
+    return {term: meaning for terms, meaning in items for term in terms}
+
+
+def test_the_glossary_has_one_line_per_word() -> None:
+    assert list(_glossary()) == [
+        "device", "address", "entry", "select", "hold", "held", "hold list", "target",
+        "original driver", "stage", "action", "restore", "refuse", "fail", "force", "converged"]
+
+
+def test_the_glossary_words_are_the_programs() -> None:
+    """The action words are the Action enum's (plan, status, JSON, journal), the stages the state
+    file's, the targets the stub drivers."""
+    words = _glossary()
+    quoted = {term: re.findall(r"`([^`]+)`", meaning) for term, meaning in words.items()}
+    assert [w for w in quoted["action"] if w.islower() and w.isalpha()][:5] == [
+        a.value for a in Action]
+    assert quoted["stage"] == list(STAGES)
+    assert [w for w in quoted["target"] if w in STUB_DRIVERS] == list(STUB_DRIVERS)
+
+
+def test_pcipassd_8_has_the_glossary(docs: Path) -> None:
+    page = (docs / "pcipassd.8").read_text()
+    assert ".SH WORDS" in page
+    for term in _glossary():
+        assert f"\\fB{term}\\fR" in page, term
+    words = page.partition(".SH WORDS")[2].partition(".SH ")[0]
+    assert "`" not in words and "**" not in words
+
+
+def test_the_readme_shows_the_status_and_plan_headers_the_program_prints() -> None:
+    readme = (REPO / "README.md").read_text()
+    status = inspect.getsource(importlib.import_module("pcipassd.verbs.status"))
+    plan = inspect.getsource(importlib.import_module("pcipassd.verbs.plan"))
+    for header, source in (
+            ("DEVICE ID DRIVER TARGET GROUP STAGE ACTION ENTRY", status),
+            ("DEVICE ID DRIVER TARGET GROUP ACTION ENTRY NOTE", plan)):
+        assert repr(header.split()).replace("'", '"')[1:-1] in " ".join(source.split()), header
+        assert any(line.split() == header.split() for line in readme.splitlines()), header

@@ -60,8 +60,8 @@ def hold_list(machine: Machine, text: str) -> None:
 
 
 def coldplug(machine: Machine) -> None:
-    """udev's coldplug: load each present device's native module (module load honours
-    driver_override, as the kernel's driver_attach does)."""
+    """udev's coldplug: load the module of each present device's original driver (module load
+    honours driver_override, as the kernel's driver_attach does)."""
     for module in ("e1000e", "e1000"):
         machine.sim.modprobe(module)
 
@@ -133,7 +133,7 @@ def test_initramfs_stage_holds_the_device_before_coldplug_and_apply_takes_over(
     assert f"{NIC_A} [8086:10d3] held for pci-stub since the initramfs stage" in r.err
     assert f"{NIC_A} [8086:10d3] (none) -> pci-stub (/etc/pcipass.yaml:3)" in r.err
     assert cold.driver(NIC_A) == "pci-stub"
-    assert cold.state[NIC_A]["held"] == "initramfs"
+    assert cold.state[NIC_A]["stage"] == "initramfs"
     assert cold.state[NIC_A]["original_driver"] is None
     assert not (cold.root / "run/pcipass/early.log").exists(), "adopted once"
     assert "warning" not in r.err
@@ -146,7 +146,7 @@ def test_restore_gives_a_never_bound_device_to_the_driver_udev_would_load(
     coldplug(cold)
     cold.with_guest_nic()
     cold.run("apply")
-    cold.sim.unload("e1000e")  # nothing has the native module loaded any more
+    cold.sim.unload("e1000e")  # its original driver's module is not loaded any more
     r = cold.run("restore")
     assert r.rc == 0, r.err
     assert cold.driver(NIC_A) == "e1000e"
@@ -157,7 +157,7 @@ def test_restore_gives_a_never_bound_device_to_the_driver_udev_would_load(
     assert not (cold.root / "run/pcipass/armed").exists(), "stop disarms the udev rule"
 
 
-def test_restore_with_a_blacklisted_native_driver_leaves_it_unbound_without_error(
+def test_restore_with_a_blacklisted_original_driver_leaves_it_unbound_without_error(
         cold: Machine) -> None:
     hold_list(cold, f"dev {NIC_E1000} 8086:100e pci-stub\n")
     early(cold, "boot", "early")
@@ -169,7 +169,7 @@ def test_restore_with_a_blacklisted_native_driver_leaves_it_unbound_without_erro
     assert r.rc == 0, r.err
     assert cold.driver(NIC_E1000) is None
     assert cold.override(NIC_E1000) is None
-    assert "no driver took it (its native module is blacklisted, or it has none)" in r.err
+    assert "no driver took it (its original driver is blacklisted, or it has none)" in r.err
     assert "error" not in r.err
     assert "1 restored, 0 failed" in r.err
 
@@ -252,7 +252,7 @@ def test_off_in_the_real_root_gives_back_what_the_initramfs_held(
                         "(held at the initramfs stage)\n")
     assert cold.override(NIC_A) is None
     kernel_probes(cold)
-    assert cold.driver(NIC_A) == "e1000e", "the loaded native driver took it at once"
+    assert cold.driver(NIC_A) == "e1000e", "its original driver, loaded, took it at once"
     assert not (cold.root / "run/pcipass/armed").exists(), "the udev rule holds nothing"
     assert (cold.root / "run/pcipass/early.log").read_text() == "", "nothing to adopt"
 
@@ -342,7 +342,7 @@ def test_enabled_again_holds_again_from_the_next_boot(cold: Machine, tmp_path: P
     (True, "e1000e is built into the kernel and bound it at boot; pcipassd moved it"),
 ])
 @pytest.mark.parametrize("shell", SHELLS)
-def test_a_native_driver_that_bound_first_is_named_with_the_reason(
+def test_an_original_driver_that_bound_first_is_named_with_the_reason(
         cold: Machine, builtin: bool, why: str, shell: str) -> None:
     (cold.root / "usr/sbin").mkdir(parents=True)
     (cold.root / "usr/sbin/update-initramfs").touch()
@@ -388,7 +388,7 @@ def test_a_stale_initramfs_is_reported_by_status_and_check(m: Machine) -> None:
     m.with_guest_nic()
     r = m.run("apply")
     stale = ("/boot/initrd.img-6.1.0-sim is older than /etc/pcipass.early: until "
-             "`update-initramfs -u` is run, a native driver in the initramfs can bind a "
+             "`update-initramfs -u` is run, a driver in the initramfs can bind a "
              "configured device before pcipassd holds it")
     assert f"warning: {stale}" in r.err
     assert f"warning: {stale}" in m.run("status").out
@@ -410,20 +410,20 @@ def test_udev_holds_a_hot_added_device_only_while_armed(m: Machine, shell: str) 
     (m.root / "run/pcipass").mkdir(parents=True, exist_ok=True)
     (m.root / "run/pcipass/armed").touch()
     r = early(m, "udev", NIC_B, shell=shell)
-    assert r.stdout == "PCIPASS_HELD=1\n"
+    assert r.stdout == "PCIPASS_RELOAD=1\n"
     assert m.override(NIC_B) == "vfio-pci"
     assert (m.root / "run/pcipass/early.log").read_text() == f"{NIC_B} udev vfio-pci none\n"
     assert early(m, "udev", NIC_E1000).stdout == "", "another ID: not held"
 
 
 @pytest.mark.usefixtures("service_enabled")
-def test_a_device_rebound_by_its_loaded_native_driver_on_hot_add_is_moved(m: Machine) -> None:
+def test_a_device_rebound_by_its_loaded_original_driver_on_hot_add_is_moved(m: Machine) -> None:
     m.with_guest_nic()
     m.run("apply")
     m.sim.remove_device(NIC_A)
     m.sim.add_device(NIC_A, 0x8086, 0x10D3, iommu_group=2)  # e1000e is loaded: it binds at once
     assert m.driver(NIC_A) == "e1000e"
-    assert early(m, "udev", NIC_A).stdout == "PCIPASS_HELD=1\n"
+    assert early(m, "udev", NIC_A).stdout == "PCIPASS_RELOAD=1\n"
     r = m.run("apply")  # what the rule's `systemctl reload` runs
     assert r.rc == 0, r.err
     assert (f"warning: {NIC_A} [8086:10d3]: e1000e was loaded and bound it when it was added, "
@@ -441,7 +441,7 @@ def test_a_hot_added_device_its_refused_entry_cannot_take_goes_back(m: Machine) 
     m.sim.unload("e1000e")
     third = "0000:00:05.0"
     m.sim.add_device(third, 0x8086, 0x10D3, driver=None, iommu_group=7)
-    assert early(m, "udev", third).stdout == "PCIPASS_HELD=1\n"
+    assert early(m, "udev", third).stdout == "PCIPASS_RELOAD=1\n"
     r = m.run("apply")
     assert r.rc == 3
     assert "count: 2, but 3 present" in r.err

@@ -154,7 +154,7 @@ def test_the_journal_gets_the_forced_warning_with_its_message_id(
                                   "(/etc/pcipass.yaml:3)")
     assert warning["PRIORITY"] == "4"
     assert (warning["PCIPASS_DEVICE"], warning["PCIPASS_FORCED"]) == (UPLINK, FORCED_UPLINK)
-    bound = [e for e in journal.entries if e.get("MESSAGE_ID") == logsetup.MESSAGE_IDS["bound"]]
+    bound = [e for e in journal.entries if e.get("MESSAGE_ID") == logsetup.MESSAGE_IDS["bind"]]
     assert {e["PCIPASS_DEVICE"]: e.get("PCIPASS_FORCED") for e in bound} == {
         UPLINK: FORCED_UPLINK, NIC_2: None, NIC_3: None}
     assert list(logsetup.MESSAGE_IDS.values()).count(forced_id) == 1, "its own MESSAGE_ID"
@@ -193,9 +193,9 @@ def test_a_state_file_from_before_the_forced_field_still_loads(ws: Machine) -> N
     state = State(Host(ws.root)).load()
     assert [(b.bdf, b.problem) for b in state.invalid] == [
         (NIC_2, 'forced: "carries \\u001b[2J the default route" is not a line of text')]
-    data["devices"][0]["forced"] = "holds / (nvme0n1p2)"
+    data["devices"][0]["forced"] = "carries / (nvme0n1p2)"
     path.write_text(json.dumps(data))
-    assert State(Host(ws.root)).load().records[NIC_2].forced == "holds / (nvme0n1p2)"
+    assert State(Host(ws.root)).load().records[NIC_2].forced == "carries / (nvme0n1p2)"
 
 
 # --- the chipset -------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_an_lpc_bridge_on_an_add_in_card_is_not_the_chipset(tmp_path: Any) -> No
         CHIPSET),)}
 
 
-CHIPSET_HELD = (f"IOMMU group {PCH_GROUP} also holds the chipset, which the host needs: "
+CHIPSET_SHARED = (f"IOMMU group {PCH_GROUP} also contains the chipset, which the host needs: "
                 f"{LPC} is the chipset's LPC/eSPI bridge (SuperIO, TPM, PS/2, firmware flash); "
                 f"{PMC} is the chipset's power management controller (sleep states, resets); "
                 f"{SMBUS} is the chipset's SMBus controller (sensors, memory SPD); "
@@ -238,7 +238,7 @@ def test_group_bind_on_the_pch_audio_refuses_the_group_and_names_the_chipset(
     config(ws, f'  - address: "{PCH_AUDIO}"\n    group: bind\n' + force)
     r = ws.run("apply")
     assert r.rc == 1
-    assert (f"error: /etc/pcipass.yaml:3:5: devices[0]: refusing {PCH_AUDIO}: {CHIPSET_HELD} "
+    assert (f"error: /etc/pcipass.yaml:3:5: devices[0]: refusing {PCH_AUDIO}: {CHIPSET_SHARED} "
             "(hint: `group: bind` never binds the chipset: this group cannot be passed through "
             "as a whole)") in r.err
     assert r.err.count("refusing") == 1, "said once"
@@ -252,7 +252,7 @@ def test_the_pch_audio_alone_is_refused_without_suggesting_group_bind(ws: Machin
     r = ws.run("plan")
     assert r.rc == 1
     assert r.out.splitlines()[-2:] == [
-        f"/etc/pcipass.yaml:3:5: devices[0]: refusing {PCH_AUDIO}: {CHIPSET_HELD}",
+        f"/etc/pcipass.yaml:3:5: devices[0]: refusing {PCH_AUDIO}: {CHIPSET_SHARED}",
         "    hint: the chipset stays with the host (`group: bind` never binds it): this group "
         "cannot be passed through as a whole"]
 
@@ -282,7 +282,7 @@ def test_list_does_not_call_the_pch_group_passable(ws: Machine) -> None:
     assert f"IOMMU group {PCH_GROUP}: blocked: {LPC} is the chipset's LPC/eSPI bridge" in r.out
     groups = {g["group"]: g for g in json.loads(ws.run("list", "--json").out)["groups"]}
     assert not groups[PCH_GROUP]["passable"]
-    assert groups[PCH_GROUP]["verdict"] == "blocked: " + CHIPSET_HELD.split(": ", 1)[1]
+    assert groups[PCH_GROUP]["verdict"] == "blocked: " + CHIPSET_SHARED.split(": ", 1)[1]
     assert groups["7"]["verdict"] == "can be passed through as a whole (2 endpoints)", (
         "the xHCI controller with the PCH's shared SRAM")
     assert groups["8"]["passable"] and groups["9"]["passable"]  # thermal, Serial IO I2C

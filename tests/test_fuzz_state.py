@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from machine import Hang, Machine, deadline
-from simkernel import NATIVE, NIC_E1000, SimKernel
+from simkernel import NIC_E1000, ORIGINAL, SimKernel
 
 from pcipassd import cli
 from pcipassd.errors import StateError
@@ -49,10 +49,10 @@ BAD: dict[str, list[Any]] = {
     "original_module": [*WRONG_TYPES, *BAD_NAMES, "e1000.e", "virtio.pci"],
     "target": [*WRONG_TYPES, None, "", "e1000e", "PCI-STUB", "vfio_pci", "pci-stub\n",
                "../pci-stub"],
-    "held": [*WRONG_TYPES, None, "", "Late", "boot", "late "],
+    "stage": [*WRONG_TYPES, None, "", "Late", "boot", "late "],
     "entry": [*WRONG_TYPES, None, "a\nb", "\x1b[2J", "x\x7f", "x" * 5000],
 }
-REQUIRED = [k for k in BAD if k != "held"]
+REQUIRED = [k for k in BAD if k != "stage"]
 
 
 def _random_json(rng: random.Random, depth: int = 0) -> Any:
@@ -94,7 +94,8 @@ def broken_records(rng: random.Random, snapshot: list[dict[str, Any]]) -> Case:
         elif how == 1:
             del devices[i][rng.choice(REQUIRED)]
         elif how == 2:
-            devices[i][rng.choice(["x", "bdf ", "Held", "original"])] = rng.choice(WRONG_TYPES)
+            devices[i][rng.choice(["x", "bdf ", "Stage", "held", "original"])] = rng.choice(
+                WRONG_TYPES)
         elif how == 3:
             devices[i] = rng.choice([*WRONG_TYPES, None, bdf, [bdf]])
         else:  # two records for one device: which is true? neither is used
@@ -104,26 +105,26 @@ def broken_records(rng: random.Random, snapshot: list[dict[str, Any]]) -> Case:
     for i, record in enumerate(devices):  # valid changes to the intact ones
         if i not in spoilt:
             if rng.random() < 0.3:
-                record.pop("held", None)  # written before `held` existed
+                record.pop("stage", None)  # written before the field existed
             if rng.random() < 0.3:
                 record["entry"] = "".join(chr(rng.randrange(0x20, 0x7F)) for _ in range(20))
             devices[i] = record
     rng.shuffle(devices)
-    body = json.dumps({"format": 1, "devices": devices}).encode()
-    return body, frozenset(broken), frozenset(NATIVE) - broken
+    body = json.dumps({"format": 2, "devices": devices}).encode()
+    return body, frozenset(broken), frozenset(ORIGINAL) - broken
 
 
 def damaged_file(rng: random.Random, snapshot: list[dict[str, Any]]) -> Case:
     """A file that cannot be used as a whole: every device stays as it is."""
-    good = json.dumps({"format": 1, "devices": snapshot}).encode()
+    good = json.dumps({"format": 2, "devices": snapshot}).encode()
     how = rng.randrange(7)
     if how == 0:
         body = json.dumps(rng.choice([[], None, 1, "x", snapshot, [snapshot]])).encode()
     elif how == 1:
-        fmt = rng.choice([0, 2, "1", 1.0, True, None, [1]])
+        fmt = rng.choice([0, 3, "2", 2.0, True, None, [2]])
         body = json.dumps({"format": fmt, "devices": snapshot}).encode()
     elif how == 2:
-        body = json.dumps({"format": 1, "devices": rng.choice([{}, None, "x", 3, {
+        body = json.dumps({"format": 2, "devices": rng.choice([{}, None, "x", 3, {
             r["bdf"]: r for r in snapshot}])}).encode()
     elif how == 3:
         body = good[:rng.randrange(len(good) - 1)]  # a torn write
@@ -135,12 +136,12 @@ def damaged_file(rng: random.Random, snapshot: list[dict[str, Any]]) -> Case:
     else:
         body = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
         body = b"\x00" + body  # never valid JSON
-    return body, frozenset(NATIVE), frozenset()
+    return body, frozenset(ORIGINAL), frozenset()
 
 
 def flipped_bytes(rng: random.Random, snapshot: list[dict[str, Any]]) -> Case:
     """Random damage whose outcome is not known in advance: only the general rules hold."""
-    body = bytearray(json.dumps({"format": 1, "devices": snapshot}, indent=2).encode())
+    body = bytearray(json.dumps({"format": 2, "devices": snapshot}, indent=2).encode())
     for _ in range(rng.randrange(1, 6)):
         how = rng.randrange(3)
         at = rng.randrange(len(body))
@@ -163,7 +164,7 @@ def _named_in(body: bytes) -> set[str]:
     if not isinstance(devices, list):
         return set()
     return {r["bdf"] for r in devices
-            if isinstance(r, dict) and isinstance(r.get("bdf"), str) and r["bdf"] in NATIVE}
+            if isinstance(r, dict) and isinstance(r.get("bdf"), str) and r["bdf"] in ORIGINAL}
 
 
 Generator = Callable[[random.Random, list[dict[str, Any]]], Case]
@@ -201,18 +202,18 @@ def test_status_and_restore_survive_a_few_hundred_bad_state_files(
             assert "Traceback" not in r.err + r.out, label
         assert after_status == start, f"{label}: status wrote to sysfs"
         named = _named_in(body)
-        moved = {bdf for bdf in NATIVE
+        moved = {bdf for bdf in ORIGINAL
                  if any(bdf in w[0] or bdf in w[1] for w in m.sim.writes[start:])}
         assert not moved - named, f"{label}: moved {moved - named}, which it has no record of"
         assert not moved & broken, f"{label}: moved {moved & broken}, whose record is broken"
         for bdf in broken:
             assert (m.driver(bdf), m.override(bdf)) == ("pci-stub", "pci-stub"), label
         for bdf in intact:
-            assert m.driver(bdf) == NATIVE[bdf], f"{label}: {bdf} not given back"
+            assert m.driver(bdf) == ORIGINAL[bdf], f"{label}: {bdf} not given back"
         if broken:
             assert restore.rc == 1, label
         moved_total += len(moved)
-        for bdf in NATIVE:  # back on pci-stub for the next case, as apply leaves them
+        for bdf in ORIGINAL:  # back on pci-stub for the next case, as apply leaves them
             if m.driver(bdf) != "pci-stub":
                 m.sim.write(m.sim.device_dir(bdf) / "driver_override", "pci-stub\n")
                 if (driver := m.driver(bdf)) is not None:
@@ -226,7 +227,7 @@ def test_the_loader_sets_aside_every_broken_record_of_a_thousand_files(host: Hos
     state = State(host)
     state.dir.mkdir(parents=True)
     snapshot = [asdict(Record(bdf, "8086:10d3", driver, None, driver, "pci-stub",
-                              "/etc/pcipass.yaml:3")) for bdf, driver in NATIVE.items()]
+                              "/etc/pcipass.yaml:3")) for bdf, driver in ORIGINAL.items()]
     rng = random.Random(SEED + 1)
     outcomes: Counter[str] = Counter()
     for gen, count in [(broken_records, 600), (damaged_file, 150), (flipped_bytes, 350)]:

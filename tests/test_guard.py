@@ -61,7 +61,7 @@ def test_root_on_virtio_partition(fake: FakeHost) -> None:
     )
 
     assert critical_devices(fake.host) == {
-        "0000:00:03.0": (Reason("0000:00:03.0", "holds / (vda1)", STORAGE),),
+        "0000:00:03.0": (Reason("0000:00:03.0", "carries / (vda1)", STORAGE),),
     }
 
 
@@ -79,7 +79,7 @@ def test_several_mounts_on_one_device_are_listed_compactly(fake: FakeHost) -> No
     )
 
     assert reasons(fake) == {
-        "0000:00:03.0": ["holds /, /boot, /home and 3 more (vda1, vda2, vda3 and 2 more)"],
+        "0000:00:03.0": ["carries /, /boot, /home and 3 more (vda1, vda2, vda3 and 2 more)"],
     }
 
 
@@ -87,7 +87,7 @@ def test_mount_point_escapes_are_undone(fake: FakeHost) -> None:
     fake.partition(virtio_disk(fake), "vda1", "252:1")
     fake.mountinfo("40 1 252:1 / /srv/my\\040data rw,relatime shared:31 - ext4 /dev/vda1 rw")
 
-    assert reasons(fake) == {"0000:00:03.0": ["holds /srv/my data (vda1)"]}
+    assert reasons(fake) == {"0000:00:03.0": ["carries /srv/my data (vda1)"]}
 
 
 def test_root_on_lvm_on_dm_crypt_on_nvme_behind_a_bridge(fake: FakeHost) -> None:
@@ -103,7 +103,7 @@ def test_root_on_lvm_on_dm_crypt_on_nvme_behind_a_bridge(fake: FakeHost) -> None
     )
 
     assert critical_devices(fake.host) == {
-        "0000:3d:00.0": (Reason("0000:3d:00.0", "holds / (nvme0n1p3)", STORAGE),),
+        "0000:3d:00.0": (Reason("0000:3d:00.0", "carries / (nvme0n1p3)", STORAGE),),
     }
 
 
@@ -118,8 +118,8 @@ def test_md_raid1_over_two_sata_disks_on_two_ahci_controllers(fake: FakeHost) ->
     fake.mountinfo("22 1 9:0 / / rw,relatime shared:1 - ext4 /dev/md0 rw,stripe=256")
 
     assert reasons(fake) == {
-        "0000:00:17.0": ["holds / (sda1)"],
-        "0000:05:00.0": ["holds / (sdb1)"],
+        "0000:00:17.0": ["carries / (sda1)"],
+        "0000:05:00.0": ["carries / (sdb1)"],
     }
 
 
@@ -133,7 +133,7 @@ def test_btrfs_anonymous_device_number_falls_back_to_the_source(fake: FakeHost) 
         *PSEUDO_MOUNTS,
     )
 
-    assert reasons(fake) == {"0000:00:03.0": ["holds /, /home (vda2)"]}
+    assert reasons(fake) == {"0000:00:03.0": ["carries /, /home (vda2)"]}
 
 
 def test_btrfs_raid1_counts_every_member_device(fake: FakeHost) -> None:
@@ -145,8 +145,8 @@ def test_btrfs_raid1_counts_every_member_device(fake: FakeHost) -> None:
     fake.mountinfo("22 1 0:31 / / rw,relatime shared:1 - btrfs /dev/nvme0n1 rw,subvolid=5,subvol=/")
 
     assert reasons(fake) == {
-        "0000:01:00.0": ["holds / (nvme0n1)"],
-        "0000:02:00.0": ["holds / (nvme1n1)"],
+        "0000:01:00.0": ["carries / (nvme0n1)"],
+        "0000:02:00.0": ["carries / (nvme1n1)"],
     }
 
 
@@ -158,7 +158,7 @@ def test_btrfs_on_luks_found_by_its_dev_mapper_name(fake: FakeHost) -> None:
         "22 1 0:31 /root / rw,relatime shared:1 - btrfs /dev/mapper/luks-6a3e rw,subvol=/root"
     )
 
-    assert reasons(fake) == {"0000:01:00.0": ["holds / (nvme0n1p3)"]}
+    assert reasons(fake) == {"0000:01:00.0": ["carries / (nvme0n1p3)"]}
 
 
 def test_pseudo_filesystems_are_ignored(fake: FakeHost) -> None:
@@ -178,8 +178,8 @@ def test_swap_partition(fake: FakeHost) -> None:
     fake.swaps(("/dev/vda3", "partition"), ("/dev/sdb1", "partition"), ("/swapfile", "file"))
 
     assert reasons(fake) == {
-        "0000:00:03.0": ["holds /, swap (vda1, vda3)"],
-        "0000:00:17.0": ["holds swap (sdb1)"],
+        "0000:00:03.0": ["carries /, swap (vda1, vda3)"],
+        "0000:00:17.0": ["carries swap (sdb1)"],
     }
 
 
@@ -194,8 +194,8 @@ def test_nvme_multipath_head_leads_to_its_controllers(fake: FakeHost) -> None:
     fake.mountinfo("22 1 259:2 / / rw,relatime shared:1 - xfs /dev/nvme0n1p2 rw")
 
     assert reasons(fake) == {
-        "0000:01:00.0": ["holds / (nvme0n1p2)"],
-        "0000:02:00.0": ["holds / (nvme0n1p2)"],
+        "0000:01:00.0": ["carries / (nvme0n1p2)"],
+        "0000:02:00.0": ["carries / (nvme0n1p2)"],
     }
 
 
@@ -229,9 +229,9 @@ def test_zfs_root_is_followed_to_the_pools_disks(fake: FakeHost) -> None:
                    *PSEUDO_MOUNTS)
 
     assert reasons(fake) == {
-        "0000:00:17.0": ["holds /var/lib/vz (sda1 of ZFS pool tank)"],
-        "0000:01:00.0": ["holds /, /rpool (nvme0n1p3 of ZFS pool rpool)"],
-        "0000:02:00.0": ["holds /, /rpool (nvme1n1p3 of ZFS pool rpool)"],
+        "0000:00:17.0": ["carries /var/lib/vz (sda1 of ZFS pool tank)"],
+        "0000:01:00.0": ["carries /, /rpool (nvme0n1p3 of ZFS pool rpool)"],
+        "0000:02:00.0": ["carries /, /rpool (nvme1n1p3 of ZFS pool rpool)"],
     }
 
 
@@ -241,7 +241,7 @@ def test_zfs_pool_name_with_a_space_is_read_from_the_encoded_label(fake: FakeHos
               ID_FS_LABEL_ENC="my\\x20pool")
     fake.mountinfo("22 1 0:26 / / rw - zfs my\\040pool/ROOT rw")
 
-    assert reasons(fake) == {"0000:01:00.0": ["holds / (nvme0n1p3 of ZFS pool my pool)"]}
+    assert reasons(fake) == {"0000:01:00.0": ["carries / (nvme0n1p3 of ZFS pool my pool)"]}
 
 
 def test_zfs_root_whose_disks_cannot_be_found_refuses_every_storage_controller(
@@ -283,7 +283,7 @@ def test_a_mount_table_without_root_refuses_every_storage_controller(
         fake.mountinfo(*table)  # a namespace that hides / (or an empty table)
 
     found = critical_devices(fake.host)
-    text = f"is a storage controller, and {why}: cannot tell which controller holds /"
+    text = f"is a storage controller, and {why}: cannot tell which controller carries /"
     assert {bdf: describe(r) for bdf, r in found.items()} == {
         "0000:00:03.0": text, "0000:00:17.0": text, "0000:05:00.0": text}
     assert {r.kind for reasons in found.values() for r in reasons} == {STORAGE}
@@ -301,7 +301,7 @@ def test_zfs_on_luks_is_followed_through_device_mapper(fake: FakeHost) -> None:
     fake.udev("253:0", ID_FS_TYPE="zfs_member", ID_FS_LABEL="rpool")
     fake.mountinfo(ZFS_ROOT)
 
-    assert reasons(fake) == {"0000:01:00.0": ["holds / (nvme0n1p3)"]}
+    assert reasons(fake) == {"0000:01:00.0": ["carries / (nvme0n1p3)"]}
 
 
 def test_loop_root_whose_image_is_on_itself_fails_closed(fake: FakeHost) -> None:
@@ -326,7 +326,7 @@ def test_root_in_an_image_file_on_a_loop_device(fake: FakeHost) -> None:
         *PSEUDO_MOUNTS,
     )
 
-    assert reasons(fake) == {"0000:00:17.0": ["holds /, /host (sda2)"]}
+    assert reasons(fake) == {"0000:00:17.0": ["carries /, /host (sda2)"]}
 
 
 def test_live_system_overlay_root_over_a_squashfs_on_a_usb_stick(fake: FakeHost) -> None:
@@ -344,7 +344,7 @@ def test_live_system_overlay_root_over_a_squashfs_on_a_usb_stick(fake: FakeHost)
         "42 27 0:32 / /run/live/overlay rw,noatime shared:22 - tmpfs tmpfs rw,mode=755",
     )
 
-    assert reasons(fake) == {"0000:00:14.0": ["holds /, /run/live/medium (sdb1)"]}
+    assert reasons(fake) == {"0000:00:14.0": ["carries /, /run/live/medium (sdb1)"]}
 
 
 def test_bcachefs_over_two_disks_counts_both(fake: FakeHost) -> None:
@@ -355,8 +355,8 @@ def test_bcachefs_over_two_disks_counts_both(fake: FakeHost) -> None:
     fake.mountinfo("22 1 259:0 / / rw,relatime shared:1 - bcachefs /dev/nvme0n1:/dev/nvme1n1 rw")
 
     assert reasons(fake) == {
-        "0000:01:00.0": ["holds / (nvme0n1)"],
-        "0000:02:00.0": ["holds / (nvme1n1)"],
+        "0000:01:00.0": ["carries / (nvme0n1)"],
+        "0000:02:00.0": ["carries / (nvme1n1)"],
     }
     fake.host.path("/sys/fs/bcachefs").rename(fake.host.path("/sys/fs/gone"))
     assert sorted(reasons(fake)) == ["0000:01:00.0", "0000:02:00.0"], "from the source alone"
@@ -715,7 +715,7 @@ def test_reasons_of_one_device_are_collected_in_order(fake: FakeHost) -> None:
     found = critical_devices(fake.host)
 
     assert describe(found["0000:00:03.0"]) == (
-        "holds / (vda1); carries the default route via eth0; is the boot VGA device"
+        "carries / (vda1); carries the default route via eth0; is the boot VGA device"
     )
 
 
@@ -724,11 +724,11 @@ def test_describe() -> None:
     assert (
         describe(
             (
-                Reason("0000:00:03.0", "holds / (vda1)", STORAGE),
+                Reason("0000:00:03.0", "carries / (vda1)", STORAGE),
                 Reason("0000:00:03.0", "carries the default route via eth0", NETWORK),
             )
         )
-        == "holds / (vda1); carries the default route via eth0"
+        == "carries / (vda1); carries the default route via eth0"
     )
 
 

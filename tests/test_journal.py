@@ -122,6 +122,6 @@ def test_events_carry_their_message_id(m: Machine, journal: FakeJournal) -> None
     m.run("restore")
     ids = {v: k for k, v in logsetup.MESSAGE_IDS.items()}
     kinds = [ids[e["MESSAGE_ID"]] for e in journal.entries if "MESSAGE_ID" in e]
-    assert kinds == ["refused", "bound", "reboot needed", "restored"]
-    subject = catalog_subjects()[logsetup.MESSAGE_IDS["bound"]]
+    assert kinds == ["refused", "bind", "reboot needed", "restore"]
+    subject = catalog_subjects()[logsetup.MESSAGE_IDS["bind"]]
     assert subject == "PCI device @PCIPASS_DEVICE@ handed to @PCIPASS_DRIVER_TO@"

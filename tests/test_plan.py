@@ -29,11 +29,11 @@ def step(p: Plan, bdf: str) -> Step:
     return found
 
 
-def test_a_selected_device_on_its_host_driver_is_bound_to_its_target() -> None:
+def test_a_selected_device_on_its_original_driver_is_bound_to_its_target() -> None:
     p = plan(inventory(device(NIC_A, group="2")),
              entry(3, address=NIC_A, driver="vfio-pci", name="guest-nic"))
     s = step(p, NIC_A)
-    assert (s.action, s.current, s.target) == (Action.BIND, "e1000e", "vfio-pci")
+    assert (s.action, s.driver, s.target, s.original) == (Action.BIND, "e1000e", "vfio-pci", None)
     assert (s.entry, s.name, s.selects) == ("/etc/pcipass.yaml:3", "guest-nic",
                                             f"address {NIC_A}")
     assert not p.converged
@@ -50,8 +50,12 @@ def test_a_recorded_device_no_longer_configured_goes_back_to_its_original_driver
     inv = inventory(device(NIC_A, group="2"), device(NIC_B, driver="pci-stub", group="3"))
     p = plan(inv, entry(3, address=NIC_A), records=(record(NIC_B),))
     s = step(p, NIC_B)
-    assert (s.action, s.current, s.target) == (Action.RESTORE, "pci-stub", "e1000e")
+    assert (s.action, s.driver, s.target, s.original) == (Action.RESTORE, "pci-stub", None,
+                                                          "e1000e")
     assert s.reason == "no longer configured"
+    assert s.summary == f"{NIC_B} [8086:10d3] pci-stub -> e1000e (/etc/pcipass.yaml:3)"
+    assert (s.journal_fields["PCIPASS_DRIVER_FROM"], s.journal_fields["PCIPASS_DRIVER_TO"]) == (
+        "pci-stub", "e1000e")
 
 
 def test_a_recorded_device_that_is_gone_fails_and_is_forgotten() -> None:
@@ -75,7 +79,9 @@ def test_a_bound_device_whose_entry_is_refused_is_kept_as_it_is() -> None:
     inv = inventory(device(NIC_A, driver="pci-stub", group="2"), device(NIC_B, group="3"))
     p = plan(inv, entry(3, id="8086:10d3", count=3), records=(record(NIC_A),))
     s = step(p, NIC_A)
-    assert (s.action, s.current, s.target) == (Action.KEEP, "pci-stub", "pci-stub")
+    assert (s.action, s.driver, s.target, s.original) == (Action.KEEP, "pci-stub", "pci-stub",
+                                                          "e1000e")
+    assert s.journal_fields["PCIPASS_DRIVER_TO"] == "pci-stub", "a keep moves nothing"
     assert s.reason == "its entry has a problem; left as it is"
     assert [problem.message.split(",")[0] for problem in p.problems] == ["count: 3"]
     assert not p.converged
@@ -85,7 +91,7 @@ def test_an_early_held_device_whose_entry_is_refused_goes_back_instead() -> None
     """Held at boot before its driver bound, never moved to its target (vfio-pci): nothing
     would drive it, so it is given back rather than kept."""
     inv = inventory(device(NIC_A, driver="pci-stub", group="2"))
-    held = record(NIC_A, original=None, target="vfio-pci", held="early")
+    held = record(NIC_A, original=None, target="vfio-pci", stage="early")
     p = plan(inv, entry(3, address=NIC_A, expect="8086:100e", driver="vfio-pci"),
              records=(held,))
     assert step(p, NIC_A).action is Action.RESTORE
@@ -116,8 +122,8 @@ def test_restore_plan_gives_every_recorded_device_back() -> None:
     p = restore_plan(inv, {E1000: record(E1000, "8086:100e", original="e1000",
                                          target="vfio-pci"),
                            NIC_A: record(NIC_A)})
-    assert [(s.bdf, s.action, s.target) for s in p.steps] == [
-        (NIC_A, Action.RESTORE, "e1000e"), (E1000, Action.RESTORE, "e1000")]
+    assert [(s.bdf, s.action, s.target, s.original) for s in p.steps] == [
+        (NIC_A, Action.RESTORE, None, "e1000e"), (E1000, Action.RESTORE, None, "e1000")]
 
 
 # --- predict: the plan as apply will fare on this kernel ---------------------------------------

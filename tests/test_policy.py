@@ -53,7 +53,7 @@ def test_isolated_refuses_a_device_whose_group_holds_another_bound_endpoint(m: M
     config(m, f'  - address: "{E1000_X}"\n')
     r = m.run("apply")
     assert r.rc == 1
-    assert (f"/etc/pcipass.yaml:3:5: devices[0]: IOMMU group 8 of {E1000_X} also holds "
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: IOMMU group 8 of {E1000_X} also contains "
             f"{E1000_Y} [8086:100e] on e1000") in r.err
     assert "set `group: bind` to bind them with it" in r.err
     assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("e1000", "e1000")
@@ -103,10 +103,10 @@ def test_group_ignore_binds_only_the_selection_with_a_warning(m: Machine) -> Non
     r = m.run("apply")
     assert r.rc == 0, r.err
     assert (m.driver(E1000_X), m.driver(E1000_Y)) == ("pci-stub", "e1000")
-    assert (f"warning: {E1000_X}: IOMMU group 8 is not viable for VFIO: it also holds {E1000_Y} "
+    assert (f"warning: {E1000_X}: IOMMU group 8 is not viable for VFIO: it also contains {E1000_Y} "
             "[8086:100e] on e1000") in r.err, "apply says it too, not only plan"
     r = m.run("plan")
-    assert (f"IOMMU group 8 is not viable for VFIO: it also holds {E1000_Y} [8086:100e] "
+    assert (f"IOMMU group 8 is not viable for VFIO: it also contains {E1000_Y} [8086:100e] "
             "on e1000") in r.out
 
 
@@ -120,7 +120,7 @@ def test_one_function_of_a_multifunction_card_is_refused_when_isolated(m: Machin
     config(m, f'  - address: "{GPU}"\n')
     r = m.run("apply")
     assert r.rc == 1
-    assert f"IOMMU group 9 of {GPU} also holds {GPU_AUDIO} [10de:10f0] on snd_hda_intel" in r.err
+    assert f"IOMMU group 9 of {GPU} also contains {GPU_AUDIO} [10de:10f0] on snd_hda_intel" in r.err
     assert m.driver(GPU_AUDIO) == "snd_hda_intel"
 
 
@@ -139,7 +139,7 @@ def test_root_disk_controller_is_refused_and_the_rest_applies(m: Machine) -> Non
     config(m, f'  - address: "{DISK}"\n  - address: "{NIC_A}"\n')
     r = m.run("apply")
     assert r.rc == 3, "partly applied: the unit stays active, so stop gives the rest back"
-    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} holds / (vda1) "
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} carries / (vda1) "
             "(hint: unbinding it could cut the host off; add `force: [storage]` to the entry to "
             "bind it anyway)") in r.err
     assert m.driver(DISK) == "virtio-pci"
@@ -163,7 +163,7 @@ def test_root_on_lvm_on_dm_crypt_is_followed_to_the_controller(m: Machine) -> No
     config(m, '  - id: "1af4:1001"\n')
     r = m.run("apply")
     assert r.rc == 1
-    assert f"refusing {DISK}: {DISK} holds / (vda2)" in r.err
+    assert f"refusing {DISK}: {DISK} carries / (vda2)" in r.err
     assert m.driver(DISK) == "virtio-pci"
 
 
@@ -208,7 +208,7 @@ def test_a_refused_entry_names_all_of_its_problems(m: Machine) -> None:
     assert r.rc == 1
     assert f"{NIC_A} [8086:10d3] is not the expected 8086:100e" in r.out
     assert f"count: 2, but 1 present: {NIC_A} [8086:10d3]" in r.out
-    assert f"refusing {DISK}: {DISK} holds / (vda1)" in r.out
+    assert f"refusing {DISK}: {DISK} carries / (vda1)" in r.out
 
 
 # --- roots the guard follows, or fails closed for --------------------------------------------
@@ -231,7 +231,7 @@ def test_zfs_root_refuses_the_controller_of_the_pools_disk(m: Machine) -> None:
     config(m, f'  - address: "{DISK}"\n  - address: "{NIC_A}"\n')
     r = m.run("apply")
     assert r.rc == 3
-    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} holds / (vda3 of ZFS "
+    assert (f"/etc/pcipass.yaml:3:5: devices[0]: refusing {DISK}: {DISK} carries / (vda3 of ZFS "
             "pool rpool) (hint: unbinding it could cut the host off; add `force: [storage]` to "
             "the entry to bind it anyway)") in r.err
     assert (m.driver(DISK), m.driver(NIC_A)) == ("virtio-pci", "pci-stub")
@@ -262,7 +262,7 @@ def test_a_mount_table_without_root_refuses_the_disk_controller_with_the_reason(
     r = m.run("apply")
     assert r.rc == 3
     assert (f"refusing {DISK}: {DISK} is a storage controller, and / is not in the mount table "
-            "(/proc/self/mountinfo): cannot tell which controller holds / (hint: unbinding it "
+            "(/proc/self/mountinfo): cannot tell which controller carries / (hint: unbinding it "
             "could cut the host off; add `force: [storage]` to the entry to bind it anyway)"
             ) in r.err
     assert (m.driver(DISK), m.driver(NIC_A)) == ("virtio-pci", "pci-stub")
@@ -277,7 +277,7 @@ def test_loop_mounted_root_refuses_the_controller_of_the_image_file(m: Machine) 
     config(m, f'  - address: "{DISK}"\n')
     r = m.run("apply")
     assert r.rc == 1
-    assert f"refusing {DISK}: {DISK} holds /, /host (vda1)" in r.err
+    assert f"refusing {DISK}: {DISK} carries /, /host (vda1)" in r.err
     assert m.driver(DISK) == "virtio-pci"
 
 
@@ -366,7 +366,7 @@ def test_force_console_does_not_override_the_root_disk_in_the_same_group(m: Mach
     config(m, f'  - address: "{GPU}"\n    group: bind\n    force: [console]\n')
     r = m.run("apply")
     assert r.rc == 1
-    assert (f"refusing {GPU}: {nvme} holds / (nvme0n1p2), and shares IOMMU group 9 with {GPU} "
+    assert (f"refusing {GPU}: {nvme} carries / (nvme0n1p2), and shares IOMMU group 9 with {GPU} "
             "(hint: unbinding it could cut the host off; add `force: [storage, console]` to the "
             "entry to bind it anyway)") in r.err
     assert (m.driver(GPU_AUDIO), m.driver(nvme)) == ("snd_hda_intel", "nvme")

@@ -1,5 +1,5 @@
-"""Say when a reboot is needed: a device `apply` moved late, from the host driver that had it,
-is held from the first instant only from the next boot on. apply says so once, in its output
+"""Say when a reboot is needed: a device `apply` moved late, from the original driver that had
+it, is held from the first instant only from the next boot on. apply says so once, in its output
 and the journal; status says so while it holds (until the reboot clears /run)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from simkernel import NIC_A, NIC_B
 
 from pcipassd import log as logsetup
 
-GPU_NOTE = "a GPU initialised by its host driver may not reset cleanly"
-MOVED = f"pcipassd moved {NIC_A} (from e1000e) late, from the host driver that had initialised it"
+GPU_NOTE = "a GPU initialised by its original driver may not reset cleanly"
+MOVED = (f"pcipassd moved {NIC_A} (from e1000e) late, from the original driver that had "
+         "initialised it")
 
 
 def initramfs_tools(m: Machine, *, built: float | None = None) -> None:
@@ -67,7 +68,7 @@ def test_without_an_initramfs_stage_it_says_what_to_do_instead(m: Machine) -> No
     [line] = warnings_of(r.err)
     assert line == (
         f"pcipassd: warning: reboot to have them held from the next boot: pcipassd moved "
-        f"{NIC_A} (from e1000e), {NIC_B} (from e1000e) late, from the host driver that had "
+        f"{NIC_A} (from e1000e), {NIC_B} (from e1000e) late, from the original driver that had "
         f"initialised them ({GPU_NOTE}). This host has no initramfs stage of pcipassd (dracut?): "
         "pcipassd-early.service holds them before udev's coldplug, but a driver inside the "
         "initramfs still probes first; leave it out of the initramfs (`omit_drivers+=\" e1000e "

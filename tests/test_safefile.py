@@ -101,7 +101,7 @@ def test_a_fifo_as_early_log_neither_hangs_apply_nor_is_adopted(m: Machine) -> N
     os.mkfifo(log)
     with deadline(10):
         assert m.run("apply").rc == 0
-    assert m.state[NIC_A]["held"] == "late"
+    assert m.state[NIC_A]["stage"] == "late"
 
 
 def test_a_symlink_as_early_log_is_not_read(m: Machine, tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_a_symlink_as_early_log_is_not_read(m: Machine, tmp_path: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.symlink_to(elsewhere)
     assert m.run("apply").rc == 0
-    assert m.state[NIC_A]["held"] == "late", "not adopted from a file it points to"
+    assert m.state[NIC_A]["stage"] == "late", "not adopted from a file it points to"
 
 
 # -- the three functions, each way a file can be -------------------------------------------

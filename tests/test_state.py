@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from machine import Machine, Result, deadline
-from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000
+from simkernel import NIC_A, NIC_B, NIC_E1000, ORIGINAL
 
 STATE = "/run/pcipass/state.json"
 THREE = f"""\
@@ -36,7 +36,7 @@ def recorded(fresh: Machine) -> Machine:
     """The typical machine with both e1000e NICs and the e1000 on pci-stub, recorded."""
     r = fresh.run("apply")
     assert r.rc == 0, r.err
-    assert set(fresh.state) == set(NATIVE)
+    assert set(fresh.state) == set(ORIGINAL)
     return fresh
 
 
@@ -50,8 +50,8 @@ def records(m: Machine) -> list[dict[str, Any]]:
     return sorted(devices, key=lambda r: str(r.get("bdf")))
 
 
-def write_records(m: Machine, devices: list[Any]) -> None:
-    state_file(m).write_text(json.dumps({"format": 1, "devices": devices}))
+def write_records(m: Machine, devices: list[Any], fmt: int = 2) -> None:
+    state_file(m).write_text(json.dumps({"format": fmt, "devices": devices}))
 
 
 def errors(r: Result) -> list[str]:
@@ -60,7 +60,7 @@ def errors(r: Result) -> list[str]:
 
 
 def drivers(m: Machine) -> dict[str, str | None]:
-    return {bdf: m.driver(bdf) for bdf in NATIVE}
+    return {bdf: m.driver(bdf) for bdf in ORIGINAL}
 
 
 def touched(m: Machine, bdf: str, since: int) -> list[tuple[str, str]]:
@@ -69,25 +69,25 @@ def touched(m: Machine, bdf: str, since: int) -> list[tuple[str, str]]:
 
 
 # -- a file that cannot be read as a whole: one line, nothing touched ------------------------
-VALID = {"format": 1, "devices": []}
+VALID = {"format": 2, "devices": []}
 DAMAGED: dict[str, tuple[bytes, str]] = {
-    "a list": (b"[]", "it holds a list, not an object with format and devices"),
-    "null": (b"null", "it holds null"),
-    "a number": (b"1", "it holds a number"),
-    "a string": (b'"0000:00:02.0"', "it holds a string"),
+    "a list": (b"[]", "it is a list, not an object with format and devices"),
+    "null": (b"null", "it is null"),
+    "a number": (b"1", "it is a number"),
+    "a string": (b'"0000:00:02.0"', "it is a string"),
     "100,000 [": (b"[" * 100_000, "nested too deeply"),
     "nested 50 deep": (b"[" * 50 + b"]" * 50, "nested too deeply"),
     "empty": (b"", "it is not JSON (line 1, column 1)"),
-    "truncated": (b'{"format": 1, "devices": [{"bdf": "0000:00:02.0", ', "it is not JSON"),
-    "not UTF-8": (b'{"format": 1, "devices": ["\xff\xfe"]}', "it is not JSON"),
+    "truncated": (b'{"format": 2, "devices": [{"bdf": "0000:00:02.0", ', "it is not JSON"),
+    "not UTF-8": (b'{"format": 2, "devices": ["\xff\xfe"]}', "it is not JSON"),
     "binary": (bytes(range(256)), "it is not JSON"),
-    "format 2": (b'{"format": 2, "devices": []}', "format is 2, not 1"),
-    "format true": (b'{"format": true, "devices": []}', "format is true, not 1"),
-    "format string": (b'{"format": "1", "devices": []}', 'format is "1", not 1'),
+    "format 3": (b'{"format": 3, "devices": []}', "format is 3, not 1 or 2"),
+    "format true": (b'{"format": true, "devices": []}', "format is true, not 1 or 2"),
+    "format string": (b'{"format": "2", "devices": []}', 'format is "2", not 1 or 2'),
     "no format": (b'{"devices": []}', "it has no format"),
-    "devices an object": (b'{"format": 1, "devices": {}}', "devices is an object, not a list"),
-    "no devices": (b'{"format": 1}', "it has no devices"),
-    "over 1 MiB": (b'{"format": 1, "devices": []}' + b" " * (1 << 20), "larger than 1 MiB"),
+    "devices an object": (b'{"format": 2, "devices": {}}', "devices is an object, not a list"),
+    "no devices": (b'{"format": 2}', "it has no devices"),
+    "over 1 MiB": (b'{"format": 2, "devices": []}' + b" " * (1 << 20), "larger than 1 MiB"),
 }
 
 
@@ -108,7 +108,7 @@ def test_a_damaged_file_stops_every_verb_in_one_line_and_touches_nothing(
         assert why in line
         assert ("(hint: pcipassd moves no device while it cannot read this file: move it "
                 "away") in line
-        assert drivers(m) == dict.fromkeys(NATIVE, "pci-stub")
+        assert drivers(m) == dict.fromkeys(ORIGINAL, "pci-stub")
         assert m.sim.writes[before:] == []
         assert state_file(m).read_bytes() == body, "left for the admin to look at"
 
@@ -139,7 +139,7 @@ def test_state_json_that_is_not_a_regular_file_is_named_and_never_hangs(
         assert errors(r) == [f"pcipassd: error: {STATE} is {kind}, not a regular file (hint: "
                              "remove it (pcipassd writes this file itself), then run the "
                              "command again)"]
-        assert drivers(m) == dict.fromkeys(NATIVE, "pci-stub")
+        assert drivers(m) == dict.fromkeys(ORIGINAL, "pci-stub")
         assert m.sim.writes[before:] == []
 
 
@@ -164,7 +164,7 @@ def test_a_lock_that_is_not_a_regular_file_is_named(recorded: Machine, kind: str
     (line,) = errors(r)
     assert line.startswith(f"pcipassd: error: /run/pcipass/lock is {kind}")
     assert "(hint: remove it (pcipassd creates it itself), then run the command again)" in line
-    assert drivers(m) == dict.fromkeys(NATIVE, "pci-stub")
+    assert drivers(m) == dict.fromkeys(ORIGINAL, "pci-stub")
     assert m.sim.writes[before:] == []
     assert victim.read_text() == "keep\n"
 
@@ -184,7 +184,7 @@ def test_a_temp_file_left_by_a_killed_save_is_no_obstacle(
         stale.symlink_to(victim)
     r = m.run("restore")
     assert r.rc == 0, r.err
-    assert drivers(m) == NATIVE
+    assert drivers(m) == ORIGINAL
     assert m.state == {}
     assert victim.read_text() == "keep\n"
     assert sorted(p.name for p in (m.root / "run/pcipass").iterdir()) == ["lock", "state.json"]
@@ -206,9 +206,11 @@ BAD_RECORDS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
                                     'original_override: "a/b" is not a driver name'),
     "a number as id": (lambda r: {**r, "id": 32787}, "id: 32787 is not a vendor:device ID"),
     "an upper-case id": (lambda r: {**r, "id": "8086:10D3"}, "is not a vendor:device ID"),
-    "a native driver as target": (lambda r: {**r, "target": "e1000e"},
-                                  'target: "e1000e" is not one of pci-stub, vfio-pci'),
-    "a number as held": (lambda r: {**r, "held": 1}, "held: 1 is not one of initramfs"),
+    "an original driver as target": (lambda r: {**r, "target": "e1000e"},
+                                     'target: "e1000e" is not one of pci-stub, vfio-pci'),
+    "a number as stage": (lambda r: {**r, "stage": 1}, "stage: 1 is not one of initramfs"),
+    "format 1's held in format 2": (lambda r: {**{k: v for k, v in r.items() if k != "stage"},
+                                               "held": "late"}, 'unknown field "held"'),
     "a newline in entry": (lambda r: {**r, "entry": "x\nerror: forged"},
                            "entry: \"x\\nerror: forged\" is not a FILE:LINE"),
     "an unknown field": (lambda r: {**r, "extra": 1}, 'unknown field "extra"'),
@@ -255,13 +257,13 @@ def test_a_non_string_original_driver_never_leaves_the_device_without_a_driver(
                          '{"name": "e1000e"} is not a driver name like e1000e, or null; left '
                          'as it is (hint: fix or delete that record, then run `pcipassd '
                          'restore`)']
-    assert drivers(m) == {**NATIVE, NIC_A: "pci-stub"}
+    assert drivers(m) == {**ORIGINAL, NIC_A: "pci-stub"}
     # Fixed by hand, as the hint says: the next restore gives it back.
     devices[0]["original_driver"] = "e1000e"
     write_records(m, devices[:1])
     r = m.run("restore")
     assert r.rc == 0, r.err
-    assert drivers(m) == NATIVE
+    assert drivers(m) == ORIGINAL
     assert m.state == {}
 
 
@@ -280,7 +282,7 @@ def test_a_record_without_a_canonical_bdf_names_its_place_in_the_file(
                          "a PCI address like 0000:02:00.0; left as it is (hint: fix or delete "
                          "that record, then run `pcipassd restore`)"]
     assert touched(m, NIC_A, before) == []
-    assert drivers(m) == {**NATIVE, NIC_A: "pci-stub"}
+    assert drivers(m) == {**ORIGINAL, NIC_A: "pci-stub"}
 
 
 @pytest.mark.parametrize("raw", ["0000:00:02.0", None, 7, [], {}])
@@ -291,7 +293,7 @@ def test_a_record_that_is_not_an_object_is_named(recorded: Machine, raw: Any) ->
     assert r.rc == 1
     (line,) = errors(r)
     assert line.startswith(f"pcipassd: error: {STATE}: record 1: ")
-    assert drivers(m) == {**NATIVE, NIC_A: "pci-stub"}
+    assert drivers(m) == {**ORIGINAL, NIC_A: "pci-stub"}
 
 
 def test_two_records_for_one_device_leave_it_alone(recorded: Machine) -> None:
@@ -305,7 +307,7 @@ def test_two_records_for_one_device_leave_it_alone(recorded: Machine) -> None:
                          "for it; left as it is (hint: fix or delete that record, then run "
                          "`pcipassd restore`)"] * 2
     assert touched(m, NIC_A, before) == []
-    assert drivers(m) == {**NATIVE, NIC_A: "pci-stub"}
+    assert drivers(m) == {**ORIGINAL, NIC_A: "pci-stub"}
 
 
 def test_apply_leaves_a_configured_device_with_a_bad_record_alone(recorded: Machine) -> None:
@@ -320,18 +322,18 @@ def test_apply_leaves_a_configured_device_with_a_bad_record_alone(recorded: Mach
     (line,) = errors(r)
     assert line.startswith(f"pcipassd: error: {STATE}: device {NIC_A}: original_driver: ")
     assert touched(m, NIC_A, before) == []
-    assert drivers(m) == dict.fromkeys(NATIVE, "pci-stub")
+    assert drivers(m) == dict.fromkeys(ORIGINAL, "pci-stub")
     assert records(m)[0] == devices[0], "not overwritten with pci-stub as its original driver"
 
 
 def test_status_names_a_bad_record_and_is_not_converged(recorded: Machine) -> None:
     m = recorded
     devices = records(m)
-    devices[2]["held"] = "later"
+    devices[2]["stage"] = "later"
     write_records(m, devices)
     r = m.run("status")
     assert r.rc == 1
-    assert (f'warning: {STATE}: device {NIC_E1000}: held: "later" is not one of initramfs, '
+    assert (f'warning: {STATE}: device {NIC_E1000}: stage: "later" is not one of initramfs, '
             "early, udev, late; left as it is") in r.out
     assert "not converged: fix the problems above" in r.out
     assert "Traceback" not in r.err
@@ -346,11 +348,44 @@ def test_a_state_file_written_by_an_older_pcipassd_without_held_is_read(recorded
     m = recorded
     devices = records(m)
     for d in devices:
-        del d["held"]
-    write_records(m, devices)
+        del d["stage"]
+    write_records(m, devices, fmt=1)
     r = m.run("restore")
     assert r.rc == 0, r.err
-    assert drivers(m) == NATIVE
+    assert drivers(m) == ORIGINAL
+
+
+def test_a_format_1_state_file_with_held_is_read_and_restored(recorded: Machine) -> None:
+    """An upgrade reloads the service with the /run state file the older pcipassd wrote: format
+    1, whose records name their stage `held`."""
+    m = recorded
+    devices = records(m)
+    for d in devices:
+        d["held"] = "early" if d["bdf"] == NIC_A else d.pop("stage")
+        d.pop("stage", None)
+    write_records(m, devices, fmt=1)
+    data = json.loads(m.run("status", "--json").out)
+    assert {d["device"]: d["stage"] for d in data["devices"]} == {
+        NIC_A: "early", NIC_B: "late", NIC_E1000: "late"}
+    r = m.run("restore")
+    assert r.rc == 0, r.err
+    assert drivers(m) == ORIGINAL
+    assert "not 1" not in r.err
+
+
+def test_a_format_1_file_is_written_back_as_format_2(recorded: Machine) -> None:
+    m = recorded
+    devices = records(m)
+    for d in devices:
+        d["held"] = d.pop("stage")
+    write_records(m, devices, fmt=1)
+    m.config(f'version: 1\ndevices:\n  - address: "{NIC_A}"\n  - address: "{NIC_B}"\n')
+    assert m.run("apply").rc == 0
+    data = json.loads(state_file(m).read_text())
+    assert data["format"] == 2
+    assert sorted((r["bdf"], r["stage"]) for r in data["devices"]) == [(NIC_A, "late"),
+                                                                       (NIC_B, "late")]
+    assert all("held" not in r for r in data["devices"])
 
 
 # -- a state file that cannot be saved -----------------------------------------------------
@@ -408,14 +443,14 @@ def test_a_device_whose_record_cannot_be_saved_is_not_touched(fresh: Machine) ->
     assert r.rc == 1, "holds nothing"
     assert len(failures) == 3
     assert errors(r) == [
-        f"pcipassd: error: {bdf} [{pci_id}] {NATIVE[bdf]} -> pci-stub "
+        f"pcipassd: error: {bdf} [{pci_id}] {ORIGINAL[bdf]} -> pci-stub "
         f"(/etc/pcipass.yaml:{line}): not touched: cannot save {STATE}: No space left on "
         "device (hint: free space in /run (df /run) and make it writable, then run the "
         "command again)"
         for bdf, pci_id, line in ((NIC_A, "8086:10d3", 3), (NIC_B, "8086:10d3", 3),
                                   (NIC_E1000, "8086:100e", 4))]
-    assert drivers(m) == NATIVE
-    assert [m.override(b) for b in NATIVE] == [None, None, None]
+    assert drivers(m) == ORIGINAL
+    assert [m.override(b) for b in ORIGINAL] == [None, None, None]
     assert not [w for w in m.sim.writes if w[0].startswith("sys/bus/pci/devices")]
     assert not (m.root / STATE.lstrip("/")).exists()
     assert sorted(p.name for p in (m.root / "run/pcipass").iterdir()) == ["lock"], \
@@ -437,7 +472,7 @@ def test_when_one_save_fails_the_other_devices_still_apply(fresh: Machine) -> No
     assert "2 bound, 0 unchanged, 0 restored, 1 failed" in r.err
     r = m.run("apply")  # space again: it converges
     assert r.rc == 0, r.err
-    assert drivers(m) == dict.fromkeys(NATIVE, "pci-stub")
+    assert drivers(m) == dict.fromkeys(ORIGINAL, "pci-stub")
 
 
 def test_restore_on_a_read_only_run_gives_every_device_back_and_keeps_the_records(
@@ -448,17 +483,17 @@ def test_restore_on_a_read_only_run_gives_every_device_back_and_keeps_the_record
         read_only_run(m, mp)
         r = m.run("restore")
     assert r.rc == 1
-    assert drivers(m) == NATIVE, "each device given back whole"
-    assert [m.override(b) for b in NATIVE] == [None, None, None]
+    assert drivers(m) == ORIGINAL, "each device given back whole"
+    assert [m.override(b) for b in ORIGINAL] == [None, None, None]
     assert errors(r) == [f"pcipassd: error: {bdf}: its record stays: cannot save {STATE}: "
                          "Read-only file system (hint: free space in /run (df /run) and make "
-                         "it writable, then run the command again)" for bdf in NATIVE]
+                         "it writable, then run the command again)" for bdf in ORIGINAL]
     assert "3 restored, 0 failed, 3 records not removed" in r.err
     assert state_file(m).read_bytes() == saved
     # /run writable again: the next restore finds them back and only drops the records
     r = m.run("restore")
     assert r.rc == 0, r.err
-    assert drivers(m) == NATIVE
+    assert drivers(m) == ORIGINAL
     assert m.state == {}
 
 
@@ -473,11 +508,11 @@ def test_apply_on_a_read_only_run_binds_nothing_and_says_why(fresh: Machine) -> 
     assert len(errors(r)) == 3
     assert all("not touched: cannot save /run/pcipass/state.json: Read-only file system" in e
                for e in errors(r))
-    assert drivers(m) == NATIVE
+    assert drivers(m) == ORIGINAL
     assert "0 bound, 0 unchanged, 0 restored, 3 failed" in r.err
 
 
-def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_native_driver(
+def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_original_driver(
         fresh: Machine) -> None:
     m = fresh
     m.config(f"""\
@@ -490,7 +525,7 @@ def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_native_driv
     with pytest.MonkeyPatch.context() as mp:
         fail_writes(m, mp, errno.ENOSPC, allow=1)  # the record is saved; its removal not
         r = m.run("apply")
-    assert r.rc == 3, "it holds a record"
+    assert r.rc == 3, "it has a record"
     assert (m.driver(NIC_A), m.override(NIC_A)) == ("e1000e", None)
     assert f"{NIC_A}: rolled back to e1000e" in r.err
     assert f"pcipassd: error: {NIC_A}: its record stays: cannot save {STATE}" in r.err

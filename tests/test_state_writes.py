@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
-from simkernel import NATIVE, NIC_A, NIC_B, NIC_E1000, Intercept
+from simkernel import NIC_A, NIC_B, NIC_E1000, ORIGINAL, Intercept
 
 from pcipassd.cli import main
 from pcipassd.state import State
@@ -54,7 +54,7 @@ class Watching(Intercept):
         if path.name == "unbind":
             record = self.m.state.get(data)
             assert record is not None, f"{data} unbound before it was recorded"
-            assert record["original_driver"] == NATIVE[data]
+            assert record["original_driver"] == ORIGINAL[data]
             self.checked.append(data)
         self.m.sim.write(path, data)
 
@@ -63,7 +63,7 @@ def test_apply_records_every_device_before_touching_it(m: Machine) -> None:
     kernel = Watching(m)
     assert main(["--root", str(m.root), "apply"], kernel=kernel) == 0
     assert kernel.checked == [NIC_A, NIC_B, NIC_E1000]
-    assert {bdf: m.driver(bdf) for bdf in NATIVE} == dict.fromkeys(NATIVE, "pci-stub")
+    assert {bdf: m.driver(bdf) for bdf in ORIGINAL} == dict.fromkeys(ORIGINAL, "pci-stub")
 
 
 def test_restore_keeps_each_record_until_the_device_is_back(m: Machine) -> None:
@@ -72,7 +72,7 @@ def test_restore_keeps_each_record_until_the_device_is_back(m: Machine) -> None:
     assert main(["--root", str(m.root), "restore"], kernel=kernel) == 0
     assert kernel.checked == [NIC_A, NIC_B, NIC_E1000], "each still on disk while moved"
     assert m.state == {}
-    assert {bdf: m.driver(bdf) for bdf in NATIVE} == NATIVE
+    assert {bdf: m.driver(bdf) for bdf in ORIGINAL} == ORIGINAL
 
 
 def test_a_restore_that_never_made_its_final_save_is_safe_to_run_again(m: Machine) -> None:
@@ -87,7 +87,7 @@ def test_a_restore_that_never_made_its_final_save_is_safe_to_run_again(m: Machin
     r = m.run("restore")
     assert (r.rc, r.err.splitlines()[-1]) == (0, "pcipassd: 3 restored, 0 failed")
     assert not [w for w in m.sim.writes[before:] if w[0].endswith("/unbind")], "nothing unbound"
-    assert {bdf: m.driver(bdf) for bdf in NATIVE} == NATIVE
+    assert {bdf: m.driver(bdf) for bdf in ORIGINAL} == ORIGINAL
     assert m.state == {}
 
 

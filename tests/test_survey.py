@@ -58,8 +58,8 @@ def test_list_shows_every_device_by_group_with_names_and_verdicts(m: Machine) ->
     assert ("    Ethernet controller [0200]: Intel Corporation 82574L Gigabit Network Connection\n"
             in out)
     assert "IOMMU group 2: can be passed through as a whole (1 endpoint)" in out
-    assert f"IOMMU group 6: blocked: {DISK} holds / (vda1)" in out
-    assert lines_of(out, DISK).endswith("virtio-pci  host-critical: holds / (vda1)")
+    assert f"IOMMU group 6: blocked: {DISK} carries / (vda1)" in out
+    assert lines_of(out, DISK).endswith("virtio-pci  host-critical: carries / (vda1)")
     assert lines_of(out, PCIE_BRIDGE).endswith("pcieport    bridge")
     assert "IOMMU group 5: bridges only: nothing to pass through" in out
     assert "    VGA compatible controller [0300]: Vendor 1234 Device 1111\n" in out, "raw IDs"
@@ -131,7 +131,7 @@ def test_list_json_has_the_lspci_line_and_the_verdict(m: Machine) -> None:
     assert group["passable"] is False
     assert group["devices"][0]["lspci"] == (
         "SCSI storage controller [0100]: Red Hat, Inc. Virtio block device [1af4:1001]")
-    assert group["devices"][0]["notes"] == ["host-critical: holds / (vda1)"]
+    assert group["devices"][0]["notes"] == ["host-critical: carries / (vda1)"]
 
 
 def test_list_with_a_bad_filter_is_one_line(m: Machine) -> None:

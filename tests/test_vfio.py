@@ -110,7 +110,7 @@ def test_status_names_the_process_holding_a_device(m: Machine) -> None:
     assert f"{NIC_B} is open" not in r.out
     devices = {d["device"]: d for d in json.loads(m.run("status", "--json").out)["devices"]}
     assert devices[NIC_A]["in_use_by"] == ["qemu-system-x86 (pid 359)"]
-    assert devices[NIC_A]["status"] == "stale"
+    assert devices[NIC_A]["action"] == "restore"
     assert devices[NIC_B]["in_use_by"] == []
 
 

@@ -1,6 +1,7 @@
 """Build-time documentation from the sources the program itself uses, so they cannot drift:
-pcipassd(8) and its bash completion from the argument parser, pcipass.yaml(5) from the JSON
-schema. Run by `make` (nothing of this is on the boot path):
+pcipassd(8) and its bash completion from the argument parser (its WORDS from the README's
+glossary), pcipass.yaml(5) from the JSON schema. Run by `make` (nothing of this is on the boot
+path):
 
     python3 tools/gendocs.py OUTDIR
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,20 @@ def roff(text: str) -> str:
     """Text safe in a roff line: backslashes and leading dots/quotes escaped."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
     return "\\&" + text if text[:1] in (".", "'") else text
+
+
+def words(readme: str) -> list[tuple[list[str], str]]:
+    """The README's glossary (its `## Words` list): each item's words and what they mean (in
+    Markdown)."""
+    section = readme.partition("\n## Words\n")[2].partition("\n## ")[0]
+    items = re.split(r"\n(?=- \*\*)", section.partition("\n- ")[2])
+    out = []
+    for item in items:
+        text = " ".join(item.removeprefix("- ").split())
+        head, _, meaning = text.partition(": ")
+        terms = re.findall(r"\*\*([^*]+)\*\*", head)
+        out.append((terms, meaning))
+    return out
 
 
 def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -65,6 +81,10 @@ def manpage_pcipassd() -> str:
     out.append(".SH OPTIONS")
     for a in _options(top):
         out += [".TP", _option_line(a), roff(a.help or "")]
+    out.append(".SH WORDS")
+    for terms, meaning in words((REPO / "README.md").read_text()):
+        plain = meaning.replace("**", "").replace("`", "")
+        out += [".TP", ", ".join(f"\\fB{roff(t)}\\fR" for t in terms), roff(plain)]
     out += [".SH EXIT STATUS", roff(top.epilog or ""),
             ".SH FILES",
             ".TP", "/etc/pcipass.yaml, /etc/pcipass.d/*.yaml, /etc/pcipass.d/*.yml",

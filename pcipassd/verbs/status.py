@@ -28,29 +28,27 @@ def run(ctx: Context) -> int:
                 *((f"{s.bdf}: {s.forced_note}", "") for s in plan.steps if s.forced)]
     users = _users(ctx, plan)
     converged = plan.converged and not state.invalid
-    status = {Action.UNCHANGED: "ok", Action.BIND: "pending", Action.RESTORE: "stale",
-              Action.KEEP: "kept", Action.FAIL: "failed"}
 
-    def held(bdf: str) -> str | None:
+    def stage(bdf: str) -> str | None:
         record = records.get(bdf)
-        return record.held if record else None
+        return record.stage if record else None
 
     if ctx.args.json:
         ctx.out.update({"converged": converged,
-                        "devices": [{**step_dict(s), "status": status[s.action],
-                                     "held": held(s.bdf), "in_use_by": users.get(s.bdf, [])}
+                        "devices": [{**step_dict(s), "stage": stage(s.bdf),
+                                     "in_use_by": users.get(s.bdf, [])}
                                     for s in plan.steps],
                         "groups": groups_json(groups),
                         "problems": [p.as_dict() for p in plan.problems],
                         "warnings": [message(w, h) for w, h in warnings]})
     else:
-        rows = [[s.bdf, s.id, s.current or "-",
+        rows = [[s.bdf, s.id, s.driver or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
-                 s.group or "-", held(s.bdf) or "-", status[s.action],
+                 s.group or "-", stage(s.bdf) or "-", str(s.action),
                  printable(s.name or s.selects or "-")]
                 for s in plan.steps]
-        print("\n".join(table(rows, ["DEVICE", "ID", "DRIVER", "WANTED", "GROUP", "HELD",
-                                      "STATUS", "ENTRY"])))
+        print("\n".join(table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "STAGE",
+                                      "ACTION", "ENTRY"])))
         print("\n".join(groups_text(groups)))
         if users:
             print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
@@ -131,7 +129,7 @@ def _users(ctx: Context, plan: Plan) -> dict[str, list[str]]:
 
     out = {}
     for s in plan.steps:
-        dev = read_device(ctx.host, s.bdf) if s.current == vfio.DRIVER else None
+        dev = read_device(ctx.host, s.bdf) if s.driver == vfio.DRIVER else None
         if dev is not None and (users := vfio.users(ctx.host, dev)):
             out[s.bdf] = [str(u) for u in users]
     return out

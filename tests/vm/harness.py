@@ -53,7 +53,7 @@ class PciDevice:
     name: str
     bdf: str  # as the guest sees it, e.g. "0000:00:03.0"
     vendor_device: str  # "8086:10d3"
-    driver: str | None  # the host driver the guest kernel binds by default
+    driver: str | None  # the original driver: what the guest kernel binds by default
     qemu_args: tuple[str, ...]
 
 

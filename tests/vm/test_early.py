@@ -1,4 +1,4 @@
-"""The early hold on a real kernel: devices held before any native driver probes them.
+"""The early hold on a real kernel: devices held before any driver probes them.
 
 One disk, three boots, with the kernel logging every probe attempt (dyndbg on drivers/base/dd.c:
 `really_probe: probing driver e1000e with device`). Three identical e1000e: 00:03.0 goes to
@@ -82,7 +82,7 @@ common() {{
     result observer "$(cat /run/observer)"
     capture state cat /run/pcipass/state.json
 }}
-off_boot() {{  # a boot with pcipassd off: what holds what, and what the kernel log says
+off_boot() {{  # a boot with pcipassd off: which driver has which device, and the kernel log
     pci_inventory boot
     result active "$(systemctl is-active pcipassd)"
     result enabled "$(systemctl is-enabled pcipassd)"
@@ -251,8 +251,8 @@ def test_rebuilt_initramfs_holds_before_any_probe(early_boots: list[BootResult])
     assert res.driver(VFIO, "boot") == "vfio-pci"
     assert res.driver(TWIN, "boot") == "e1000e"
     assert "warning" not in res["status"], res["status"]
-    assert '"held": "initramfs"' in res["state"], res["state"]
-    assert '"PCIPASS_HELD":"initramfs"' in res["fields"].replace(" ", "")
+    assert '"stage": "initramfs"' in res["state"], res["state"]
+    assert '"PCIPASS_STAGE":"initramfs"' in res["fields"].replace(" ", "")
 
 
 def test_unit_is_active_with_a_refused_entry_and_says_so(early_boots: list[BootResult]) -> None:
@@ -262,7 +262,7 @@ def test_unit_is_active_with_a_refused_entry_and_says_so(early_boots: list[BootR
         assert res["active"] == "active", res.where()
         assert res["statustext"] == ("holding 2 devices, 1 entry refused "
                                      "(/etc/pcipass.yaml:7: `pcipassd status` says why)")
-        assert f"refusing {DISK_BDF}: {DISK_BDF} holds /" in res["journal"]
+        assert f"refusing {DISK_BDF}: {DISK_BDF} carries /" in res["journal"]
         assert res.rc("status") == 1
         assert res["observer"] == "active pci-stub vfio-pci", res.where()
         assert res.driver(DISK_BDF, "boot") == "virtio-pci"
@@ -322,5 +322,5 @@ def test_enabled_again_holds_from_the_initramfs_on(early_boots: list[BootResult]
     assert probed(res, TWIN)
     assert res.driver(STUB, "boot") == "pci-stub", res.where()
     assert res.driver(VFIO, "boot") == "vfio-pci"
-    assert '"held": "initramfs"' in res["state"], res["state"]
+    assert '"stage": "initramfs"' in res["state"], res["state"]
     assert res["mask.rc"] == "0"

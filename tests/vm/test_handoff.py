@@ -1,6 +1,6 @@
 """From survey to a running VM on a real kernel: `pcipassd list`, `status --qemu` accepted by a
 QEMU inside the guest (paused, -S: it realizes the vfio-pci device, which is what matters), and
-`systemctl stop` while that QEMU holds the device: prompt, the device left on vfio-pci, QEMU
+`systemctl stop` while that QEMU has the device open: prompt, the device left on vfio-pci, QEMU
 named; after QEMU exits, `pcipassd restore` gives the device back."""
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def test_list_names_every_device_and_marks_the_root_disk(handoff: BootResult) ->
     out = handoff["list"]
     assert handoff.rc("list") == 0, out
     assert "82574L Gigabit Network Connection" in out, out
-    assert f"  {DISK_BDF}  1af4:1001  virtio-pci  host-critical: holds / (vda)\n" in out
+    assert f"  {DISK_BDF}  1af4:1001  virtio-pci  host-critical: carries / (vda)\n" in out
     assert "    SCSI storage controller [0100]: Red Hat, Inc. Virtio block device\n" in out
-    assert f"IOMMU group 1: blocked: {DISK_BDF} holds / (vda)" in out
+    assert f"IOMMU group 1: blocked: {DISK_BDF} carries / (vda)" in out
     assert "held (late)" in out
     group = handoff.iommu_group(GUEST_NIC, "during")
     assert f"IOMMU group {group}: can be passed through as a whole (1 endpoint)" in out

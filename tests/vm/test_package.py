@@ -4,7 +4,7 @@ upgrade to a newer build, purge, with the devices checked after each step.
 Two boots of one disk that starts without pcipassd:
 
 1. ``apt-get install ./pcipassd_0.1.0-1_all.deb``: both units enabled, neither started, no
-   device touched, the shipped config in place as a conffile. Then a config that holds one of
+   device touched, the shipped config in place as a conffile. Then a config that lists one of
    the two identical e1000e, and a reboot.
 2. The enabled unit held the device at boot. ``apt-get install ./pcipassd_<newer>.deb``: the
    device stays on pci-stub, the unit is not restarted (same invocation) but reloaded, and the

@@ -188,7 +188,7 @@ def test_root_disk_controller_is_refused_and_the_guest_keeps_running(
     res = refusals
     journal = res["journal"]
     assert res.driver(DISK_BDF, "boot") == "virtio-pci", res.where()
-    assert f"refusing {DISK_BDF}: {DISK_BDF} holds /" in journal, journal
+    assert f"refusing {DISK_BDF}: {DISK_BDF} carries /" in journal, journal
     assert "force: [storage]" in journal
     assert res["active"] == "active", "it holds a device: stop and poweroff must give it back"
     assert res.shutdown == "poweroff" and res.get("alive")
@@ -198,7 +198,7 @@ def test_root_disk_controller_is_refused_and_the_guest_keeps_running(
 def test_isolated_refuses_half_of_a_shared_group(refusals: BootResult) -> None:
     journal = refusals["journal"]
     group = refusals.iommu_group(BR_A, "boot")
-    assert f"IOMMU group {group} of {BR_A} also holds {BR_B} [8086:100e] on e1000" in journal
+    assert f"IOMMU group {group} of {BR_A} also contains {BR_B} [8086:100e] on e1000" in journal
     assert refusals.driver(BR_A, "boot") == refusals.driver(BR_B, "boot") == "e1000"
 
 
