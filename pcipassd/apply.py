@@ -25,7 +25,6 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from pcipassd import vfio
 from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
 from pcipassd.inventory import (
@@ -159,6 +158,8 @@ class Applier:
     def _in_use(self, step: Step, dev: Device) -> bool:
         """A VM has the device open through VFIO: unbinding it would block in the kernel until
         the VM lets go. Leave it (and its record) as it is, and say who has it."""
+        from pcipassd import vfio  # noqa: PLC0415 - only for a device to move
+
         holders = vfio.users(self.host, dev)
         if not holders:
             return False

@@ -13,7 +13,7 @@ from pcipassd import __version__
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from pcipassd.context import Context
     from pcipassd.errors import Problem
@@ -50,7 +50,36 @@ class _UsageError(Exception):
     """A wrong command line: main() says so and exits 64."""
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (and bz2, lzma with it):
+    argparse asks for a formatter, so for the width, at each add_argument."""
+    import os  # noqa: PLC0415 - imported at start-up already
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        stdout = sys.__stdout__
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         """A wrong command line exits 64, not 2: 2 means an invalid configuration."""
         self.print_usage(sys.stderr)

@@ -11,7 +11,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
-from pcipassd import modules
 from pcipassd.host import Host
 from pcipassd.inventory import kernel_release
 from pcipassd.safefile import read_host
@@ -66,6 +65,8 @@ def cpu_vendor(host: Host) -> str:
 
 def module_available(host: Host, driver: str) -> str | None:
     """How `driver` can be had: "loaded", "built in", "module", or None (see modules.py)."""
+    from pcipassd import modules  # noqa: PLC0415 - not on apply's path (iommu_active)
+
     return modules.availability(host, driver)
 
 
@@ -242,6 +243,8 @@ def _virtualization_findings(host: Host, config: dict[str, str] | None) -> list[
     """What virt-host-validate checks besides the IOMMU: VT-x/AMD-V, /dev/kvm, /dev/vfio/vfio.
     No fix that an earlier finding rules out: no modprobe where no module can be loaded, and
     no "KVM cannot run" where /dev/kvm shows it does."""
+    from pcipassd import modules  # noqa: PLC0415 - not on apply's path (iommu_active)
+
     ext = sorted(_cpu_flags(host) & {"vmx", "svm"})
     kvm = host.path("/dev/kvm").exists()
     vendor = {"vmx": "intel", "svm": "amd"}.get(ext[0], "") if ext else cpu_vendor(host)
@@ -280,6 +283,8 @@ def driver_findings(host: Host, config: dict[str, str] | None,
                     wanted: Collection[str]) -> list[Finding]:
     """pci-stub and vfio-pci: how this kernel has each. One the configuration binds devices to
     and this kernel cannot have FAILs, in the words `plan` uses (modules.missing)."""
+    from pcipassd import modules  # noqa: PLC0415 - not on apply's path (iommu_active)
+
     out = []
     for driver in modules.OPTIONS:
         how = modules.availability(host, driver)

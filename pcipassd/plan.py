@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from pcipassd import vfio
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
 from pcipassd.selection import Selection
@@ -158,6 +157,8 @@ def predict(plan: Plan, *, iommu_on: bool, iommu_policy: str,
     """The plan as apply will fare on this kernel: each bind that cannot succeed becomes a
     FAIL that says why (for `plan` and `status`; apply finds out by trying). `unavailable`:
     each driver this kernel cannot have, and why, in the words `check` uses (modules.missing)."""
+    from pcipassd import vfio  # noqa: PLC0415 - not on apply's path
+
     steps = []
     for s in plan.steps:
         why = ""

@@ -26,13 +26,16 @@ import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from pcipassd.address import BDF_RE
 from pcipassd.config import STUB_DRIVERS
 from pcipassd.errors import StateError
 from pcipassd.host import Host
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = 1
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices

@@ -17,7 +17,6 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
 
 import yaml
 
@@ -26,12 +25,18 @@ from pcipassd.printable import printable, short
 from pcipassd.safefile import Refused, read_untrusted
 from pcipassd.strictmodes import untrusted
 
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Union
+
+    JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
+    _Node = Union["_Scalar", "_Collection"]
+
 MAX_BYTES = 1 << 20  # a config is a few kB; anything this big is a mistake
 MAX_NODES = 50_000  # bounds alias expansion ("billion laughs")
 MAX_DEPTH = 64  # bounds nesting, flow ([{) and block (indentation, `- - -`) alike
 MAX_DIGITS = 100  # a longer number is not a pcipassd value (and int() refuses > 4300 digits)
 
-JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
 Mark = tuple[int, int]  # 1-based line, column
 # a character YAML does not accept in a stream (PyYAML's reader allows only these); compiled
 # only when a file has one, since compiling it costs more than reading a config
@@ -90,9 +95,6 @@ class _Collection:
     tag: str | None  # an explicit tag, if the file wrote one
     mark: Mark
     items: list[_Node] = field(default_factory=list)
-
-
-_Node = Union[_Scalar, _Collection]
 
 
 class _Stop(Exception):
