@@ -57,6 +57,8 @@ UNSAVED = "records not removed"  # devices given back whose record stayed in the
 
 @dataclass
 class Outcome:
+    """What a run did: how many devices of each kind (bound, unchanged, failed...)."""
+
     counts: Counter[str] = field(default_factory=Counter)
 
     @property

@@ -190,6 +190,8 @@ def _compact(items: list[str]) -> str:
 
 @dataclass
 class _Holding:
+    """The mount points (and swap) one PCI device holds, and through which of its disks."""
+
     places: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pcipassd.host import Host
-from pcipassd.inventory import kernel_release
+from pcipassd.inventory import iommu_active as iommu_active  # noqa: PLC0414 - re-exported
+from pcipassd.inventory import iommu_groups, kernel_release
 from pcipassd.safefile import read_host
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
@@ -45,14 +46,6 @@ def _listdir(host: Host, path: str) -> list[str]:
         return sorted(os.listdir(host.path(path)))
     except OSError:
         return []
-
-
-def iommu_groups(host: Host) -> list[str]:
-    return _listdir(host, "/sys/kernel/iommu_groups")
-
-
-def iommu_active(host: Host) -> bool:
-    return bool(iommu_groups(host))
 
 
 def cpu_vendor(host: Host) -> str:

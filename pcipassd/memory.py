@@ -67,6 +67,8 @@ class Known:
 
 @dataclass(frozen=True)
 class Memory:
+    """What the last live run judged, and when."""
+
     judged: str  # when, UTC: 2025-01-02T13:45:07Z
     devices: Mapping[str, Known]
 

@@ -75,6 +75,8 @@ class Uplink:
 
 @dataclass
 class Uplinks:
+    """The interfaces the network configuration brings up at boot, and what could not be read."""
+
     found: list[Uplink] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

@@ -56,6 +56,8 @@ _UDEV_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 @dataclass(frozen=True)
 class Mount:
+    """A mounted file system or an active swap area."""
+
     place: str  # the mount point, or "swap"
     devno: str  # MAJ:MIN, "" for swap
     fstype: str

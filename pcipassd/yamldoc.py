@@ -55,6 +55,8 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 
 @dataclass
 class Document:
+    """A file's data, and where (line, column) each of its values is written."""
+
     file: str  # as shown to the admin
     data: Any
     marks: dict[JsonPath, Mark] = field(default_factory=dict)
@@ -83,6 +85,8 @@ def format_path(path: JsonPath) -> str:
 # -- the node tree --------------------------------------------------------------------------
 @dataclass
 class _Scalar:
+    """A scalar node, before it becomes a value."""
+
     tag: str
     explicit: bool  # the file wrote the tag (!!int 5), YAML did not infer it
     value: str
@@ -91,6 +95,8 @@ class _Scalar:
 
 @dataclass
 class _Collection:
+    """A mapping or sequence node, before it becomes a value."""
+
     mapping: bool  # a mapping: items are key, value, key, value...; else a sequence
     tag: str | None  # an explicit tag, if the file wrote one
     mark: Mark

@@ -3,6 +3,7 @@ names the package to install (never a traceback), and `--version` loads nothing 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,34 @@ def test_without_a_plain_verb_every_verb_is_built(argv: list[str]) -> None:
     from pcipassd.cli import _verb  # noqa: PLC0415
 
     assert _verb(argv) is None
+
+
+# What a converged apply (every boot) must not import: each was made lazy for its start-up time
+# (bench/noop_apply.py). A behaviour test of imports, never of times.
+NOT_ON_BOOT = ("typing", "shutil", "pcipassd.iommu", "pcipassd.modules", "pcipassd.vfio",
+               "pcipassd.reboot", "pcipassd.survey", "pcipassd.names", "jsonschema")
+
+
+def test_a_converged_apply_imports_nothing_it_does_not_need(m: Machine) -> None:
+    m.with_guest_nic()
+    assert m.run("apply").rc == 0
+    probe = ("import sys\nfrom pcipassd.cli import main\nrc = main(sys.argv[1:4])\n"
+             "sys.stdout.flush()\nprint(rc, *sorted(set(sys.modules) & set(sys.argv[4:])))")
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    r = subprocess.run([sys.executable, "-c", probe, "--root", str(m.root), "apply",
+                        *NOT_ON_BOOT], cwd=REPO, capture_output=True, text=True, check=False,
+                       timeout=60, env=env)
+    assert r.stderr.splitlines()[-1] == "pcipassd: 0 bound, 1 unchanged, 0 restored, 0 failed"
+    assert r.stdout.splitlines() == ["0"]
+
+
+def test_printable_skips_its_pattern_only_for_text_it_would_leave_alone() -> None:
+    """printable() returns str.isprintable() text without compiling its pattern (start-up):
+    no character the pattern escapes is printable."""
+    import re  # noqa: PLC0415
+
+    from pcipassd.printable import _UNSAFE  # noqa: PLC0415
+
+    unsafe = re.compile(_UNSAFE)
+    assert [c for c in map(chr, range(sys.maxunicode + 1))
+            if c.isprintable() and unsafe.match(c)] == []
