@@ -116,7 +116,7 @@ def test_version_loads_only_the_command_line() -> None:
              "('yaml', 'jsonschema', 'json', 'logging', 'dataclasses', 'typing'))))")
     r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                        check=True, timeout=60)
-    assert r.stdout.splitlines() == ["pcipassd 0.1.0", "pcipassd pcipassd.cli"]
+    assert r.stdout.splitlines() == ["pcipassd 0.1.0", "pcipassd pcipassd.cli pcipassd.cmdline"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -140,8 +140,9 @@ def test_without_a_plain_verb_every_verb_is_built(argv: list[str]) -> None:
 
 # What a converged apply (every boot) must not import: each was made lazy for its start-up time
 # (bench/noop_apply.py). A behaviour test of imports, never of times.
-NOT_ON_BOOT = ("typing", "shutil", "pcipassd.iommu", "pcipassd.modules", "pcipassd.vfio",
-               "pcipassd.reboot", "pcipassd.survey", "pcipassd.names", "jsonschema")
+NOT_ON_BOOT = ("typing", "shutil", "argparse", "locale", "pcipassd.cmdline", "pcipassd.iommu",
+               "pcipassd.modules", "pcipassd.vfio", "pcipassd.reboot", "pcipassd.survey",
+               "pcipassd.names", "jsonschema")
 
 
 def test_a_converged_apply_imports_nothing_it_does_not_need(m: Machine) -> None:
@@ -167,3 +168,30 @@ def test_printable_skips_its_pattern_only_for_text_it_would_leave_alone() -> Non
     unsafe = re.compile(_UNSAFE)
     assert [c for c in map(chr, range(sys.maxunicode + 1))
             if c.isprintable() and unsafe.match(c)] == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["apply"], ["restore"], ["--root", "/x", "apply"], ["--debug", "apply"],
+    ["--config", "/c.yaml", "--root", "/x", "--debug", "restore"], ["--root", "apply", "apply"],
+    ["--root", "/x y", "--config", "apply", "restore"],
+])
+def test_the_units_command_lines_are_read_as_argparse_reads_them(argv: list[str]) -> None:
+    """apply and restore as the units run them skip argparse (start-up); the same values."""
+    from pcipassd.cli import _plain, _verb, parser  # noqa: PLC0415
+
+    plain = _plain(argv)
+    assert plain is not None
+    assert vars(plain) == vars(parser(_verb(argv)).parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["plan"], ["status"], ["apply", "--debug"], ["--root=/x", "apply"], ["--ro", "/x", "apply"],
+    ["--root", "/x", "--root", "/y", "apply"], ["--debug", "--debug", "apply"],
+    ["--root", "-x", "apply"], ["--root", "", "apply"], ["--root", "--", "apply"],
+    ["--root"], ["apply", "restore"], ["--version", "apply"], ["-h", "apply"], ["--json", "apply"],
+    ["--root", "/x", "apply", "--config", "/c"],
+])
+def test_every_other_command_line_is_left_to_argparse(argv: list[str]) -> None:
+    from pcipassd.cli import _plain  # noqa: PLC0415
+
+    assert _plain(argv) is None
