@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
@@ -55,11 +55,12 @@ GONE = "is gone (hot-removed?); forgetting it"
 UNSAVED = "records not removed"  # devices given back whose record stayed in the state file
 
 
-@dataclass
 class Outcome:
-    """What a run did: how many devices of each kind (bound, unchanged, failed...)."""
+    """What a run did: how many devices of each kind (bound, unchanged, failed...)
+    (a plain class: a dataclass costs start-up time, see bench/noop_apply.py)."""
 
-    counts: Counter[str] = field(default_factory=Counter)
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
 
     @property
     def failed(self) -> int:

@@ -83,24 +83,29 @@ def format_path(path: JsonPath) -> str:
 
 
 # -- the node tree --------------------------------------------------------------------------
-@dataclass
+# (plain classes: a dataclass costs start-up time, see bench/noop_apply.py)
 class _Scalar:
     """A scalar node, before it becomes a value."""
 
-    tag: str
-    explicit: bool  # the file wrote the tag (!!int 5), YAML did not infer it
-    value: str
-    mark: Mark
+    __slots__ = ("explicit", "mark", "tag", "value")
+
+    def __init__(self, tag: str, explicit: bool, value: str, mark: Mark) -> None:
+        self.tag = tag
+        self.explicit = explicit  # the file wrote the tag (!!int 5), YAML did not infer it
+        self.value = value
+        self.mark = mark
 
 
-@dataclass
 class _Collection:
     """A mapping or sequence node, before it becomes a value."""
 
-    mapping: bool  # a mapping: items are key, value, key, value...; else a sequence
-    tag: str | None  # an explicit tag, if the file wrote one
-    mark: Mark
-    items: list[_Node] = field(default_factory=list)
+    __slots__ = ("items", "mapping", "mark", "tag")
+
+    def __init__(self, mapping: bool, tag: str | None, mark: Mark) -> None:
+        self.mapping = mapping  # a mapping: items are key, value, key, value...; else a sequence
+        self.tag = tag  # an explicit tag, if the file wrote one
+        self.mark = mark
+        self.items: list[_Node] = []
 
 
 class _Stop(Exception):
