@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from machine import Machine
+from simkernel import BOOT_VGA, NIC_A, SimKernel, build_typical_machine
 
 import pcipassd
 
@@ -195,3 +196,44 @@ def test_every_other_command_line_is_left_to_argparse(argv: list[str]) -> None:
     from pcipassd.cli import _plain  # noqa: PLC0415
 
     assert _plain(argv) is None
+
+
+SCENARIOS = {  # the config, and whether apply ran once before (a converged host)
+    "converged": (f'version: 1\ndevices:\n  - address: "{NIC_A}"\n', True),
+    "one to bind": (f'version: 1\ndevices:\n  - address: "{NIC_A}"\n', False),
+    "a refused entry": (f'version: 1\ndevices:\n  - address: "{BOOT_VGA}"\n'
+                        f'  - address: "{NIC_A}"\n', False),
+    "an invalid config": ('version: 1\ndevices:\n  - id: "nope"\n', False),
+}
+
+
+@pytest.mark.parametrize("verb", ["apply", "restore"])
+@pytest.mark.parametrize("systemd", [False, True])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_units_command_lines_run_as_argparse_would_have_them(
+        *, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch, scenario: str, systemd: bool, verb: str) -> None:
+    """The same run (exit status, output, journal fields, sysfs writes) whether the command
+    line was read by cli._plain or by argparse."""
+    from pcipassd import cli  # noqa: PLC0415
+
+    journal = request.getfixturevalue("journal") if systemd else None
+    config, converged = SCENARIOS[scenario]
+    seen, rcs = [], []
+    for reader in ("plain", "argparse"):
+        machine = Machine(build_typical_machine(SimKernel(tmp_path / reader)), capsys)
+        machine.config(config)
+        if converged or verb == "restore":
+            machine.run("apply")
+        with monkeypatch.context() as patch:
+            if reader == "argparse":
+                patch.setattr(cli, "_plain", lambda argv: None)
+            writes = len(machine.sim.writes)
+            first = len(journal.entries) if journal else 0
+            r = machine.run(verb)
+        text = repr((r, machine.sim.writes[writes:], journal.entries[first:] if journal else []))
+        seen.append(text.replace(str(machine.root), "ROOT"))
+        rcs.append(r.rc)
+    assert seen[0] == seen[1]
+    assert rcs[0] == {"converged": 0, "one to bind": 0, "a refused entry": 3,
+                      "an invalid config": 2}[scenario] if verb == "apply" else rcs[0] == 0
