@@ -63,6 +63,8 @@ class Address:
 
 @dataclass(frozen=True, order=True)
 class PciId:
+    """A PCI vendor:device ID (8086:10d3)."""
+
     vendor: int
     device: int
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 import errno
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from pcipassd import vfio
 from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
 from pcipassd.inventory import (
@@ -57,9 +56,12 @@ GONE = "is gone (hot-removed?); forgetting it"
 UNSAVED = "records not removed"  # devices given back whose record stayed in the state file
 
 
-@dataclass
 class Outcome:
-    counts: Counter[str] = field(default_factory=Counter)
+    """What a run did: how many devices of each kind (bound, unchanged, failed...)
+    (a plain class: a dataclass costs start-up time, see bench/noop_apply.py)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
 
     @property
     def failed(self) -> int:
@@ -163,6 +165,8 @@ class Applier:
     def _in_use(self, step: Step, dev: Device) -> bool:
         """A VM has the device open through VFIO: unbinding it would block in the kernel until
         the VM lets go. Leave it (and its record) as it is, and say who has it."""
+        from pcipassd import vfio  # noqa: PLC0415 - only for a device to move
+
         users = vfio.users(self.host, dev)
         if not users:
             return False

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-
-from pcipassd import __version__
 
 # Each verb imports what it needs when it runs (see bench/noop_apply.py): `--version` and a
 # converged `apply` stay near a bare interpreter start, and a missing dependency (PyYAML,
 # jsonschema) is met inside main(), which names the package to install.
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
-    from typing import NoReturn
+    from types import SimpleNamespace
 
     from pcipassd.context import Context
     from pcipassd.errors import Problem
@@ -50,13 +48,6 @@ class _UsageError(Exception):
     """A wrong command line: main() says so and exits 64."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """A wrong command line exits 64, not 2: 2 means an invalid configuration."""
-        self.print_usage(sys.stderr)
-        raise _UsageError(f"{self.prog}: error: {message}")
-
-
 def _verb(argv: Sequence[str]) -> str | None:
     """The verb of a command line, when it is plainly there: then only its own parser is built
     (building all eight costs more than a no-op apply's work). None: build them all."""
@@ -71,79 +62,44 @@ def _verb(argv: Sequence[str]) -> str | None:
     return argv[i] if i < len(argv) and argv[i] in VERBS else None
 
 
-def _class_arg(text: str) -> str:
-    from pcipassd.survey import class_arg  # noqa: PLC0415 - only when --class is given
+def _plain(argv: Sequence[str]) -> SimpleNamespace | None:
+    """The command line as argparse would read it, when it is one the units run: `apply` or
+    `restore` last, before it only --root DIR, --config FILE, --debug, each at most once and
+    spelt out, and no value that starts with "-". None for any other: argparse reads that."""
+    from types import SimpleNamespace  # noqa: PLC0415
 
-    try:
-        return class_arg(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _id_arg(text: str) -> str:
-    from pcipassd.survey import id_arg  # noqa: PLC0415 - only when --id is given
-
-    try:
-        return id_arg(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    given: dict[str, object] = {}
+    i = 0
+    while i < len(argv) - 1:
+        word = argv[i]
+        if word in ("--root", "--config") and word[2:] not in given:
+            value = argv[i + 1]
+            if not value or value.startswith("-"):
+                return None
+            given[word[2:]] = value
+            i += 2
+        elif word == "--debug" and "debug" not in given:
+            given["debug"] = True
+            i += 1
+        else:
+            return None
+    if i != len(argv) - 1 or argv[i] not in ("apply", "restore"):
+        return None
+    return SimpleNamespace(**given, verb=argv[i])
 
 
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """The command line; with `verb`, only that verb's parser (see _verb)."""
-    common = _Parser(add_help=False)
-    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
-                        help="resolve every host path (sys, proc, etc, run) under DIR; "
-                        "modprobe never runs unless DIR is /")
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="main config file (default: ROOT/etc/pcipass.yaml, with drop-ins "
-                        "from pcipass.d/ next to it)")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="log every sysfs write; show tracebacks")
-    p = _Parser(
-        prog="pcipassd", parents=[common],
-        description="Hand PCI devices to virtual machines: bind them to pci-stub or vfio-pci "
-        "as /etc/pcipass.yaml says, and give them back on restore.",
-        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed (or a valid "
-        "config that does not fit this host), 2 invalid config, "
-        "3 apply partly applied (holds devices; an entry was refused or a device failed), "
-        "143 apply stopped by SIGTERM (every device given back), 64 a wrong command line.",
-    )
-    p.add_argument("--version", action="version", version=f"pcipassd {__version__}")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name, (_, help_text, takes_json) in VERBS.items():
-        if verb is not None and name != verb:
-            continue
-        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        # `status --json` is one JSON object; --qemu and --libvirt print something else
-        to = sp.add_mutually_exclusive_group() if name == "status" else sp
-        if takes_json:
-            to.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "validate":
-            sp.add_argument("files", nargs="*", metavar="FILE",
-                            help="files to validate (default: the configuration)")
-            sp.add_argument("--offline", action="store_true",
-                            help="check the files only, not against this host's devices")
-        if name == "list":
-            sp.add_argument("--class", dest="cls", metavar="CLASS", type=_class_arg,
-                            help="only devices of this class: a hex prefix (02, 0300), a word "
-                            "(gpu, display, vga, network, ethernet, storage, nvme, audio, usb) "
-                            "or words of its name")
-            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", type=_id_arg,
-                            help="only devices with this ID (hex: 8086:10d3, or 10de:)")
-            sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
-        if name == "status":
-            to.add_argument("--qemu", action="store_true",
-                            help="print the QEMU arguments for the devices held on vfio-pci")
-            to.add_argument("--libvirt", action="store_true",
-                            help="print libvirt <hostdev> XML for the devices held on vfio-pci")
-    return p
+    """The command line; with `verb`, only that verb's parser (see _verb). In cmdline.py, with
+    argparse: `apply` and `restore` as the units run them need neither (see _plain)."""
+    from pcipassd.cmdline import parser as build  # noqa: PLC0415
+
+    return build(verb)
 
 
 def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parser(_verb(argv)).parse_args(argv)
+        args = _plain(argv) or parser(_verb(argv)).parse_args(argv)
     except _UsageError as e:
         from pcipassd.exits import EXIT_USAGE  # noqa: PLC0415
         from pcipassd.output import envelope, print_json  # noqa: PLC0415
@@ -185,7 +141,7 @@ def main(argv: Sequence[str] | None = None, *, kernel: Kernel | None = None) -> 
     return rc
 
 
-def _run(args: argparse.Namespace, kernel: Kernel | None,
+def _run(args: argparse.Namespace | SimpleNamespace, kernel: Kernel | None,
          ran: list[Context]) -> tuple[int, tuple[str, str] | None, Sequence[Problem]]:
     """Run the verb; every error is caught here, once, and logged as one line plus a hint.
     Returns the exit status, the error (message, hint) and the config's problems, for the

@@ -19,7 +19,6 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, NothingConfigured, Problem
@@ -28,7 +27,11 @@ from pcipassd.model import FORCE_TRUE, KINDS, STUB_DRIVERS
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
 
-if TYPE_CHECKING:  # yamldoc (PyYAML) is imported when a file is read: restore needs neither
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+    # yamldoc (PyYAML) is imported when a file is read: restore needs neither
     from pcipassd.yamldoc import Document, JsonPath
 
 NOTHING_CONFIGURED = "no devices are configured"

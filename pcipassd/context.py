@@ -11,6 +11,7 @@ TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the n
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
+    from types import SimpleNamespace
     from typing import Any
 
     from pcipassd.config import Config
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class Context:
-    def __init__(self, args: argparse.Namespace, kernel: Kernel | None) -> None:
+    def __init__(self, args: argparse.Namespace | SimpleNamespace, kernel: Kernel | None) -> None:
         from pathlib import Path  # noqa: PLC0415 - see the imports above
 
         from pcipassd.host import Host  # noqa: PLC0415

@@ -63,7 +63,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pcipassd.host import Host
 from pcipassd.hostfiles import (
@@ -175,10 +175,13 @@ def _compact(items: list[str]) -> str:
 # --- Storage ----------------------------------------------------------------------------------
 
 
-@dataclass
 class _Carried:
-    places: list[str] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)
+    """The mount points (and swap) one PCI device carries, and through which of its disks
+    (a plain class: a dataclass costs start-up time, see bench/noop_apply.py)."""
+
+    def __init__(self) -> None:
+        self.places: list[str] = []
+        self.devices: list[str] = []
 
     def add(self, place: str, device: str) -> None:
         if place not in self.places:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Host:
+    """The host whose files are read and written: the machine itself, or a tree under `root`."""
+
     root: Path = Path("/")
 
     def path(self, absolute: str) -> Path:

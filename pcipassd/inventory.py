@@ -19,6 +19,8 @@ VGA_CLASSES = (0x0300, 0x0001)  # VGA controller; a pre-PCI-2.0 VGA device
 
 @dataclass(frozen=True)
 class Device:
+    """One PCI function as sysfs shows it."""
+
     bdf: str
     id: PciId
     cls: int  # 24-bit class code, e.g. 0x020000
@@ -156,6 +158,19 @@ def scan(host: Host) -> Inventory:
 def kernel_release(host: Host) -> str:
     """The running kernel's release ("6.1.0-18-amd64"), "" when it cannot be read."""
     return (read_host(host.path("/proc/sys/kernel/osrelease")) or "").strip()
+
+
+def iommu_groups(host: Host) -> list[str]:
+    """The IOMMU groups' numbers (here, not in iommu.py: apply needs only this; see
+    bench/noop_apply.py)."""
+    try:
+        return sorted(os.listdir(host.path("/sys/kernel/iommu_groups")))
+    except OSError:
+        return []
+
+
+def iommu_active(host: Host) -> bool:
+    return bool(iommu_groups(host))
 
 
 def listed_modules(host: Host, listing: str) -> set[str]:

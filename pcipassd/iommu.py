@@ -11,9 +11,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
-from pcipassd import modules
 from pcipassd.host import Host
-from pcipassd.inventory import kernel_release
+from pcipassd.inventory import iommu_active as iommu_active  # noqa: PLC0414 - re-exported
+from pcipassd.inventory import iommu_groups, kernel_release
 from pcipassd.safefile import read_host
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
@@ -48,14 +48,6 @@ def _listdir(host: Host, path: str) -> list[str]:
         return []
 
 
-def iommu_groups(host: Host) -> list[str]:
-    return _listdir(host, "/sys/kernel/iommu_groups")
-
-
-def iommu_active(host: Host) -> bool:
-    return bool(iommu_groups(host))
-
-
 def cpu_vendor(host: Host) -> str:
     for line in _read(host, "/proc/cpuinfo").splitlines():
         if line.startswith("vendor_id"):
@@ -66,6 +58,8 @@ def cpu_vendor(host: Host) -> str:
 
 def module_available(host: Host, driver: str) -> str | None:
     """How `driver` can be had: "loaded", "built in", "module", or None (see modules.py)."""
+    from pcipassd import modules  # noqa: PLC0415 - not on apply's path (iommu_active)
+
     return modules.availability(host, driver)
 
 
@@ -242,6 +236,8 @@ def _virtualization_findings(host: Host, config: dict[str, str] | None) -> list[
     """What virt-host-validate checks besides the IOMMU: VT-x/AMD-V, /dev/kvm, /dev/vfio/vfio.
     No fix that an earlier finding rules out: no modprobe where no module can be loaded, and
     no "KVM cannot run" where /dev/kvm shows it does."""
+    from pcipassd import modules  # noqa: PLC0415 - not on apply's path (iommu_active)
+
     ext = sorted(_cpu_flags(host) & {"vmx", "svm"})
     kvm = host.path("/dev/kvm").exists()
     vendor = {"vmx": "intel", "svm": "amd"}.get(ext[0], "") if ext else cpu_vendor(host)
@@ -280,6 +276,8 @@ def driver_findings(host: Host, config: dict[str, str] | None,
                     wanted: Collection[str]) -> list[Finding]:
     """pci-stub and vfio-pci: how this kernel has each. One the configuration binds devices to
     and this kernel cannot have FAILs, in the words `plan` uses (modules.missing)."""
+    from pcipassd import modules  # noqa: PLC0415 - not on apply's path (iommu_active)
+
     out = []
     for driver in modules.OPTIONS:
         how = modules.availability(host, driver)

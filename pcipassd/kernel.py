@@ -9,10 +9,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
 
 from pcipassd.errors import KernelError
 from pcipassd.host import Host
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # a structural type for mypy only: nothing checks it at run time
+    Protocol = object
 
 log = logging.getLogger(__name__)
 

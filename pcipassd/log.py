@@ -10,8 +10,13 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, ClassVar
+
+    Sender = Callable[..., Any]
 
 IDENTIFIER = "pcipassd"
 
@@ -32,8 +37,6 @@ MESSAGE_IDS = {
 def event(kind: str) -> dict[str, str]:
     """The journal field that names this kind of event for the catalog."""
     return {"MESSAGE_ID": MESSAGE_IDS[kind]}
-
-Sender = Callable[..., Any]
 
 
 class JournalHandler(logging.Handler):

@@ -27,7 +27,6 @@ import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from pcipassd.address import BDF_RE
 from pcipassd.guard import Reason, critical_devices
@@ -39,6 +38,10 @@ from pcipassd.policy import blocking
 from pcipassd.safefile import remove_temps, write_atomic
 from pcipassd.selection import Selection
 from pcipassd.state import ID_RE, Unusable, read_document
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["FILE", "Judgment", "Known", "Memory", "judge", "load", "remember", "save"]
 
@@ -65,6 +68,8 @@ class Known:
 
 @dataclass(frozen=True)
 class Memory:
+    """What the last live run judged, and when."""
+
     judged: str  # when, UTC: 2025-01-02T13:45:07Z
     devices: Mapping[str, Known]
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from pcipassd.host import Host
@@ -73,10 +73,13 @@ class Uplink:
     sure: bool = True
 
 
-@dataclass
 class Uplinks:
-    found: list[Uplink] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    """The interfaces the network configuration brings up at boot, and what could not be read
+    (a plain class: a dataclass costs start-up time, see bench/noop_apply.py)."""
+
+    def __init__(self) -> None:
+        self.found: list[Uplink] = []
+        self.warnings: list[str] = []
 
     def add(self, iface: Interface, text: str, sure: bool = True) -> None:
         if all(u.iface != iface for u in self.found):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from pcipassd import vfio
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
 from pcipassd.model import Action, Record
@@ -154,6 +153,8 @@ def predict(plan: Plan, *, iommu_on: bool, iommu_policy: str,
     """The plan as apply will fare on this kernel: each bind that cannot succeed becomes a
     FAIL that says why (for `plan` and `status`; apply finds out by trying). `unavailable`:
     each driver this kernel cannot have, and why, in the words `check` uses (modules.missing)."""
+    from pcipassd import vfio  # noqa: PLC0415 - not on apply's path
+
     steps = []
     for s in plan.steps:
         why = ""

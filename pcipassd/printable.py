@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 # C0 and C1 controls, DEL, and the Unicode line/paragraph separators and bidi overrides
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 SHOWN = 60  # characters of a value shown in a message
 
 
@@ -21,7 +21,9 @@ def _escape(match: re.Match[str]) -> str:
 
 def printable(text: str) -> str:
     """`text` with its control characters escaped; plain text comes back unchanged."""
-    return _UNSAFE.sub(_escape, text)
+    if text.isprintable():  # none of _UNSAFE (all Cc, Cf, Zl, Zp): no need to compile it
+        return text
+    return re.sub(_UNSAFE, _escape, text)
 
 
 def short(text: str, limit: int = SHOWN) -> str:

@@ -19,9 +19,12 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Optional
 
-Check = Callable[[os.stat_result], Optional[str]]  # why the opened file is refused, or None
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    Check = Callable[[os.stat_result], Optional[str]]  # why the opened file is refused, or None
 
 
 # -- writing ---------------------------------------------------------------------------------

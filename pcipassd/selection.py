@@ -8,7 +8,8 @@ as they are rather than being restored by a config mistake.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -84,11 +84,13 @@ def release(ctx: Context, state: State) -> None:
 
 
 def require_iommu(ctx: Context, policy: str) -> None:
-    from pcipassd.errors import PcipassError  # noqa: PLC0415
-    from pcipassd.iommu import Level, check, iommu_active  # noqa: PLC0415
+    from pcipassd.inventory import iommu_active  # noqa: PLC0415
 
     if iommu_active(ctx.host):
         return
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.iommu import Level, check  # noqa: PLC0415
+
     findings = [f for f in check(ctx.host) if f.level is Level.FAIL]
     fixes = "; ".join(f.fix for f in findings if f.fix)
     if policy == "warn":

@@ -26,13 +26,16 @@ import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from pcipassd.address import BDF_RE
 from pcipassd.errors import StateError
 from pcipassd.host import Host
 from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = 2  # 2: a record's `held` is now `stage`
 READS = (1, FORMAT)  # format 1 (before an upgrade reloaded the service) is read too

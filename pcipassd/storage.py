@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from pcipassd.host import Host
@@ -56,6 +56,8 @@ _UDEV_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 @dataclass(frozen=True)
 class Mount:
+    """A mounted file system or an active swap area."""
+
     place: str  # the mount point, or "swap"
     devno: str  # MAJ:MIN, "" for swap
     fstype: str
@@ -63,13 +65,14 @@ class Mount:
     options: str = ""  # the superblock options, still comma-separated and escaped
 
 
-@dataclass
 class Backing:
-    """What one mount rests on."""
+    """What one mount rests on (a plain class: a dataclass costs start-up time, see
+    bench/noop_apply.py)."""
 
-    disks: list[tuple[str, str]] = field(default_factory=list)  # (BDF, block device name)
-    remote: list[tuple[str | None, str]] = field(default_factory=list)  # (address, what)
-    unseen: list[str] = field(default_factory=list)  # what could not be followed, for a message
+    def __init__(self) -> None:
+        self.disks: list[tuple[str, str]] = []  # (BDF, block device name)
+        self.remote: list[tuple[str | None, str]] = []  # (address, what)
+        self.unseen: list[str] = []  # what could not be followed, for a message
 
 
 def mounts(host: Host) -> list[Mount]:

@@ -17,7 +17,6 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
 
 import yaml
 
@@ -26,12 +25,18 @@ from pcipassd.printable import printable, short
 from pcipassd.safefile import Refused, read_untrusted
 from pcipassd.strictmodes import untrusted
 
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Union
+
+    JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
+    _Node = Union["_Scalar", "_Collection"]
+
 MAX_BYTES = 1 << 20  # a config is a few kB; anything this big is a mistake
 MAX_NODES = 50_000  # bounds alias expansion ("billion laughs")
 MAX_DEPTH = 64  # bounds nesting, flow ([{) and block (indentation, `- - -`) alike
 MAX_DIGITS = 100  # a longer number is not a pcipassd value (and int() refuses > 4300 digits)
 
-JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
 Mark = tuple[int, int]  # 1-based line, column
 # a character YAML does not accept in a stream (PyYAML's reader allows only these); compiled
 # only when a file has one, since compiling it costs more than reading a config
@@ -50,6 +55,8 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 
 @dataclass
 class Document:
+    """A file's data, and where (line, column) each of its values is written."""
+
     file: str  # as shown to the admin
     data: Any
     marks: dict[JsonPath, Mark] = field(default_factory=dict)
@@ -76,23 +83,29 @@ def format_path(path: JsonPath) -> str:
 
 
 # -- the node tree --------------------------------------------------------------------------
-@dataclass
+# (plain classes: a dataclass costs start-up time, see bench/noop_apply.py)
 class _Scalar:
-    tag: str
-    explicit: bool  # the file wrote the tag (!!int 5), YAML did not infer it
-    value: str
-    mark: Mark
+    """A scalar node, before it becomes a value."""
+
+    __slots__ = ("explicit", "mark", "tag", "value")
+
+    def __init__(self, tag: str, explicit: bool, value: str, mark: Mark) -> None:
+        self.tag = tag
+        self.explicit = explicit  # the file wrote the tag (!!int 5), YAML did not infer it
+        self.value = value
+        self.mark = mark
 
 
-@dataclass
 class _Collection:
-    mapping: bool  # a mapping: items are key, value, key, value...; else a sequence
-    tag: str | None  # an explicit tag, if the file wrote one
-    mark: Mark
-    items: list[_Node] = field(default_factory=list)
+    """A mapping or sequence node, before it becomes a value."""
 
+    __slots__ = ("items", "mapping", "mark", "tag")
 
-_Node = Union[_Scalar, _Collection]
+    def __init__(self, mapping: bool, tag: str | None, mark: Mark) -> None:
+        self.mapping = mapping  # a mapping: items are key, value, key, value...; else a sequence
+        self.tag = tag  # an explicit tag, if the file wrote one
+        self.mark = mark
+        self.items: list[_Node] = []
 
 
 class _Stop(Exception):

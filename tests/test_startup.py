@@ -3,12 +3,14 @@ names the package to install (never a traceback), and `--version` loads nothing 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from machine import Machine
+from simkernel import BOOT_VGA, NIC_A, SimKernel, build_typical_machine
 
 import pcipassd
 
@@ -115,7 +117,7 @@ def test_version_loads_only_the_command_line() -> None:
              "('yaml', 'jsonschema', 'json', 'logging', 'dataclasses', 'typing'))))")
     r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                        check=True, timeout=60)
-    assert r.stdout.splitlines() == ["pcipassd 0.1.0", "pcipassd pcipassd.cli"]
+    assert r.stdout.splitlines() == ["pcipassd 0.1.0", "pcipassd pcipassd.cli pcipassd.cmdline"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -135,3 +137,103 @@ def test_without_a_plain_verb_every_verb_is_built(argv: list[str]) -> None:
     from pcipassd.cli import _verb  # noqa: PLC0415
 
     assert _verb(argv) is None
+
+
+# What a converged apply (every boot) must not import: each was made lazy for its start-up time
+# (bench/noop_apply.py). A behaviour test of imports, never of times.
+NOT_ON_BOOT = ("typing", "shutil", "argparse", "locale", "pcipassd.cmdline", "pcipassd.iommu",
+               "pcipassd.modules", "pcipassd.vfio", "pcipassd.reboot", "pcipassd.survey",
+               "pcipassd.names", "jsonschema")
+
+
+def test_a_converged_apply_imports_nothing_it_does_not_need(m: Machine) -> None:
+    m.with_guest_nic()
+    assert m.run("apply").rc == 0
+    probe = ("import sys\nfrom pcipassd.cli import main\nrc = main(sys.argv[1:4])\n"
+             "sys.stdout.flush()\nprint(rc, *sorted(set(sys.modules) & set(sys.argv[4:])))")
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    r = subprocess.run([sys.executable, "-c", probe, "--root", str(m.root), "apply",
+                        *NOT_ON_BOOT], cwd=REPO, capture_output=True, text=True, check=False,
+                       timeout=60, env=env)
+    assert r.stderr.splitlines()[-1] == "pcipassd: 0 bound, 1 unchanged, 0 restored, 0 failed"
+    assert r.stdout.splitlines() == ["0"]
+
+
+def test_printable_skips_its_pattern_only_for_text_it_would_leave_alone() -> None:
+    """printable() returns str.isprintable() text without compiling its pattern (start-up):
+    no character the pattern escapes is printable."""
+    import re  # noqa: PLC0415
+
+    from pcipassd.printable import _UNSAFE  # noqa: PLC0415
+
+    unsafe = re.compile(_UNSAFE)
+    assert [c for c in map(chr, range(sys.maxunicode + 1))
+            if c.isprintable() and unsafe.match(c)] == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["apply"], ["restore"], ["--root", "/x", "apply"], ["--debug", "apply"],
+    ["--config", "/c.yaml", "--root", "/x", "--debug", "restore"], ["--root", "apply", "apply"],
+    ["--root", "/x y", "--config", "apply", "restore"],
+])
+def test_the_units_command_lines_are_read_as_argparse_reads_them(argv: list[str]) -> None:
+    """apply and restore as the units run them skip argparse (start-up); the same values."""
+    from pcipassd.cli import _plain, _verb, parser  # noqa: PLC0415
+
+    plain = _plain(argv)
+    assert plain is not None
+    assert vars(plain) == vars(parser(_verb(argv)).parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["plan"], ["status"], ["apply", "--debug"], ["--root=/x", "apply"], ["--ro", "/x", "apply"],
+    ["--root", "/x", "--root", "/y", "apply"], ["--debug", "--debug", "apply"],
+    ["--root", "-x", "apply"], ["--root", "", "apply"], ["--root", "--", "apply"],
+    ["--root"], ["apply", "restore"], ["--version", "apply"], ["-h", "apply"], ["--json", "apply"],
+    ["--root", "/x", "apply", "--config", "/c"],
+])
+def test_every_other_command_line_is_left_to_argparse(argv: list[str]) -> None:
+    from pcipassd.cli import _plain  # noqa: PLC0415
+
+    assert _plain(argv) is None
+
+
+SCENARIOS = {  # the config, and whether apply ran once before (a converged host)
+    "converged": (f'version: 1\ndevices:\n  - address: "{NIC_A}"\n', True),
+    "one to bind": (f'version: 1\ndevices:\n  - address: "{NIC_A}"\n', False),
+    "a refused entry": (f'version: 1\ndevices:\n  - address: "{BOOT_VGA}"\n'
+                        f'  - address: "{NIC_A}"\n', False),
+    "an invalid config": ('version: 1\ndevices:\n  - id: "nope"\n', False),
+}
+
+
+@pytest.mark.parametrize("verb", ["apply", "restore"])
+@pytest.mark.parametrize("systemd", [False, True])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_units_command_lines_run_as_argparse_would_have_them(
+        *, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch, scenario: str, systemd: bool, verb: str) -> None:
+    """The same run (exit status, output, journal fields, sysfs writes) whether the command
+    line was read by cli._plain or by argparse."""
+    from pcipassd import cli  # noqa: PLC0415
+
+    journal = request.getfixturevalue("journal") if systemd else None
+    config, converged = SCENARIOS[scenario]
+    seen, rcs = [], []
+    for reader in ("plain", "argparse"):
+        machine = Machine(build_typical_machine(SimKernel(tmp_path / reader)), capsys)
+        machine.config(config)
+        if converged or verb == "restore":
+            machine.run("apply")
+        with monkeypatch.context() as patch:
+            if reader == "argparse":
+                patch.setattr(cli, "_plain", lambda argv: None)
+            writes = len(machine.sim.writes)
+            first = len(journal.entries) if journal else 0
+            r = machine.run(verb)
+        text = repr((r, machine.sim.writes[writes:], journal.entries[first:] if journal else []))
+        seen.append(text.replace(str(machine.root), "ROOT"))
+        rcs.append(r.rc)
+    assert seen[0] == seen[1]
+    assert rcs[0] == {"converged": 0, "one to bind": 0, "a refused entry": 3,
+                      "an invalid config": 2}[scenario] if verb == "apply" else rcs[0] == 0

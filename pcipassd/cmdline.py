@@ -1,0 +1,120 @@
+"""The command line's parser (argparse): imported only when a command line is not one of the
+plain ones the units run (cli._plain), which need no parser: argparse, its translations (gettext,
+locale) and building the parser cost a converged boot more than its own work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pcipassd import __version__
+from pcipassd.cli import VERBS, _UsageError
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (and bz2, lzma with it):
+    argparse asks for a formatter, so for the width, at each add_argument."""
+    import os  # noqa: PLC0415 - imported at start-up already
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        stdout = sys.__stdout__
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """A wrong command line exits 64, not 2: 2 means an invalid configuration."""
+        self.print_usage(sys.stderr)
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+def _class_arg(text: str) -> str:
+    from pcipassd.survey import class_arg  # noqa: PLC0415 - only when --class is given
+
+    try:
+        return class_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _id_arg(text: str) -> str:
+    from pcipassd.survey import id_arg  # noqa: PLC0415 - only when --id is given
+
+    try:
+        return id_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `verb`, only that verb's parser (see _verb)."""
+    common = _Parser(add_help=False)
+    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                        help="resolve every host path (sys, proc, etc, run) under DIR; "
+                        "modprobe never runs unless DIR is /")
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="main config file (default: ROOT/etc/pcipass.yaml, with drop-ins "
+                        "from pcipass.d/ next to it)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="log every sysfs write; show tracebacks")
+    p = _Parser(
+        prog="pcipassd", parents=[common],
+        description="Hand PCI devices to virtual machines: bind them to pci-stub or vfio-pci "
+        "as /etc/pcipass.yaml says, and give them back on restore.",
+        epilog="Exit status: 0 done/converged/valid, 1 not converged or failed (or a valid "
+        "config that does not fit this host), 2 invalid config, "
+        "3 apply partly applied (holds devices; an entry was refused or a device failed), "
+        "143 apply stopped by SIGTERM (every device given back), 64 a wrong command line.",
+    )
+    p.add_argument("--version", action="version", version=f"pcipassd {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (_, help_text, takes_json) in VERBS.items():
+        if verb is not None and name != verb:
+            continue
+        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        # `status --json` is one JSON object; --qemu and --libvirt print something else
+        to = sp.add_mutually_exclusive_group() if name == "status" else sp
+        if takes_json:
+            to.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "validate":
+            sp.add_argument("files", nargs="*", metavar="FILE",
+                            help="files to validate (default: the configuration)")
+            sp.add_argument("--offline", action="store_true",
+                            help="check the files only, not against this host's devices")
+        if name == "list":
+            sp.add_argument("--class", dest="cls", metavar="CLASS", type=_class_arg,
+                            help="only devices of this class: a hex prefix (02, 0300), a word "
+                            "(gpu, display, vga, network, ethernet, storage, nvme, audio, usb) "
+                            "or words of its name")
+            sp.add_argument("--id", metavar="VENDOR[:DEVICE]", type=_id_arg,
+                            help="only devices with this ID (hex: 8086:10d3, or 10de:)")
+            sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
+        if name == "status":
+            to.add_argument("--qemu", action="store_true",
+                            help="print the QEMU arguments for the devices held on vfio-pci")
+            to.add_argument("--libvirt", action="store_true",
+                            help="print libvirt <hostdev> XML for the devices held on vfio-pci")
+    return p
