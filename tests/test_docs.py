@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pcipassd.cli import VERBS
-from pcipassd.config import STUB_DRIVERS, schema_text
-from pcipassd.plan import Action
+from pcipassd.config import schema_text
+from pcipassd.model import STUB_DRIVERS, Action
 from pcipassd.state import STAGES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("run", ("sequence", "context", "output", "service")),
     ("verbs", ("verbs", "verbs.check", "verbs.list", "verbs.plan", "verbs.schema",
                "verbs.status", "verbs.validate")),
-    ("cli", ("cli", "__main__")),
+    ("cli", ("cli", "cmdline", "__main__")),
 )
 
 #: Deferred imports allowed to go upward, {(importer, imported): why}. None today: every

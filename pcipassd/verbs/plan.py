@@ -36,7 +36,7 @@ def run(ctx: Context) -> int:
 
 def _note(step: Step) -> str:
     """Its reason; a restore also says where the device goes back to (its TARGET is `-`)."""
-    from pcipassd.plan import Action  # noqa: PLC0415
+    from pcipassd.model import Action  # noqa: PLC0415
 
     if step.action is not Action.RESTORE:
         return step.reason
