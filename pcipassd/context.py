@@ -114,7 +114,8 @@ def planned(ctx: Context, config: Config, records: dict[str, Record]
              ) -> tuple[Plan, list[Group]]:
     """The plan as apply will fare on this kernel, and every IOMMU group it touches."""
     from pcipassd import modules  # noqa: PLC0415
-    from pcipassd.iommu import iommu_active, kernel_config  # noqa: PLC0415
+    from pcipassd.inventory import iommu_active  # noqa: PLC0415
+    from pcipassd.iommu import kernel_config  # noqa: PLC0415
     from pcipassd.model import STUB_DRIVERS  # noqa: PLC0415
     from pcipassd.plan import make_plan, predict  # noqa: PLC0415
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pcipassd.host import Host
-from pcipassd.inventory import iommu_active as iommu_active  # noqa: PLC0414 - re-exported
 from pcipassd.inventory import iommu_groups, kernel_release
 from pcipassd.safefile import read_host
 

@@ -78,7 +78,7 @@ def release(ctx: Context, state: State) -> None:
     loose = {bdf: r for bdf, r in state.records.items() if r.stage != "late"
              and (d := inventory.devices.get(bdf)) is not None and d.driver != r.target}
     if loose:
-        early.log.warning("giving back the %d device(s) the early stages held", len(loose))
+        log().warning("giving back the %d device(s) the early stages held", len(loose))
         Applier(ctx.host, ctx.kernel, state).run(restore_plan(inventory, loose))
     early.arm(ctx.host, bool(state.records))
 
