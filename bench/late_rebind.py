@@ -12,7 +12,8 @@ measure is repeated (`--rounds`, default 3, the variants taking turns) and the m
 
 Each timed window ends with `udevadm settle`, so that each variant pays for the udev work its
 own rebinds caused. The guest also reports `python3 -X importtime` and a cProfile of a
-one-device apply (in the boot's results.log: `importtime`, `profile`).
+one-device apply and of the 16 devices' apply and restore (in the boot's results.log:
+`importtime`, `profile`, `profile16`, `profile16r`).
 
 Prints the medians and the ratios against the baseline measured in the same run.
 
@@ -145,6 +146,8 @@ pcipassd restore 2>/dev/null
 capture profile python3 -m cProfile -s cumtime /usr/sbin/pcipassd --config /etc/pcipass-one.yaml \
     apply
 pcipassd restore 2>/dev/null
+capture profile16 python3 -m cProfile -s tottime /usr/sbin/pcipassd apply
+capture profile16r python3 -m cProfile -s tottime /usr/sbin/pcipassd restore
 for v in $VERSIONS; do capture err.$v cat /tmp/err.$v.16 /tmp/noop.$v; done
 """
 

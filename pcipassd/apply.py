@@ -1,8 +1,9 @@
 """Carry out a plan: the only module that changes the host.
 
-Bind (the kernel documentation's and libvirt's sequence): record the device in the state file,
-write the target to driver_override, unbind from the current driver, write the BDF to
-drivers_probe, verify the `driver` link. new_id is never written: it would grab every device
+Bind (the kernel documentation's and libvirt's sequence): record the device in the state file
+(the devices of a run in one save, before any of them is touched), write the target to
+driver_override, unbind from the current driver, write the BDF to drivers_probe, verify the
+`driver` link. new_id is never written: it would grab every device
 with the same ID. A device that does not end up on its target is rolled back.
 
 Restore: reset driver_override, unbind from the stub, re-probe, verify the original driver, and
@@ -12,7 +13,8 @@ before stays unbound.
 When things go wrong, every device ends whole, on one driver, and is named in one line:
 - the state file cannot be saved: a device whose record is not on disk is not touched; a device
   given back whose record cannot be removed stays given back, and its record stays in the file
-  (restoring a device that is back already only drops its record, so the next run mends it);
+  (restoring a device that is back already only drops its record, so the next run mends it;
+  the records of the devices given back are dropped at the end of the run, in one save);
 - a record in the state file is invalid: its device is not touched (see state.py);
 - a device vanishes (hot-removed) between two steps: its record is dropped;
 and the other devices are still handled; the outcome counts each of them as failed.
@@ -52,6 +54,7 @@ class DeviceGone(StepFailed):
     """The device's sysfs directory is gone: it was hot-removed."""
 
 
+VFIO = "vfio-pci"  # the driver through which a VM can have a device open
 GONE = "is gone (hot-removed?); forgetting it"
 UNSAVED = "records not removed"  # devices given back whose record stayed in the state file
 
@@ -91,6 +94,8 @@ class Applier:
         self.state = state
         self.outcome = Outcome()
         self.stopping = False  # set on SIGTERM: finish the device in hand, start no other
+        self._recorded: dict[str, tuple[Record, Device]] = {}  # saved by _record, untouched yet
+        self._forgotten: list[Step] = []  # records to drop at the end of the run
 
     def stop(self) -> None:
         """Finish the device in hand, then start no other (SIGTERM)."""
@@ -132,10 +137,19 @@ class Applier:
         self._forget(step)
 
     def _forget(self, step: Step) -> None:
+        """Drop the device's record at the end of the run, with the others in one save (until
+        then it stays in the file, and a device back already only drops its record)."""
+        self._forgotten.append(step)
+
+    def _forget_all(self) -> None:
+        steps, self._forgotten = self._forgotten, []
+        if not steps:
+            return
         try:
-            self.state.drop(step.bdf)
+            self.state.drop(*(s.bdf for s in steps))
         except StateError as e:
-            self._unsaved(step, e)
+            for step in steps:
+                self._unsaved(step, e)
 
     def _unsaved(self, step: Step, e: StateError) -> None:
         """The device is whole, but its record stays in the state file."""
@@ -176,24 +190,51 @@ class Applier:
                      f"{step.source}", logging.WARNING, kind="in use")
         return True
 
-    def bind(self, step: Step) -> None:
+    def _new_record(self, step: Step, dev: Device) -> Record:
+        """The device's record for binding it to the step's target."""
         assert step.target is not None
-        dev = self._device(step.bdf)
-        if dev.driver != step.target and self._in_use(step, dev):
-            return
         record = self.state.records.get(step.bdf) or Record(
             bdf=step.bdf, id=str(dev.id), original_driver=dev.driver,
             original_override=dev.override,
             original_module=module_of(self.host, dev.driver) if dev.driver else None,
             target=step.target, entry=step.entry or "",
         )
-        try:  # on disk before the device is touched
-            self.state.put(replace(record, target=step.target, entry=step.entry or "",
-                                   forced=step.forced))
-        except StateError as e:
-            self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
-                         f"(hint: {e.hint})", logging.ERROR)
+        return replace(record, target=step.target, entry=step.entry or "", forced=step.forced)
+
+    def _record(self, steps: list[Step]) -> None:
+        """Record the devices to bind in one save, before any of them is touched (one save per
+        device rewrote the file once per device). A device on vfio-pci that is to move is left
+        to bind(), which first asks whether a VM has it open; so is every device when the save
+        fails (each then says so)."""
+        ready: dict[str, tuple[Record, Device]] = {}
+        for step in steps:
+            dev = read_device(self.host, step.bdf)
+            if dev is None or (dev.driver == VFIO and dev.driver != step.target):
+                continue
+            ready[step.bdf] = (self._new_record(step, dev), dev)
+        if not ready:
             return
+        try:
+            self.state.put(*(record for record, _ in ready.values()))
+        except StateError:
+            return
+        self._recorded = ready
+
+    def bind(self, step: Step) -> None:
+        assert step.target is not None
+        if (recorded := self._recorded.pop(step.bdf, None)) is not None:
+            record, dev = recorded
+        else:
+            dev = self._device(step.bdf)
+            if dev.driver != step.target and self._in_use(step, dev):
+                return
+            record = self._new_record(step, dev)
+            try:  # on disk before the device is touched
+                self.state.put(record)
+            except StateError as e:
+                self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
+                             f"(hint: {e.hint})", logging.ERROR)
+                return
         try:
             self._set_override(step.bdf, step.target)
             if dev.driver == step.target:  # held early, then bound when the target's module
@@ -329,15 +370,20 @@ class Applier:
                 self.ensure_driver(driver)
             except KernelError as e:
                 missing[driver] = e.message
-        for step in plan.steps:
-            if self.stopping:
-                break
-            if step.bdf in untouchable:
-                continue  # said above
-            try:
-                self._step(step, missing)
-            except DeviceGone:
-                self._gone(step)
+        self._record([s for s in plan.steps if s.action is Action.BIND
+                      and s.bdf not in untouchable and s.target not in missing])
+        try:
+            for step in plan.steps:
+                if self.stopping:
+                    break
+                if step.bdf in untouchable:
+                    continue  # said above
+                try:
+                    self._step(step, missing)
+                except DeviceGone:
+                    self._gone(step)
+        finally:
+            self._forget_all()
         return self.outcome
 
     def _step(self, step: Step, missing: dict[str, str]) -> None:

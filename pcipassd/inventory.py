@@ -173,13 +173,30 @@ def iommu_active(host: Host) -> bool:
     return bool(iommu_groups(host))
 
 
-def listed_modules(host: Host, listing: str) -> set[str]:
+def listed_modules(host: Host, listing: str) -> frozenset[str]:
     """The module names (dashes as underscores) in /lib/modules/RELEASE/`listing`
-    (modules.builtin: built into the kernel; modules.dep: installed as modules)."""
+    (modules.builtin: built into the kernel; modules.dep: installed as modules). Read once per
+    version of the file: a run asks for every device it moves."""
     release = kernel_release(host)
-    text = read_host(host.path(f"/lib/modules/{release}/{listing}")) if release else None
-    return {os.path.basename(line.split(":", 1)[0]).split(".ko", 1)[0].replace("-", "_")
-            for line in (text or "").splitlines() if line.strip()}
+    if not release:
+        return frozenset()
+    path = str(host.path(f"/lib/modules/{release}/{listing}"))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return frozenset()
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    known = _LISTED.get(path)
+    if known is None or known[0] != key:
+        text = read_host(Path(path)) or ""
+        known = _LISTED[path] = (key, frozenset(
+            os.path.basename(line.split(":", 1)[0]).split(".ko", 1)[0].replace("-", "_")
+            for line in text.splitlines() if line.strip()))
+    return known[1]
+
+
+# each listing read so far: (inode, mtime, size) when read, its modules
+_LISTED: dict[str, tuple[tuple[int, int, int], frozenset[str]]] = {}
 
 
 def group_key(group: str | None) -> tuple[int, str]:

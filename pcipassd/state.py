@@ -352,29 +352,31 @@ class State:
                 "free space in /run (df /run) and make it writable, then run the command "
                 "again") from e
 
-    def put(self, record: Record) -> None:
-        """Record a device, on disk, before it is touched; StateError (and nothing recorded,
-        in memory either) when the file cannot be saved."""
-        old = self.records.get(record.bdf)
-        self.records[record.bdf] = record
+    def put(self, *records: Record) -> None:
+        """Record devices, on disk, before they are touched, in one save; StateError (and
+        nothing recorded, in memory either) when the file cannot be saved."""
+        old = {r.bdf: self.records.get(r.bdf) for r in records}
+        self.records.update((r.bdf, r) for r in records)
         try:
             self.save()
         except StateError:
-            if old is None:
-                del self.records[record.bdf]
-            else:
-                self.records[record.bdf] = old
+            for bdf, was in old.items():
+                if was is None:
+                    del self.records[bdf]
+                else:
+                    self.records[bdf] = was
             raise
 
-    def drop(self, bdf: str) -> None:
-        """Forget a device; StateError (and the record kept) when the file cannot be saved."""
-        record = self.records.pop(bdf, None)
-        if record is None:
+    def drop(self, *bdfs: str) -> None:
+        """Forget devices, in one save; StateError (and the records kept) when the file cannot
+        be saved."""
+        gone = {bdf: self.records.pop(bdf) for bdf in bdfs if bdf in self.records}
+        if not gone:
             return
         try:
             self.save()
         except StateError:
-            self.records[bdf] = record
+            self.records.update(gone)
             raise
 
     @contextlib.contextmanager

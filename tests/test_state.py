@@ -397,9 +397,10 @@ def _in_state_dir(m: Machine, path: Any) -> bool:
 
 
 def fail_writes(m: Machine, monkeypatch: pytest.MonkeyPatch, code: int,
-                allow: int = 0, times: int = 1 << 30) -> list[int]:
+                allow: int = 0, times: int = 1 << 30, *, at: tuple[int, ...] = ()) -> list[int]:
     """os.write to a file in /run/pcipass fails with `code` `times` times, after `allow`
-    writes succeeded. Returns the list of failures so far."""
+    writes succeeded (or, with `at`, exactly the writes of those numbers, from 1). Returns the
+    list of failures so far."""
     real_write = os.write
     failures: list[int] = []
     seen = [0]
@@ -407,7 +408,7 @@ def fail_writes(m: Machine, monkeypatch: pytest.MonkeyPatch, code: int,
     def write(fd: int, data: Any) -> int:
         if _in_state_dir(m, f"/proc/self/fd/{fd}"):
             seen[0] += 1
-            if allow < seen[0] <= allow + times:
+            if seen[0] in at if at else allow < seen[0] <= allow + times:
                 failures.append(code)
                 raise OSError(code, os.strerror(code))
         return real_write(fd, data)
@@ -441,7 +442,7 @@ def test_a_device_whose_record_cannot_be_saved_is_not_touched(fresh: Machine) ->
         failures = fail_writes(m, mp, errno.ENOSPC)
         r = m.run("apply")
     assert r.rc == 1, "holds nothing"
-    assert len(failures) == 3
+    assert len(failures) == 4, "one save for all three devices, then one for each"
     assert errors(r) == [
         f"pcipassd: error: {bdf} [{pci_id}] {ORIGINAL[bdf]} -> pci-stub "
         f"(/etc/pcipass.yaml:{line}): not touched: cannot save {STATE}: No space left on "
@@ -460,7 +461,8 @@ def test_a_device_whose_record_cannot_be_saved_is_not_touched(fresh: Machine) ->
 def test_when_one_save_fails_the_other_devices_still_apply(fresh: Machine) -> None:
     m = fresh
     with pytest.MonkeyPatch.context() as mp:
-        fail_writes(m, mp, errno.ENOSPC, allow=1, times=1)  # NIC_A saved; NIC_B not
+        # the save of all three fails; then NIC_A's is saved, NIC_B's not, NIC_E1000's is
+        fail_writes(m, mp, errno.ENOSPC, at=(1, 3))
         r = m.run("apply")
     assert r.rc == 3, "partly applied"
     (line,) = errors(r)
