@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from machine import Machine, Result, deadline
-from simkernel import NIC_A, NIC_B, NIC_E1000, ORIGINAL
+from simkernel import NIC_A, NIC_B, NIC_E1000, ORIGINAL, Intercept
+
+from pcipassd.cli import main
 
 STATE = "/run/pcipass/state.json"
 THREE = f"""\
@@ -537,3 +539,49 @@ def test_a_rollback_whose_record_cannot_be_removed_still_ends_on_the_original_dr
     assert r.rc == 0, r.err
     assert m.driver(NIC_A) == "e1000e"
     assert set(m.state) == {NIC_B, NIC_E1000}
+
+
+class Crash(BaseException):
+    """The process dies (power cut, SIGKILL) at a chosen sysfs write."""
+
+
+def crash_at(m: Machine, name: str, nth: int) -> Intercept:
+    """A kernel that kills pcipassd at its `nth` write to a file called `name`."""
+    seen = [0]
+
+    class At(Intercept):
+        def write(self, path: Path, data: str) -> None:
+            if path.name == name:
+                seen[0] += 1
+                if seen[0] == nth:
+                    raise Crash
+            self.sim.write(path, data)
+
+    return At(m.sim)
+
+
+def test_every_device_of_a_run_is_recorded_before_the_first_is_touched(fresh: Machine) -> None:
+    m = fresh
+    with pytest.raises(Crash):
+        main(["--root", str(m.root), "apply"], kernel=crash_at(m, "unbind", 1))
+    assert set(m.state) == set(ORIGINAL), "all three recorded, though only one was touched"
+    assert drivers(m) == ORIGINAL, "killed before the first unbind"
+    assert [m.override(b) for b in ORIGINAL] == ["pci-stub", None, None], "NIC_A's move begun"
+    r = m.run("restore")
+    assert (r.rc, errors(r)) == (0, [])
+    assert drivers(m) == ORIGINAL
+    assert m.state == {}
+
+
+def test_a_restore_killed_halfway_is_mended_by_the_next_one(
+        recorded: Machine) -> None:
+    m = recorded
+    with pytest.raises(Crash):
+        main(["--root", str(m.root), "restore"], kernel=crash_at(m, "unbind", 2))
+    assert m.driver(NIC_A) == ORIGINAL[NIC_A], "the first device was given back"
+    assert (m.driver(NIC_B), m.override(NIC_B)) == ("pci-stub", None), "killed inside NIC_B's"
+    assert set(m.state) >= {NIC_B, NIC_E1000}
+    r = m.run("restore")
+    assert (r.rc, errors(r)) == (0, [])
+    assert drivers(m) == ORIGINAL
+    assert m.state == {}
