@@ -52,20 +52,32 @@ devices:
     name: root-disk
 """
 
-# A stand-in for a service that starts VMs: ordinary dependencies, nothing about pcipassd.
+# Stand-ins for what starts at boot, each saying what it finds (`observe NAME`):
+# - plain: any service (default dependencies, nothing about pcipassd): the devices in the hold
+#   list are held (their driver_override), no original driver has them;
+# - net: the network (like systemd-networkd: no default dependencies, after network-pre.target):
+#   the devices are on their targets, even those moved late;
+# - vm: a service that starts VMs says After=pcipassd.service: on their targets, pcipassd active.
+OBSERVERS = {
+    "plain": "",
+    "net": "DefaultDependencies=no\nAfter=network-pre.target\n",
+    "vm": "After=pcipassd.service\n",
+}
 OBSERVER = """\
 [Unit]
-Description=What a VM-starting service finds at boot
-[Service]
+Description=What a service finds at boot ({name})
+{order}[Service]
 Type=oneshot
-ExecStart=/usr/local/sbin/observe
+ExecStart=/usr/local/sbin/observe {name}
 [Install]
 WantedBy=multi-user.target
 """
 OBSERVE = f"""\
 #!/bin/sh
-driver() {{ basename "$(readlink /sys/bus/pci/devices/$1/driver)"; }}
-echo "$(systemctl is-active pcipassd) $(driver {STUB}) $(driver {VFIO})" >/run/observer
+on() {{ d=$(readlink /sys/bus/pci/devices/$1/driver) && basename "$d" || echo none; }}
+held() {{ cat /sys/bus/pci/devices/$1/driver_override; }}
+echo "$(systemctl is-active pcipassd) $(on {STUB}) $(held {STUB}) $(on {VFIO}) $(held {VFIO})" \\
+    >/run/observer.$1.tmp && mv /run/observer.$1.tmp /run/observer.$1
 """
 
 SCRIPT = rf"""
@@ -78,8 +90,10 @@ common() {{
     capture journal journalctl -b -u pcipassd -u pcipassd-early -o cat --no-pager
     capture fields journalctl -b -u pcipassd -o json --no-pager
     dmesg | grep 'really_probe: probing driver e1000e' | blob probes
-    for i in $(seq 60); do [ -s /run/observer ] && break; sleep 1; done
-    result observer "$(cat /run/observer)"
+    for name in plain net vm; do
+        for i in $(seq 60); do [ -s /run/observer.$name ] && break; sleep 1; done
+        result observer.$name "$(cat /run/observer.$name)"
+    done
     capture state cat /run/pcipass/state.json
 }}
 off_boot() {{  # a boot with pcipassd off: which driver has which device, and the kernel log
@@ -152,11 +166,13 @@ esac
 
 def _install(root: Path) -> None:
     install_from_deb(root)
-    (root / "etc/systemd/system/observer.service").write_text(OBSERVER)
+    for name, order in OBSERVERS.items():
+        unit = f"observer-{name}.service"
+        (root / "etc/systemd/system" / unit).write_text(OBSERVER.format(name=name, order=order))
+        enable_unit(root, unit)
     observe = root / "usr/local/sbin/observe"
     observe.write_text(OBSERVE)
     observe.chmod(0o755)
-    enable_unit(root, "observer.service")
 
 
 @pytest.fixture(scope="module")
@@ -256,16 +272,30 @@ def test_rebuilt_initramfs_holds_before_any_probe(early_boots: list[BootResult])
 
 
 def test_unit_is_active_with_a_refused_entry_and_says_so(early_boots: list[BootResult]) -> None:
-    """Scenario 5 (every boot), and scenario 6: a service with ordinary dependencies finds
-    pcipassd active and the devices held."""
+    """Scenario 5 (every boot pcipassd is on): the unit is active and says why an entry was
+    refused."""
     for res in (*early_boots[:3], early_boots[4]):
         assert res["active"] == "active", res.where()
         assert res["statustext"] == ("holding 2 devices, 1 entry refused "
                                      "(/etc/pcipass.yaml:7: `pcipassd status` says why)")
         assert f"refusing {DISK_BDF}: {DISK_BDF} carries /" in res["journal"]
         assert res.rc("status") == 1
-        assert res["observer"] == "active pci-stub vfio-pci", res.where()
         assert res.driver(DISK_BDF, "boot") == "virtio-pci"
+
+
+def test_what_starts_at_boot_finds_the_devices_held(early_boots: list[BootResult]) -> None:
+    """Every boot pcipassd is on: the network (after network-pre.target) and a VM service
+    (After=pcipassd.service) find the devices on their targets, also at the first boot, when
+    they are moved late. With the hold list in the image (boots 3 and 5), any service finds them
+    held by their driver_override, on no driver or their target, never on e1000e."""
+    for res in (*early_boots[:3], early_boots[4]):
+        assert res["observer.net"].split()[1:] == ["pci-stub", "pci-stub", "vfio-pci",
+                                                   "vfio-pci"], res.where()
+        assert res["observer.vm"] == "active pci-stub pci-stub vfio-pci vfio-pci", res.where()
+    for res in (early_boots[2], early_boots[4]):
+        _, stub, stub_held, vfio, vfio_held = res["observer.plain"].split()
+        assert (stub_held, vfio_held) == ("pci-stub", "vfio-pci"), res.where()
+        assert stub in ("none", "pci-stub") and vfio in ("none", "vfio-pci"), res.where()
 
 
 def test_stop_gives_back_a_device_no_driver_ever_had(early_boots: list[BootResult]) -> None:
