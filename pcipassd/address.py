@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from pcipassd.value import frozen
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$")
@@ -22,7 +23,7 @@ def _hex_field(text: str, what: str, digits: int, limit: int | None = None) -> i
     return value
 
 
-@dataclass(frozen=True, order=True)
+@frozen(order=True)
 class Address:
     """A PCI address; `function` None means every function of the slot (`0000:41:00.*`)."""
 
@@ -61,7 +62,7 @@ class Address:
         return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{func}"
 
 
-@dataclass(frozen=True, order=True)
+@frozen(order=True)
 class PciId:
     """A PCI vendor:device ID (8086:10d3)."""
 

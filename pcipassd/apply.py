@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import logging
 from collections import Counter
-from dataclasses import replace
 
 from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
@@ -42,6 +41,7 @@ from pcipassd.log import MESSAGE_IDS, event
 from pcipassd.model import Action, Record
 from pcipassd.plan import Plan, Step
 from pcipassd.state import State
+from pcipassd.value import replace
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from pcipassd.address import Address, AddressError, PciId
@@ -26,6 +25,7 @@ from pcipassd.host import Host
 from pcipassd.model import FORCE_TRUE, KINDS, STUB_DRIVERS
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
+from pcipassd.value import frozen
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ GROUPS = ("isolated", "bind", "ignore")
 IOMMU = ("required", "warn")
 
 
-@dataclass(frozen=True)
+@frozen
 class Entry:
     """One item of a `devices:` list, with its defaults filled in."""
 
@@ -78,7 +78,7 @@ class Entry:
         return f"{what} ({self.name})" if self.name else what
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     files: tuple[str, ...]
     iommu: str

@@ -15,7 +15,6 @@ udev rule acts only then.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from pcipassd.address import BDF_RE
 from pcipassd.host import Host
@@ -24,6 +23,7 @@ from pcipassd.log import event
 from pcipassd.model import STUB_DRIVERS, Action, Record
 from pcipassd.safefile import Refused, read_host, read_untrusted, remove_temps, write_atomic
 from pcipassd.state import DRIVER_RE, State
+from pcipassd.value import frozen
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ _LOG_LIMIT = 1 << 20
 _TEMP_PREFIX = ".pcipass.early."
 
 
-@dataclass(frozen=True)
+@frozen
 class Hold:
     """One line of early.log: pcipassd-early wrote `target` to the device's driver_override
     at `stage`, when `driver` (None: no driver) was bound to it."""

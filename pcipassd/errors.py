@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pcipassd.value import frozen
 
 
 class PcipassError(Exception):
@@ -31,7 +31,7 @@ class KernelError(PcipassError):
 
 
 
-@dataclass(frozen=True)
+@frozen
 class Problem:
     """One thing wrong with the configuration, at FILE:LINE:COL and a path inside the document."""
 

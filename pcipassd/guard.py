@@ -63,7 +63,6 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 
 from pcipassd.host import Host
 from pcipassd.hostfiles import (
@@ -82,6 +81,7 @@ from pcipassd.hostfiles import (
 from pcipassd.inventory import read_attr
 from pcipassd.model import BOOT_VGA, CHIPSET, CONSOLE, KINDS, NETWORK, STORAGE
 from pcipassd.storage import Backing, backing, mounts, swaps
+from pcipassd.value import frozen
 
 __all__ = [
     "Con2FbReader",
@@ -126,7 +126,7 @@ Con2FbReader = Callable[[Host], "Mapping[int, int] | None"]
 """Reads fbcon's map, virtual console number -> framebuffer index; None when it cannot."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Reason:
     """Why one PCI endpoint must stay with the host; `kind` is one of KINDS."""
 

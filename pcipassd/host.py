@@ -3,11 +3,12 @@ so that tests (and `--root DIR`) run against a tree that is not this machine's."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from pcipassd.value import frozen
 
-@dataclass(frozen=True)
+
+@frozen
 class Host:
     """The host whose files are read and written: the machine itself, or a tree under `root`."""
 

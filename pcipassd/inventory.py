@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from pcipassd.address import BDF_RE, Address, PciId
 from pcipassd.host import Host
 from pcipassd.safefile import read_host
+from pcipassd.value import frozen
 
 CLASS_BRIDGE_HOST = 0x0600
 CLASS_BRIDGE_PCI = 0x0604
 VGA_CLASSES = (0x0300, 0x0001)  # VGA controller; a pre-PCI-2.0 VGA device
 
 
-@dataclass(frozen=True)
+@frozen
 class Device:
     """One PCI function as sysfs shows it."""
 
@@ -88,7 +88,7 @@ def _read_device(devices: str, bdf: str) -> Device | None:
 Slot = tuple[int, int, int]  # domain, bus, slot
 
 
-@dataclass(frozen=True)
+@frozen
 class Inventory:
     """The devices by BDF, and indexes built once on first use, so that selecting N devices
     by N entries, and looking up their IOMMU groups, costs N lookups, not N scans."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
 from enum import Enum
 
 from pcipassd.host import Host
 from pcipassd.inventory import iommu_groups, kernel_release
 from pcipassd.safefile import read_host
+from pcipassd.value import frozen
 
 GRUB_FIX = ("add {arg} to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
             "(grub2-mkconfig -o /boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
@@ -28,7 +28,7 @@ class Level(str, Enum):  # enum.StrEnum is 3.11+
         return str(self.value)
 
 
-@dataclass(frozen=True)
+@frozen
 class Finding:
     level: Level
     what: str

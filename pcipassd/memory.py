@@ -26,7 +26,6 @@ import re
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pcipassd.address import BDF_RE
 from pcipassd.guard import Reason, critical_devices
@@ -38,6 +37,7 @@ from pcipassd.policy import blocking
 from pcipassd.safefile import remove_temps, write_atomic
 from pcipassd.selection import Selection
 from pcipassd.state import ID_RE, Unusable, read_document
+from pcipassd.value import frozen
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ _WHEN_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 _UNTIL = "refused until a live run decides otherwise"
 
 
-@dataclass(frozen=True)
+@frozen
 class Known:
     """One device as a live run judged it: (kind, text) pairs."""
 
@@ -66,7 +66,7 @@ class Known:
     refused: tuple[tuple[str, str], ...] = ()  # why the guard refused to bind it
 
 
-@dataclass(frozen=True)
+@frozen
 class Memory:
     """What the last live run judged, and when."""
 
@@ -79,7 +79,7 @@ class Memory:
         return f"{self.judged[:10]} {self.judged[11:16]} UTC"
 
 
-@dataclass(frozen=True)
+@frozen
 class Judgment:
     """The guard's verdict for this run: what is critical (with what memory and the network
     configuration add at boot), whether the run is live, and what the admin should know."""

@@ -2,7 +2,8 @@
 
 A module that needs one of these imports it from here rather than from the module that uses it
 most, so that no module imports another only for a constant or a type. This module imports no
-other pcipassd module, so that it stays at the bottom of the import graph (tests/test_layers.py).
+other pcipassd module but pcipassd.value (which imports none), so that it stays at the bottom of
+the import graph (tests/test_layers.py).
 
 - the kinds of host-critical device the guard knows, which `force:` may name;
 - the drivers a device can be held by (``driver:`` and ``target``);
@@ -12,8 +13,9 @@ other pcipassd module, so that it stays at the bottom of the import graph (tests
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+from pcipassd.value import frozen
 
 # -- the guard's kinds of host-critical device --------------------------------------------
 STORAGE = "storage"
@@ -29,7 +31,7 @@ STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
 
 
 # -- the state file: one record per device pcipassd moved ---------------------------------
-@dataclass(frozen=True)
+@frozen
 class Record:
     bdf: str
     id: str  # vendor:device when it was bound, to notice changed hardware

@@ -8,11 +8,10 @@ missing, and no fix then says `modprobe`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pcipassd.host import Host
 from pcipassd.inventory import driver_loaded, listed_modules
 from pcipassd.safefile import read_host
+from pcipassd.value import frozen
 
 # The build option of each target driver, for the fix that names it.
 OPTIONS = {"pci-stub": "CONFIG_PCI_STUB", "vfio-pci": "CONFIG_VFIO_PCI"}
@@ -20,7 +19,7 @@ GRUB = ("GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub (grub2-mkconfi
         "/boot/grub2/grub.cfg on Fedora/RHEL), and reboot")
 
 
-@dataclass(frozen=True)
+@frozen
 class Missing:
     """Why this kernel cannot have a driver, and the fix."""
 

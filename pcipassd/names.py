@@ -9,18 +9,18 @@ kept. An unreadable or unrecognisable file counts as absent; naming never fails.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from pcipassd.address import PciId
 from pcipassd.host import Host
 from pcipassd.safefile import read_host
+from pcipassd.value import frozen
 
 HWDB_DIRS = ("/usr/lib/udev/hwdb.d", "/lib/udev/hwdb.d")
 PCI_IDS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
-@dataclass(frozen=True)
+@frozen
 class Name:
     """What the database calls a device; None for each part it does not know."""
 

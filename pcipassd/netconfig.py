@@ -33,11 +33,11 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from pcipassd.host import Host
 from pcipassd.hostfiles import exists, log, names, nearest_bdf, read, resolve, value
+from pcipassd.value import frozen
 
 __all__ = ["Interface", "Uplink", "Uplinks", "interfaces", "uplinks"]
 
@@ -52,7 +52,7 @@ _MAX_SOURCES = 64  # ifupdown `source` nesting: a loop stops here
 _FALSE = ("false", "no", "0", "off")
 
 
-@dataclass(frozen=True)
+@frozen
 class Interface:
     """A network interface on a PCI device, as sysfs shows it."""
 
@@ -64,7 +64,7 @@ class Interface:
     direct: bool  # the PCI device itself (not a USB NIC behind a USB controller)
 
 
-@dataclass(frozen=True)
+@frozen
 class Uplink:
     """An interface the configuration brings up at boot; `sure` False: it may be."""
 

@@ -7,15 +7,15 @@ before) and the inventory (what the kernel has now).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
 from pcipassd.model import Action, Record
 from pcipassd.selection import Selection
+from pcipassd.value import frozen, replace
 
 
-@dataclass(frozen=True)
+@frozen
 class Step:
     bdf: str
     id: str
@@ -73,7 +73,7 @@ class Step:
         return f"{self.bdf} [{self.id}] {moves}{self.source}"
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     steps: tuple[Step, ...]
     problems: tuple[Problem, ...]

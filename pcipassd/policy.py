@@ -19,7 +19,6 @@ A refused entry binds nothing; the devices it matched are kept as they are.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 
 from pcipassd.config import Entry
 from pcipassd.errors import Problem
@@ -27,6 +26,7 @@ from pcipassd.guard import Reason, cost, describe
 from pcipassd.inventory import Device, Inventory
 from pcipassd.model import CHIPSET, KINDS, STUB_DRIVERS
 from pcipassd.selection import Selected, Selection
+from pcipassd.value import replace
 
 Critical = Mapping[str, tuple[Reason, ...]]
 

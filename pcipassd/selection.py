@@ -7,7 +7,7 @@ as they are rather than being restored by a config mistake.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pcipassd.value import frozen
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 LSPCI_HINT = "list the devices with `lspci -Dnn`; addresses change after hardware or BIOS changes"
 
 
-@dataclass(frozen=True)
+@frozen
 class Selected:
     device: Device
     entry: Entry
@@ -35,11 +35,11 @@ class Selected:
         return self.entry.driver
 
 
-@dataclass(frozen=True)
+@frozen
 class Selection:
     chosen: Mapping[str, Selected]
     problems: tuple[Problem, ...] = ()
-    kept: frozenset[str] = field(default_factory=frozenset)
+    kept: frozenset[str] = frozenset()
 
 
 def _describe(devices: list[Device]) -> str:

@@ -24,7 +24,6 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pcipassd.address import BDF_RE
@@ -32,6 +31,7 @@ from pcipassd.errors import StateError
 from pcipassd.host import Host
 from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
+from pcipassd.value import asdict, fields, frozen
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _HINT_DAMAGED = ("pcipassd moves no device while it cannot read this file: move 
                  "`pcipassd list` then shows the devices still held, to give back by hand")
 
 
-@dataclass(frozen=True)
+@frozen
 class BadRecord:
     """A record that fails its grammar: kept in the file as it was, its device left alone."""
 
@@ -115,7 +115,7 @@ def _saved(record: Record) -> dict[str, Any]:
     return data
 
 
-_REQUIRED = tuple(f.name for f in fields(Record) if f.name not in _OPTIONAL)
+_REQUIRED = tuple(name for name in fields(Record) if name not in _OPTIONAL)
 _KNOWN = (*_REQUIRED, *_OPTIONAL)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from pcipassd.host import Host
@@ -44,6 +43,7 @@ from pcipassd.hostfiles import (
     unescape,
     value,
 )
+from pcipassd.value import frozen
 
 __all__ = ["Backing", "Mount", "backing", "mounts", "swaps"]
 
@@ -54,7 +54,7 @@ RAM_DISK = re.compile(r"(z?ram|pmem)\d+")
 _UDEV_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 
-@dataclass(frozen=True)
+@frozen
 class Mount:
     """A mounted file system or an active swap area."""
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pcipassd.address import Address, PciId
 from pcipassd.inventory import Device, Inventory, group_key
 from pcipassd.model import Record
 from pcipassd.names import NameDb
+from pcipassd.value import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Row:
     device: Device
     cls: str  # "Ethernet controller"
@@ -27,7 +27,7 @@ class Row:
     forced: str = ""  # what `force:` overrode to hold it (from its record)
 
 
-@dataclass(frozen=True)
+@frozen
 class Group:
     group: str | None  # None: no IOMMU group (the IOMMU is off)
     rows: tuple[Row, ...]
@@ -63,7 +63,7 @@ def id_arg(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
+@frozen
 class Filter:
     cls: str | None = None  # hex prefix of the class code ("02", "0200") or words of its name
     id: str | None = None  # "8086:10d3" or "8086"

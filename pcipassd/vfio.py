@@ -9,16 +9,16 @@ pcipassd looks for a process that has the device's group (/dev/vfio/N) or its cd
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from pcipassd.host import Host
 from pcipassd.inventory import Device
 from pcipassd.safefile import read_host
+from pcipassd.value import frozen
 
 DRIVER = "vfio-pci"
 
 
-@dataclass(frozen=True)
+@frozen
 class User:
     pid: int
     comm: str

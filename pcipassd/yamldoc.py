@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -53,13 +52,19 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = yaml.SafeLoader
 
 
-@dataclass
 class Document:
-    """A file's data, and where (line, column) each of its values is written."""
+    """A file's data, and where (line, column) each of its values is written. A plain class,
+    not a value: `load` fills it in as it reads."""
 
-    file: str  # as shown to the admin
-    data: Any
-    marks: dict[JsonPath, Mark] = field(default_factory=dict)
+    __slots__ = ("data", "file", "marks")
+
+    def __init__(self, file: str, data: Any, marks: dict[JsonPath, Mark] | None = None) -> None:
+        self.file = file  # as shown to the admin
+        self.data = data
+        self.marks: dict[JsonPath, Mark] = {} if marks is None else marks
+
+    def __repr__(self) -> str:
+        return f"Document(file={self.file!r}, data={self.data!r}, marks={self.marks!r})"
 
     def where(self, path: JsonPath) -> Mark:
         """The position of `path`, or of its nearest ancestor that has one."""

@@ -11,7 +11,6 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from pcipassd.errors import StateError
 from pcipassd.host import Host
 from pcipassd.model import Record
 from pcipassd.state import State, parse_record
+from pcipassd.value import asdict
 
 SEED = 20261125
 STATE = "/run/pcipass/state.json"

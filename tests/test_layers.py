@@ -18,9 +18,9 @@ from importgraph import deferred_imports, find_cycle, longest_chain, module_grap
 #: The layers, lowest first: the pipeline in the order it runs.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # pcipassd's words (model) and the plumbing every stage uses: errors, exit codes, logging,
-    # the host root, safe file reads and writes, PCI addresses, printable text
-    ("words", ("pcipassd", "model", "errors", "exits", "log", "host", "safefile", "address",
-               "printable", "strictmodes")),
+    # the host root, safe file reads and writes, PCI addresses, printable text, value classes
+    ("words", ("pcipassd", "value", "model", "errors", "exits", "log", "host", "safefile",
+               "address", "printable", "strictmodes")),
     # reading the host: the kernel's devices, drivers, modules, IOMMU, mounts, network, names
     ("host", ("kernel", "inventory", "hostfiles", "storage", "netconfig", "iommu", "modules",
               "names", "vfio", "survey")),
@@ -44,8 +44,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: function-level import already points down the pipeline.
 DEFERRED_UPWARD: dict[tuple[str, str], str] = {}
 
-#: The longest chain of module-level imports, in modules: 10 before pcipassd.model (issue 16),
-#: 6 since. Raise it only knowingly: a longer chain is what model.py is for.
+#: The longest chain of module-level imports, in modules, pcipassd.value left out: 10 before
+#: pcipassd.model (issue 16), 6 since. Raise it only knowingly: a longer chain is what model.py
+#: is for.
 MAX_CHAIN = 6
 
 
@@ -87,14 +88,19 @@ def test_deferred_imports_follow_the_pipeline() -> None:
 
 
 def test_the_words_import_nothing_of_pcipassd() -> None:
-    assert module_graph()["pcipassd.model"] == frozenset()
+    """model.py imports only the value classes, which import nothing of pcipassd."""
+    assert module_graph()["pcipassd.model"] == frozenset({"pcipassd.value"})
     assert deferred_imports()["pcipassd.model"] == frozenset()
+    assert module_graph()["pcipassd.value"] == frozenset()
+    assert deferred_imports()["pcipassd.value"] == frozenset()
 
 
 def test_no_cycle_and_a_short_chain() -> None:
     graph = module_graph()
     assert find_cycle(graph) is None
-    chain = longest_chain(graph)
+    # pcipassd.value stands in for the dataclasses module (a leaf the words import): not counted
+    chain = longest_chain({src: dsts - {"pcipassd.value"} for src, dsts in graph.items()
+                           if src != "pcipassd.value"})
     assert len(chain) <= MAX_CHAIN, " -> ".join(chain)
 
 

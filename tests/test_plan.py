@@ -3,8 +3,6 @@ decided from a selection, the devices and the state file's records, built direct
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from inputs import config, device, entry, inventory, reason, record
 
 from pcipassd.config import Entry
@@ -13,6 +11,7 @@ from pcipassd.model import NETWORK, Action, Record
 from pcipassd.plan import Plan, Step, make_plan, predict, restore_plan
 from pcipassd.policy import enforce
 from pcipassd.selection import select
+from pcipassd.value import replace
 
 NIC_A = "0000:00:02.0"
 NIC_B = "0000:00:03.0"
