@@ -142,9 +142,10 @@ def _configured(host: Host, inventory: Inventory, judged: set[tuple[str, str]],
                 critical: dict[str, list[Reason]], warnings: list[str]) -> None:
     """The NICs never judged live that the network configuration brings up at boot."""
     fresh = {bdf for bdf, dev in inventory.devices.items() if (bdf, str(dev.id)) not in judged}
-    if not any(nic.bdf in fresh for nic in interfaces(host)):
+    nics = interfaces(host)
+    if not any(nic.bdf in fresh for nic in nics):
         return
-    found = uplinks(host)
+    found = uplinks(host, nics)
     warnings += found.warnings
     for uplink in found.found:
         bdf = uplink.iface.bdf

@@ -90,8 +90,8 @@ def interfaces(host: Host) -> list[Interface]:
     """Every interface that rests directly on a PCI device (or a USB NIC on its controller)."""
     found = []
     for name in names(host, "/sys/class/net"):
-        device = resolve(host, f"/sys/class/net/{name}/device")
-        if device is None or not exists(host, device):
+        device = resolve(host, f"/sys/class/net/{name}/device")  # resolved: read as it is
+        if device is None or not host.path(str(device)).exists():
             continue
         bdf = nearest_bdf(device)
         if bdf is None:
@@ -105,15 +105,15 @@ def interfaces(host: Host) -> list[Interface]:
         driver = resolve(host, f"/sys/class/net/{name}/device/driver")
         found.append(Interface(
             name, bdf, value(host, f"/sys/class/net/{name}/address", optional=True).lower(),
-            kind, driver.name if driver is not None and exists(host, driver) else "",
+            kind, driver.name if driver is not None and host.path(str(driver)).exists() else "",
             device.name == bdf))
     return found
 
 
-def uplinks(host: Host) -> Uplinks:
+def uplinks(host: Host, nics: list[Interface] | None = None) -> Uplinks:
     """The interfaces the host's network configuration brings up at boot, and what could not
-    be read."""
-    nics = interfaces(host)
+    be read. `nics`: interfaces(host), when the caller has it already."""
+    nics = interfaces(host) if nics is None else nics
     out = Uplinks()
     if _enabled(host, "systemd-networkd.service"):
         _networkd(host, nics, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from machine import FakeJournal, Machine
@@ -83,9 +84,27 @@ def test_without_systemd_python_it_logs_to_stderr(m: Machine,
     assert "<3>/etc/pcipass.yaml:3:5: devices[0]: no device at 0000:07:00.0" in m.run("apply").err
 
 
-def test_the_real_systemd_module_is_used_when_installed() -> None:
+def test_the_journal_gets_what_systemd_journal_send_would_send(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pcipassd calls systemd-python's C sender itself (importing systemd.journal costs a boot
+    run time): the same fields as systemd.journal.send, once the real module is installed."""
     journal = pytest.importorskip("systemd.journal", reason="systemd-python not installed")
-    assert logsetup._journal_send() is journal.send
+    import systemd._journal  # noqa: PLC0415
+
+    sent: dict[str, list[tuple[Any, ...]]] = {"pcipassd": [], "systemd": []}
+    monkeypatch.setattr(systemd._journal, "sendv", lambda *a: sent["pcipassd"].append(a))
+    monkeypatch.setattr(journal, "sendv", lambda *a: sent["systemd"].append(a))
+    fields = {"PRIORITY": "6", "SYSLOG_IDENTIFIER": "pcipassd", "CODE_FILE": "/x/apply.py",
+              "CODE_LINE": 42, "CODE_FUNC": "bind", "MESSAGE_ID": logsetup.MESSAGE_IDS["bind"],
+              "PCIPASS_DEVICE": NIC_A}
+    send = logsetup._journal_send()
+    assert send is not None
+    send("0000:00:02.0 [8086:10d3] e1000e -> pci-stub\nsecond line", **fields)
+    journal.send("0000:00:02.0 [8086:10d3] e1000e -> pci-stub\nsecond line", **fields)
+    ours, theirs = sent["pcipassd"], sent["systemd"]
+    assert len(ours) == len(theirs) == 1
+    assert sorted(ours[0]) == sorted(theirs[0])
+    assert "CODE_LINE=42" in ours[0]
 
 
 CATALOG = Path(__file__).resolve().parent.parent / "systemd" / "pcipassd.catalog"
