@@ -16,6 +16,36 @@ log = logging.getLogger("pcipassd.guard")  # one logger for everything the guard
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _MAX_SYMLINK_HOPS = 40
+_links: dict[str, str | None] | None = None  # inside a Snapshot: each path's readlink
+
+
+class Snapshot:
+    """Inside ``with Snapshot():`` each symlink is read once (and each path found not to be
+    one): the guard's judgment resolves the same prefixes (/sys/class/net, /sys/devices/pci*,
+    /etc/systemd/system) for every device, and a readlink is a system call, which a TCG guest
+    makes slow. For a read-only pass over a tree that does not change meanwhile."""
+
+    def __enter__(self) -> Snapshot:
+        global _links  # noqa: PLW0603 - one pass's cache, gone when it ends
+        self._outer = _links
+        _links = {} if _links is None else _links
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        global _links  # noqa: PLW0603
+        _links = self._outer
+
+
+def _readlink(path: str) -> str | None:
+    if _links is not None and path in _links:
+        return _links[path]
+    try:
+        target: str | None = os.readlink(path)
+    except OSError:  # not a symlink, or missing
+        target = None
+    if _links is not None:
+        _links[path] = target
+    return target
 
 
 def resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
@@ -38,9 +68,8 @@ def resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
                 done.pop()
                 where.pop()
             continue
-        try:
-            target = os.readlink(f"{where[-1]}/{part}")
-        except OSError:  # not a symlink, or missing: keep the name as it is
+        target = _readlink(f"{where[-1]}/{part}")
+        if target is None:  # not a symlink, or missing: keep the name as it is
             done.append(part)
             where.append(f"{where[-1]}/{part}")
             continue

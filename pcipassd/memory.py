@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pcipassd.address import BDF_RE
 from pcipassd.guard import Reason, critical_devices
 from pcipassd.host import Host
+from pcipassd.hostfiles import Snapshot
 from pcipassd.inventory import Device, Inventory
 from pcipassd.model import KINDS, NETWORK
 from pcipassd.netconfig import interfaces, uplinks
@@ -92,6 +93,11 @@ class Judgment:
 
 def judge(host: Host, inventory: Inventory) -> Judgment:
     """The host-critical devices for this run. Read-only."""
+    with Snapshot():
+        return _judge(host, inventory)
+
+
+def _judge(host: Host, inventory: Inventory) -> Judgment:
     seen = critical_devices(host)
     live = any(r.kind == NETWORK for reasons in seen.values() for r in reasons)
     memory, warning = load(host)

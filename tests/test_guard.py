@@ -750,3 +750,27 @@ def test_the_schema_lets_force_name_exactly_the_kinds_of_reasons() -> None:
     schema = json.loads(schema_text())
     branches = schema["$defs"]["device"]["properties"]["force"]["anyOf"]
     assert [b["items"]["enum"] for b in branches if b.get("type") == "array"] == [list(KINDS)]
+
+
+def test_a_snapshot_reads_each_link_once_and_only_for_its_pass(tmp_path: Path) -> None:
+    """The guard's judgment resolves its /sys paths inside a Snapshot: a link is read once for
+    the whole pass, and the next pass sees the tree as it is then (an interface renamed, a
+    device moved)."""
+    from pcipassd.hostfiles import Snapshot, resolve  # noqa: PLC0415
+
+    host = Host(tmp_path)
+    (tmp_path / "sys/devices/pci0000:00/0000:00:03.0").mkdir(parents=True)
+    (tmp_path / "sys/devices/pci0000:00/0000:00:04.0").mkdir(parents=True)
+    (tmp_path / "sys/class/net").mkdir(parents=True)
+    link = tmp_path / "sys/class/net/eth0"
+    link.symlink_to("../../devices/pci0000:00/0000:00:03.0")
+    with Snapshot():
+        assert str(resolve(host, "/sys/class/net/eth0")) == "/sys/devices/pci0000:00/0000:00:03.0"
+        link.unlink()
+        link.symlink_to("../../devices/pci0000:00/0000:00:04.0")
+        assert str(resolve(host, "/sys/class/net/eth0")) == \
+            "/sys/devices/pci0000:00/0000:00:03.0", "read once in the pass"
+    assert str(resolve(host, "/sys/class/net/eth0")) == "/sys/devices/pci0000:00/0000:00:04.0"
+    with Snapshot():
+        assert str(resolve(host, "/sys/class/net/eth0")) == \
+            "/sys/devices/pci0000:00/0000:00:04.0", "a new pass reads it again"
