@@ -320,9 +320,10 @@ class Applier:
     def restore(self, step: Step) -> None:
         record = self.state.records[step.bdf]
         try:
-            if self._in_use(step, self._device(step.bdf)):
+            dev = self._device(step.bdf)
+            if self._in_use(step, dev):
                 return
-            now = self._restore_device(record)
+            now = self._restore_device(record, dev)
         except StepFailed as e:
             if self._vanished(step.bdf):
                 self._gone(step)

@@ -83,7 +83,15 @@ def resolve(host: Host, absolute: str | PurePosixPath) -> PurePosixPath | None:
     return PurePosixPath("/", *done)
 
 
+_SLASH = Path("/")
+
+
 def host_path(host: Host, absolute: str | PurePosixPath) -> Path | None:
+    """Where to read the host path `absolute`. On the running system (root /) that is the path
+    itself: the kernel follows its symlinks as resolve() would, and cannot leave /; resolve()
+    in Python costs a system call per component, slow in a TCG guest (bench/late_rebind.py)."""
+    if host.root == _SLASH:
+        return Path(absolute)
     resolved = resolve(host, absolute)
     return None if resolved is None else host.path(str(resolved))
 

@@ -774,3 +774,16 @@ def test_a_snapshot_reads_each_link_once_and_only_for_its_pass(tmp_path: Path) -
     with Snapshot():
         assert str(resolve(host, "/sys/class/net/eth0")) == \
             "/sys/devices/pci0000:00/0000:00:04.0", "a new pass reads it again"
+
+
+def test_the_running_system_is_read_at_its_own_paths() -> None:
+    """With root / the kernel follows the links: the same text, listings and answers as the
+    resolver gives under a root (read-only, and nothing under /sys)."""
+    from pcipassd.hostfiles import exists, names, read  # noqa: PLC0415
+
+    host = Host(Path("/"))
+    assert read(host, "/proc/self/root/proc/version") == Path("/proc/version").read_text()
+    assert exists(host, "/proc/self/exe")
+    assert not exists(host, "/proc/self/no-such-file")
+    assert names(host, "/proc/self/fd")
+    assert read(host, "/proc/no-such-file", optional=True) is None
