@@ -38,7 +38,7 @@ from pcipassd.inventory import (
 )
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
-from pcipassd.model import Action, Record
+from pcipassd.model import VFIO_PCI, Action, Record
 from pcipassd.plan import Plan, Step
 from pcipassd.state import State
 from pcipassd.value import replace
@@ -54,7 +54,6 @@ class DeviceGone(StepFailed):
     """The device's sysfs directory is gone: it was hot-removed."""
 
 
-VFIO = "vfio-pci"  # the driver through which a VM can have a device open
 GONE = "is gone (hot-removed?); forgetting it"
 UNSAVED = "records not removed"  # devices given back whose record stayed in the state file
 
@@ -209,7 +208,7 @@ class Applier:
         ready: dict[str, tuple[Record, Device]] = {}
         for step in steps:
             dev = read_device(self.host, step.bdf)
-            if dev is None or (dev.driver == VFIO and dev.driver != step.target):
+            if dev is None or (dev.driver == VFIO_PCI and dev.driver != step.target):
                 continue
             ready[step.bdf] = (self._new_record(step, dev), dev)
         if not ready:

@@ -79,15 +79,10 @@ def _journal_send() -> Sender | None:
     field, straight from `systemd._journal`: importing `systemd.journal` also imports uuid,
     platform, datetime and traceback, a tenth of a boot-time `apply` in a TCG guest
     (bench/late_rebind.py's importtime). The fields are the ones `send` would make."""
-    try:
+    try:  # systemd.journal imports its sendv from here: without it, it has no sender either
         sendv: Callable[..., None] = importlib.import_module("systemd._journal").sendv
     except (ImportError, AttributeError):
-        try:
-            journal = importlib.import_module("systemd.journal")
-        except ImportError:
-            return None
-        send: Sender = journal.send
-        return send
+        return None
 
     def send_fields(message: str, /, **fields: Any) -> None:
         sendv(f"MESSAGE={message}", *(f"{key}={value}" for key, value in fields.items()))

@@ -27,7 +27,8 @@ KINDS = (STORAGE, NETWORK, BOOT_VGA, CONSOLE, CHIPSET)  # what `force:` may name
 FORCE_TRUE = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force: true` overrides: not chipset
 
 # -- the drivers pcipassd holds a device with ---------------------------------------------
-STUB_DRIVERS = ("pci-stub", "vfio-pci")  # the targets the schema allows
+VFIO_PCI = "vfio-pci"  # the stub driver through which a VM can have a device open
+STUB_DRIVERS = ("pci-stub", VFIO_PCI)  # the targets the schema allows
 
 
 # -- the state file: one record per device pcipassd moved ---------------------------------

@@ -12,10 +12,11 @@ import os
 
 from pcipassd.host import Host
 from pcipassd.inventory import Device
+from pcipassd.model import VFIO_PCI
 from pcipassd.safefile import read_host
 from pcipassd.value import frozen
 
-DRIVER = "vfio-pci"
+DRIVER = VFIO_PCI
 
 
 @frozen
