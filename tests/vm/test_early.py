@@ -63,6 +63,9 @@ OBSERVERS = {
     "net": "DefaultDependencies=no\nAfter=network-pre.target\n",
     "vm": "After=pcipassd.service\n",
 }
+# Stand-ins named like the fleet's consumers (the kubelet, k3s/RKE2, Proxmox's pve-guests), with
+# no ordering of their own: only pcipassd.service's Before= puts them after it.
+CONSUMERS = ("kubelet", "k3s", "k3s-agent", "rke2-server", "rke2-agent", "pve-guests")
 OBSERVER = """\
 [Unit]
 Description=What a service finds at boot ({name})
@@ -90,9 +93,13 @@ common() {{
     capture journal journalctl -b -u pcipassd -u pcipassd-early -o cat --no-pager
     capture fields journalctl -b -u pcipassd -o json --no-pager
     dmesg | grep 'really_probe: probing driver e1000e' | blob probes
-    for name in plain net vm; do
+    for name in plain net vm {' '.join(CONSUMERS)}; do
         for i in $(seq 60); do [ -s /run/observer.$name ] && break; sleep 1; done
         result observer.$name "$(cat /run/observer.$name)"
+    done
+    for name in {' '.join(CONSUMERS)}; do
+        result after.$name "$(systemctl show -p After --value $name.service | tr ' ' '\n' |
+                               grep -x pcipassd.service)"
     done
     capture state cat /run/pcipass/state.json
 }}
@@ -169,6 +176,10 @@ def _install(root: Path) -> None:
     for name, order in OBSERVERS.items():
         unit = f"observer-{name}.service"
         (root / "etc/systemd/system" / unit).write_text(OBSERVER.format(name=name, order=order))
+        enable_unit(root, unit)
+    for name in CONSUMERS:
+        unit = f"{name}.service"
+        (root / "etc/systemd/system" / unit).write_text(OBSERVER.format(name=name, order=""))
         enable_unit(root, unit)
     observe = root / "usr/local/sbin/observe"
     observe.write_text(OBSERVE)
@@ -296,6 +307,19 @@ def test_what_starts_at_boot_finds_the_devices_held(early_boots: list[BootResult
         _, stub, stub_held, vfio, vfio_held = res["observer.plain"].split()
         assert (stub_held, vfio_held) == ("pci-stub", "vfio-pci"), res.where()
         assert stub in ("none", "pci-stub") and vfio in ("none", "vfio-pci"), res.where()
+
+
+def test_the_fleets_consumers_start_after_the_devices_are_on_their_targets(
+        early_boots: list[BootResult]) -> None:
+    """Units named like the kubelet (KubeVirt's device plugin counts vfio-pci devices once, when
+    it starts), k3s/RKE2 and Proxmox's pve-guests, with no ordering of their own: systemd puts
+    them after pcipassd.service, and each finds it active and the devices on their targets, in
+    every boot pcipassd is on, the first boot's late move included."""
+    for res in (*early_boots[:3], early_boots[4]):
+        for name in CONSUMERS:
+            assert res[f"after.{name}"] == "pcipassd.service", (name, res.where())
+            assert res[f"observer.{name}"] == "active pci-stub pci-stub vfio-pci vfio-pci", (
+                name, res.where())
 
 
 def test_stop_gives_back_a_device_no_driver_ever_had(early_boots: list[BootResult]) -> None:
