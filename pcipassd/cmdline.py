@@ -95,7 +95,8 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
         if verb is not None and name != verb:
             continue
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        # `status --json` is one JSON object; --qemu and --libvirt print something else
+        # `status --json` is one JSON object; --qemu, --libvirt, --kubevirt and
+        # --proxmox-mapping print something else
         to = sp.add_mutually_exclusive_group() if name == "status" else sp
         if takes_json:
             to.add_argument("--json", action="store_true", help="machine-readable output")
@@ -117,4 +118,10 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
                             help="print the QEMU arguments for the devices held on vfio-pci")
             to.add_argument("--libvirt", action="store_true",
                             help="print libvirt <hostdev> XML for the devices held on vfio-pci")
+            to.add_argument("--kubevirt", action="store_true",
+                            help="print KubeVirt's permittedHostDevices entries for the devices "
+                            "held on vfio-pci")
+            to.add_argument("--proxmox-mapping", action="store_true",
+                            help="print this node's --map values of a Proxmox PCI resource "
+                            "mapping for the devices held on vfio-pci")
     return p

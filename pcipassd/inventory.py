@@ -85,6 +85,17 @@ def _read_device(devices: str, bdf: str) -> Device | None:
     )
 
 
+def subsystem_id(host: Host, bdf: str) -> PciId | None:
+    """The device's subsystem vendor:device (the card's maker and model), None when sysfs does
+    not say. Read only on demand: a scan does not need it."""
+    d = os.path.join(host.pci_devices, bdf, "")
+    vendor, device = read_attr(d + "subsystem_vendor"), read_attr(d + "subsystem_device")
+    try:
+        return PciId(int(vendor, 16), int(device, 16)) if vendor and device else None
+    except ValueError:
+        return None
+
+
 Slot = tuple[int, int, int]  # domain, bus, slot
 
 

@@ -24,6 +24,8 @@ def run(ctx: Context) -> int:
     plan, groups = planned(ctx, config, records)
     if ctx.args.qemu or ctx.args.libvirt:
         return _handoff(plan, ctx.args.libvirt)
+    if ctx.args.kubevirt or ctx.args.proxmox_mapping:
+        return _engine(ctx, plan)
     warnings = [*((w, "") for w in state.problems()), *_warnings(ctx, records),
                 *((f"{s.bdf}: {s.forced_note}", "") for s in plan.steps if s.forced)]
     users = _users(ctx, plan)
@@ -85,32 +87,10 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
     """`status --qemu` / `--libvirt`: what to give QEMU or libvirt for each device held on
     vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
     from pcipassd import vfio  # noqa: PLC0415
-    from pcipassd.errors import PcipassError  # noqa: PLC0415
-    from pcipassd.model import Action  # noqa: PLC0415
-    from pcipassd.printable import in_xml_comment, printable  # noqa: PLC0415
+    from pcipassd.engines import held_on_vfio  # noqa: PLC0415
+    from pcipassd.printable import in_xml_comment  # noqa: PLC0415
 
-    ready = []
-    for s in plan.steps:
-        if s.action not in (Action.UNCHANGED, Action.BIND):
-            continue
-        label = f"{s.bdf} [{s.id}]{f' {printable(s.name)}' if s.name else ''}"
-        if s.target != vfio.DRIVER:
-            print(f"# {label} is held on {s.target}, which QEMU cannot use (it needs vfio-pci): "
-                  f"set `driver: vfio-pci` in its entry ({s.entry}) and run "
-                  "`systemctl reload pcipassd`")
-        elif s.action is Action.BIND:
-            print(f"# {label} is not on vfio-pci yet: run `systemctl reload pcipassd`")
-        else:
-            ready.append(s)
-    if not ready:  # say why on stderr, rather than print nothing
-        to = "libvirt" if libvirt else "QEMU"
-        if plan.steps:
-            raise PcipassError(f"nothing to give {to}: no configured device is on vfio-pci",
-                               "the `#` lines above say what to change")
-        raise PcipassError(f"nothing to give {to}: the configuration selects no device "
-                           "present on this host",
-                           "`pcipassd status` shows why" if plan.problems
-                           else "`pcipassd list` shows the devices")
+    ready = held_on_vfio(plan, "libvirt" if libvirt else "QEMU")
     if libvirt:
         for s in ready:
             name = f" {in_xml_comment(s.name)}" if s.name else ""
@@ -118,8 +98,18 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
             print(vfio.libvirt_hostdev(s.bdf))
     else:
         print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
-    return EXIT_OK if ready and len(ready) == len(plan.steps) else EXIT_FAIL
+    return EXIT_OK if len(ready) == len(plan.steps) else EXIT_FAIL
 
+
+def _engine(ctx: Context, plan: Plan) -> int:
+    """`status --kubevirt` / `--proxmox-mapping`: see engines.py."""
+    from pcipassd import engines  # noqa: PLC0415
+
+    to = "KubeVirt" if ctx.args.kubevirt else "Proxmox"
+    ready = engines.held_on_vfio(plan, to)
+    print("\n".join(engines.kubevirt(ready) if ctx.args.kubevirt
+                    else engines.proxmox_mapping(ctx.host, ready)))
+    return EXIT_OK if len(ready) == len(plan.steps) else EXIT_FAIL
 
 
 def _users(ctx: Context, plan: Plan) -> dict[str, list[str]]:
