@@ -100,9 +100,17 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
         to = sp.add_mutually_exclusive_group() if name == "status" else sp
         if takes_json:
             to.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("validate", "plan"):
+            # a main file about to be installed (Ansible's `validate: pcipassd validate --main
+            # %s`), checked with the configuration's drop-ins
+            files = sp.add_mutually_exclusive_group()
+            files.add_argument("--main", metavar="FILE",
+                               help="check FILE in place of the main config file, with the "
+                               "drop-ins of pcipass.d; FILE may be another user's, in a private "
+                               "directory (a file about to be installed), but not a symlink")
         if name == "validate":
-            sp.add_argument("files", nargs="*", metavar="FILE",
-                            help="files to validate (default: the configuration)")
+            files.add_argument("files", nargs="*", metavar="FILE", default=[],
+                               help="files to validate (default: the configuration)")
             sp.add_argument("--offline", action="store_true",
                             help="check the files only, not against this host's devices")
         if name == "list":

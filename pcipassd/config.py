@@ -104,8 +104,14 @@ def config_files(host: Host, main: Path | None = None) -> list[Path]:
     return [main, *found]
 
 
-def load_config(host: Host, files: list[Path] | None = None, *, full: bool = True) -> Config:
+def load_config(host: Host, files: list[Path] | None = None, *, full: bool = True,
+                candidate: Path | None = None) -> Config:
     """Read and validate every file; raise InvalidConfig listing every problem.
+
+    `candidate` (`--main FILE`): the main file about to be installed, checked in place of
+    /etc/pcipass.yaml with the real drop-ins. Its installer may own it and its directory (its
+    private temp directory), so StrictModes is not asked of it, only that it is a regular file
+    (no symlink) of at most MAX_BYTES; the drop-ins keep StrictModes.
 
     `full` False (every verb but validate): a file that passes pcipassd's own strict check of
     the schema (`conforms`, microseconds) is not checked again by jsonschema, whose import is
@@ -114,11 +120,13 @@ def load_config(host: Host, files: list[Path] | None = None, *, full: bool = Tru
     from pcipassd import yamldoc  # noqa: PLC0415 - see the imports above
 
     paths = files or config_files(host)
+    if candidate is not None:
+        paths = [candidate, *paths[1:]]
     shown = [printable(host.display(p)) for p in paths]
     docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
-    problems = _untrusted_dirs(host, paths)
+    problems = _untrusted_dirs(host, [p for p in paths if p != candidate])
     for path, name in zip(paths, shown):
-        doc, found = yamldoc.load(path, name)
+        doc, found = yamldoc.load(path, name, candidate=path == candidate)
         if doc is not None and (full or not conforms(doc.data)):
             found = _check_schema(doc)
         problems += found

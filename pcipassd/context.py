@@ -60,8 +60,15 @@ class Context:
     def load_config(self, *, full: bool = False) -> Config:
         """The validated config; `full` (validate): always run jsonschema too, for its exact
         messages, not only pcipassd's quick check (see config.load_config)."""
-        from pcipassd.config import load_config  # noqa: PLC0415
+        from pcipassd.config import config_files, load_config  # noqa: PLC0415
 
+        main = getattr(self.args, "main", None)
+        if main:  # a candidate main file with the drop-ins of the configuration
+            from pathlib import Path  # noqa: PLC0415
+
+            config = Path(self.args.config) if self.args.config else None
+            return load_config(self.host, config_files(self.host, config), full=full,
+                               candidate=Path(main))
         return load_config(self.host, self.config_paths(), full=full)
 
     def judgment(self, inventory: Inventory) -> Judgment:

@@ -328,21 +328,27 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
           (stat.S_ISBLK, "a block device"))
 
 
-def _read(path: Path, shown: str) -> bytes | Problem:
+def _read(path: Path, shown: str, *, candidate: bool = False) -> bytes | Problem:
     """The file's bytes, read only if it is a regular file (through symlinks: the directories
     they pass are checked elsewhere) that only root (or this user) can have written, of at most
-    MAX_BYTES; else why not."""
+    MAX_BYTES; else why not. A `candidate` (`--main`: a file about to be installed, which its
+    installer may own, in its own temp directory) is read whoever owns it, but never through a
+    symlink."""
 
     def whole(message: str, hint: str = "") -> Problem:
         return Problem(shown, 0, 0, "", message, hint)
 
     try:
-        raw = read_untrusted(path, MAX_BYTES, follow_symlinks=True, check=untrusted)
+        raw = read_untrusted(path, MAX_BYTES, follow_symlinks=not candidate,
+                             check=None if candidate else untrusted)
     except PermissionError:
         return whole("cannot read: permission denied",
                      "run as root" if os.geteuid() != 0
                      else "check its mode and owner (and SELinux/AppArmor labels)")
     except Refused as e:
+        if e.kind == "not a file" and e.text == "a symlink":
+            return whole("is a symlink; pcipassd checks the file about to be installed, not a "
+                         "link", f"give the file itself: {os.path.realpath(path)}")
         if e.kind == "not a file" and e.mode is not None and stat.S_ISDIR(e.mode):
             return whole("is a directory, not a YAML file")
         if e.kind == "not a file" and e.mode is not None:
@@ -365,13 +371,15 @@ def _read(path: Path, shown: str) -> bytes | Problem:
     return raw
 
 
-def load(path: Path, shown: str) -> tuple[Document | None, list[Problem]]:
-    """Read `path` (named `shown` in messages). Returns the document, or None and why not."""
+def load(path: Path, shown: str, *, candidate: bool = False
+         ) -> tuple[Document | None, list[Problem]]:
+    """Read `path` (named `shown` in messages; a `candidate`: see _read). Returns the document,
+    or None and why not."""
 
     def whole(message: str, hint: str = "") -> tuple[None, list[Problem]]:
         return None, [Problem(shown, 0, 0, "", message, hint)]
 
-    raw = _read(path, shown)
+    raw = _read(path, shown, candidate=candidate)
     if isinstance(raw, Problem):
         return None, [raw]
     try:
