@@ -354,6 +354,7 @@ def _read(path: Path, shown: str, *, candidate: bool = False) -> bytes | Problem
         if e.kind == "not a file" and e.mode is not None:
             kind = next((name for test, name in _KINDS if test(e.mode)), "not a file")
             return whole(f"is {kind}, not a regular file; pcipassd reads only regular files",
+                         "give --main the file about to be installed" if candidate else
                          "remove it, or rename it so that its name does not end in .yaml or .yml")
         if e.kind in ("not a file", "changed"):
             return whole("is not a regular file; pcipassd reads only regular files")

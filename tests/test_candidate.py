@@ -88,7 +88,9 @@ def test_a_fifo_candidate_is_refused(m: Machine, users_temp: Path) -> None:
     os.mkfifo(fifo)
     r = m.run("validate", "--main", str(fifo))
     assert r.rc == 2
-    assert r.out.splitlines()[0].startswith(f"{fifo}: is a FIFO, not a regular file")
+    assert r.out.splitlines()[:2] == [
+        f"{fifo}: is a FIFO, not a regular file; pcipassd reads only regular files",
+        "    hint: give --main the file about to be installed"]
 
 
 def test_a_bad_candidate_names_its_path_and_line(m: Machine, users_temp: Path) -> None:

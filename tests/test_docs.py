@@ -35,7 +35,8 @@ def test_pcipassd_8_names_every_verb_and_option(docs: Path) -> None:
     for verb in VERBS:
         assert f"\\fB{verb}\\fR" in page, verb
     for option in ("\\-\\-json", "\\-\\-qemu", "\\-\\-libvirt", "\\-\\-offline", "\\-\\-root",
-                   "\\-\\-class", "\\-\\-address"):
+                   "\\-\\-class", "\\-\\-address", "\\-\\-kubevirt",
+                   "\\-\\-proxmox\\-mapping", "\\-\\-main"):
         assert option in page, option
     assert "143 apply stopped by SIGTERM" in page
 
@@ -67,7 +68,9 @@ def complete(docs: Path, *words: str) -> list[str]:
 def test_completion_knows_the_verbs_and_their_options(docs: Path) -> None:
     assert complete(docs, "pcipassd", "st") == ["status"]
     assert sorted(complete(docs, "pcipassd", "")) == sorted([*VERBS, "--help", "--version"])
-    assert {"--qemu", "--libvirt", "--json"} <= set(complete(docs, "pcipassd", "status", "--"))
+    assert {"--qemu", "--libvirt", "--json", "--kubevirt", "--proxmox-mapping"} <= set(
+        complete(docs, "pcipassd", "status", "--"))
+    assert "--main" in complete(docs, "pcipassd", "validate", "--m")
     assert "--class" in complete(docs, "pcipassd", "list", "--c")
 
 
@@ -87,6 +90,8 @@ def test_completion_completes_classes_and_files(docs: Path, tmp_path: Path) -> N
     (tmp_path / "10-vm.yml").write_text("version: 1\n")
     assert complete(docs, "pcipassd", "validate", f"{tmp_path}/10") == [f"{tmp_path}/10-vm.yml"]
     assert complete(docs, "pcipassd", "--config", f"{tmp_path}/1") == [f"{tmp_path}/10-vm.yml"]
+    assert complete(docs, "pcipassd", "plan", "--main", f"{tmp_path}/1") == [
+        f"{tmp_path}/10-vm.yml"]
 
 
 def _glossary() -> dict[str, str]:

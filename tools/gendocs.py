@@ -163,7 +163,7 @@ _pcipassd() {{
     done
     case $prev in
         --root) COMPREPLY=($(compgen -d -- "$cur")); return ;;
-        --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --config|--main) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --class) COMPREPLY=($(compgen -W "{' '.join(CLASS_WORDS)}" -- "$cur")); return ;;
         --id) return ;;
         --address)  # the addresses the configuration names
