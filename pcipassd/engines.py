@@ -58,7 +58,8 @@ def resource_name(pci_id: str) -> str:
 
 def kubevirt(ready: list[Step]) -> list[str]:
     """The `permittedHostDevices` of KubeVirt's CR, one entry per vendor:device, as YAML lines
-    to paste under `spec.configuration`."""
+    to paste under `spec.configuration`. The selector is lower-case hex, as sysfs writes the
+    IDs KubeVirt's device plugin compares it with."""
     by_id: dict[str, list[Step]] = {}
     for s in ready:
         by_id.setdefault(s.id.lower(), []).append(s)
@@ -68,7 +69,7 @@ def kubevirt(ready: list[Step]) -> list[str]:
     for pci_id, steps in sorted(by_id.items()):
         held = ", ".join(f"{s.bdf}{f' {printable(s.name)}' if s.name else ''}" for s in steps)
         lines += [f"    # {held}",
-                  f'    - pciVendorSelector: "{pci_id.upper()}"',
+                  f'    - pciVendorSelector: "{pci_id}"',
                   f'      resourceName: "{resource_name(pci_id)}"']
     return lines
 

@@ -42,7 +42,7 @@ def test_kubevirt_prints_one_entry_per_vendor_device(m: Machine) -> None:
     assert f"    # {NIC_A} guest-nic, {NIC_B}\n" in r.out
     doc = yaml.safe_load(r.out)
     assert doc == {"permittedHostDevices": {"pciHostDevices": [
-        {"pciVendorSelector": "8086:10D3", "resourceName": "pcipassd.io/8086-10d3"}]}}
+        {"pciVendorSelector": "8086:10d3", "resourceName": "pcipassd.io/8086-10d3"}]}}
     assert valid_extended_resource_name(
         doc["permittedHostDevices"]["pciHostDevices"][0]["resourceName"])
 
