@@ -94,7 +94,7 @@ def proxmox_mapping(host: Host, ready: list[Step]) -> list[str]:
              "`pvesh create /cluster/mapping/pci --id NAME` (or `pvesh set` it)"]
     for s in ready:
         device = read_device(host, s.bdf)
-        fields = [f"node={node}", f"path={s.bdf}", f"id={device.id if device else s.id}"]
+        fields = [f"node={node}", f"path={s.bdf}", f"id={s.id}"]
         if (sub := subsystem_id(host, s.bdf)) is not None:
             fields.append(f"subsystem-id={sub}")
         if device is not None and device.group is not None:

@@ -109,3 +109,15 @@ def test_main_and_files_are_one_or_the_other(m: Machine, users_temp: Path) -> No
     with pytest.raises(SystemExit) as e:
         m.run("validate", "--main", str(path), str(path))
     assert e.value.code == 64
+
+
+def test_with_config_the_dropins_are_those_next_to_it(m: Machine, users_temp: Path) -> None:
+    alt = m.root / "srv/pcipass"
+    (alt / "pcipass.d").mkdir(parents=True)
+    (alt / "pcipass.yaml").write_text("version: 1\ndevices: []\n")
+    (alt / "pcipass.d/vm.yaml").write_text(
+        f'version: 1\ndevices:\n  - address: "{NIC_A}"\n    driver: pci-stub\n')
+    path = candidate(users_temp, NIC)
+    r = m.run("--config", str(alt / "pcipass.yaml"), "validate", "--main", str(path))
+    assert r.rc == 2
+    assert r.out.startswith("/srv/pcipass/pcipass.d/vm.yaml:3:")

@@ -3,6 +3,7 @@ a Proxmox cluster need from this node, for the devices it holds on vfio-pci."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -125,3 +126,11 @@ def test_the_readme_shows_what_the_engine_options_print(m: Machine) -> None:
     for option in ("--kubevirt", "--proxmox-mapping"):
         shown = f"# pcipassd status {option}\n{m.run('status', option).out}```"
         assert shown in readme, option
+
+
+def test_proxmox_node_is_the_short_uname_without_etc_hostname(m: Machine) -> None:
+    m.config(VFIO_CONFIG)
+    m.run("apply")
+    (m.root / "etc/hostname").unlink(missing_ok=True)
+    r = m.run("status", "--proxmox-mapping")
+    assert f"--map node={os.uname().nodename.partition('.')[0]},path={NIC_A}," in r.out
