@@ -59,11 +59,12 @@ def reboot_required(actions: Sequence[NodeAction]) -> bool:
     return REBOOT in kinds and kinds <= {REBOOT}
 
 
-def device_dict(step: Step, record: Record | None, device: Device | None,
+def device_dict(step: Step, record: Record | None, device: Device | None, *,
                 details: Details | None, members: Sequence[str],
-                warnings: Sequence[str]) -> dict[str, Any]:
+                warnings: Sequence[str], model: str | None = None) -> dict[str, Any]:
     """One device of the document: the step's keys (output.step_dict), then what the node
-    document adds. `original`: the original driver, of a held device or of one to restore."""
+    document adds. `original`: the original driver, of a held device or of one to restore;
+    `model`: the name database's name (`status` only: the boot path reads no pci.ids)."""
     from pcipassd.output import step_dict  # noqa: PLC0415
 
     vendor, _, product = step.id.partition(":")
@@ -76,6 +77,7 @@ def device_dict(step: Step, record: Record | None, device: Device | None,
         "subsystem_vendor_id": f"{sub.vendor:04x}" if sub else None,
         "subsystem_device_id": f"{sub.device:04x}" if sub else None,
         "class": f"{device.cls:06x}" if device else None,
+        "model": model,
         "numa_node": details.numa_node if details else None,
         "group_members": list(members),
         "forced": step.forced or (record.forced if record else "") or None,
@@ -100,7 +102,7 @@ def document(*, converged: bool, error: tuple[str, str] | None,
 def needed_actions(host: Host, records: Mapping[str, Record]) -> list[NodeAction]:
     """The actions the node needs, in the order to do them: rebuild the initramfs (it predates
     the hold list), put the IOMMU on the kernel command line, reboot."""
-    from pcipassd import early, reboot  # noqa: PLC0415
+    from pcipassd import early  # noqa: PLC0415
     from pcipassd.inventory import iommu_active  # noqa: PLC0415
 
     out = []
@@ -111,9 +113,16 @@ def needed_actions(host: Host, records: Mapping[str, Record]) -> list[NodeAction
     if out:
         out.append(NodeAction(REBOOT, "reboot once the actions above are done",
                               REBOOT_COMMAND))
-    elif advice := reboot.advice(host, records):
+    elif any(r.stage == "late" for r in records.values()) and (  # else no import (boot path)
+            advice := _reboot_advice(host, records)):
         out.append(NodeAction(REBOOT, advice, REBOOT_COMMAND))
     return out
+
+
+def _reboot_advice(host: Host, records: Mapping[str, Record]) -> str | None:
+    from pcipassd import reboot  # noqa: PLC0415
+
+    return reboot.advice(host, records)
 
 
 def cmdline_actions(host: Host) -> list[NodeAction]:
@@ -146,7 +155,8 @@ def cmdline_command(host: Host, arg: str, *, remove: bool = False) -> str:
 
 
 def describe(host: Host, steps: Sequence[Step], records: Mapping[str, Record],
-             devices: Mapping[str, Device]) -> list[dict[str, Any]]:
+             devices: Mapping[str, Device], models: Mapping[str, str] | None = None
+             ) -> list[dict[str, Any]]:
     """Each step's device, with what sysfs says of it beyond the scan (inventory.read_details)
     and the warnings that concern it (early.first_probe: a driver that probed it first)."""
     from pcipassd import early  # noqa: PLC0415
@@ -163,8 +173,9 @@ def describe(host: Host, steps: Sequence[Step], records: Mapping[str, Record],
         warnings = [w for w in (s.forced_note, s.warning,
                                 early.first_probe(host, record) if record else None) if w]
         out.append(device_dict(s, record, device,
-                               read_details(host, s.bdf) if device else None,
-                               by_group.get(s.group, []) if s.group else [], warnings))
+                               details=read_details(host, s.bdf) if device else None,
+                               members=by_group.get(s.group, []) if s.group else [],
+                               warnings=warnings, model=(models or {}).get(s.bdf)))
     return out
 
 
