@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pcipassd.host import Host
-    from pcipassd.inventory import Details, Device
+    from pcipassd.inventory import Details, Device, Inventory
     from pcipassd.model import Record
-    from pcipassd.plan import Step
+    from pcipassd.plan import Plan, Step
 
 FILE = "/run/pcipass/node.json"
 FEATURES = "/etc/kubernetes/node-feature-discovery/features.d/pcipassd"
@@ -96,6 +96,26 @@ def document(*, converged: bool, error: tuple[str, str] | None,
         "reboot_required": reboot_required(actions),
         "devices": list(devices),
     }
+
+
+def settled(plan: Plan, inventory: Inventory, records: Mapping[str, Record]) -> Plan:
+    """The plan as the devices are after apply ran it (`inventory`: scanned since): a device on
+    its target is unchanged; a device given back and no longer held leaves the document."""
+    from pcipassd.model import Action  # noqa: PLC0415
+    from pcipassd.plan import Plan  # noqa: PLC0415
+    from pcipassd.value import replace  # noqa: PLC0415
+
+    steps = []
+    for s in plan.steps:
+        device = inventory.devices.get(s.bdf)
+        driver = device.driver if device else None
+        if s.action is Action.RESTORE and s.bdf not in records:
+            continue
+        if s.action in (Action.BIND, Action.UNCHANGED) and s.target and driver == s.target:
+            steps.append(replace(s, action=Action.UNCHANGED, driver=driver, reason=""))
+        else:
+            steps.append(replace(s, driver=driver))
+    return Plan(tuple(steps), plan.problems)
 
 
 # -- reading the host ------------------------------------------------------------------------

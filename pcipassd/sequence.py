@@ -58,11 +58,14 @@ def apply(ctx: Context) -> int:
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
+        after = plan
         if outcome.counts["bind"] or outcome.counts["restore"] or outcome.failed:
+            from pcipassd.node import settled  # noqa: PLC0415
+
             inventory = scan(ctx.host)  # what the devices are now, for the node document
-            plan = make_plan(selection, inventory, state.records)
-        publish(ctx, "apply", state, (plan, inventory),
-                converged=plan.converged and not outcome.failed and not state.invalid,
+            after = settled(plan, inventory, state.records)
+        publish(ctx, "apply", state, (after, inventory),
+                converged=after.converged and not outcome.failed and not state.invalid,
                 error=None, labels=config.node_labels)
     log().info("%s", outcome.line("bind", "unchanged", "restore", "fail"))
     notify_status(status_text(held, plan.problems, outcome.failed))
