@@ -149,15 +149,9 @@ def cmdline_actions(host: Host) -> list[NodeAction]:
     """The kernel command line edits the IOMMU check asks for, in the boot loader's own way."""
     from pcipassd import iommu  # noqa: PLC0415
 
-    wanted = [f for f in iommu.check(host) if f.level is iommu.Level.FAIL
-              and f.what.startswith("kernel command line")]
-    out = []
-    for f in wanted:
-        arg = f.what.rsplit(" ", 1)[-1]
-        remove = " has " in f.what
-        out.append(NodeAction(KERNEL_CMDLINE, f"{f.what}: {f.fix}",
-                              cmdline_command(host, arg, remove=remove)))
-    return out
+    return [NodeAction(KERNEL_CMDLINE, f"{f.what}: {f.fix}",
+                       cmdline_command(host, f.edit[1:], remove=f.edit[0] == "-"))
+            for f in iommu.check(host) if f.level is iommu.Level.FAIL and f.edit]
 
 
 def cmdline_command(host: Host, arg: str, *, remove: bool = False) -> str:
@@ -169,7 +163,7 @@ def cmdline_command(host: Host, arg: str, *, remove: bool = False) -> str:
         if host.path(f"{d}/kernelstub").exists():
             return f"kernelstub --{'delete-options' if remove else 'add-options'}={arg}"
     if remove:
-        return (f"sed -i -E '/^GRUB_CMDLINE_LINUX=/s/ ?{arg}//' /etc/default/grub "
+        return (f"sed -i -E '/^GRUB_CMDLINE_LINUX/s/ ?{arg}//' /etc/default/grub "
                 "&& update-grub")
     return (f"sed -i -E 's/^GRUB_CMDLINE_LINUX=\"/&{arg} /' /etc/default/grub && update-grub")
 

@@ -164,6 +164,18 @@ def test_an_iommu_missing_from_the_command_line_needs_an_edit_first(
     assert data["reboot_required"] is False
 
 
+def test_an_iommu_turned_off_on_the_command_line_is_taken_off_it(
+        sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> None:
+    m = iommu_off(sim, capsys)
+    (m.root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz ro intel_iommu=off quiet\n")
+    _, data = status(m)
+    assert [(a["kind"], a["command"]) for a in data["actions"]] == [
+        ("kernel-cmdline", "sed -i -E '/^GRUB_CMDLINE_LINUX/s/ ?intel_iommu=off//' "
+                           "/etc/default/grub && update-grub"),
+        ("reboot", "systemctl reboot")]
+    assert data["reboot_required"] is False
+
+
 @pytest.mark.parametrize(("kinds_", "required"), [
     ([], False), (["reboot"], True), (["rebuild-initramfs", "reboot"], False),
     (["kernel-cmdline", "reboot"], False), (["rebuild-initramfs"], False)])
