@@ -133,6 +133,7 @@ def test_deb_ships_what_make_install_installs(deb: Path, make_installed: dict[st
     assert sorted(make_installed.keys() - as_make.keys()) == [], "missing from the .deb"
     assert as_make == make_installed, "same permissions"
     assert "/lib/systemd/system/pcipassd.service" in shipped
+    assert shipped["/usr/lib/pcipassd/pcipassd/node.schema.json"] == 0o644, "the node contract"
 
 
 def test_deb_dependencies_and_conffile(deb: Path) -> None:
