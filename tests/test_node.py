@@ -104,6 +104,7 @@ def test_reboot_required_after_a_late_move(m: Machine) -> None:
     assert "moved 0000:00:02.0 (from e1000e) late" in doc["actions"][0]["message"]
     rc, data = status(m)
     assert rc == 0 and data["converged"] is True and data["reboot_required"] is True
+    assert data["devices"][0]["original"] == "e1000e", "a held device's original driver"
 
 
 def initramfs_tools(m: Machine) -> Path:
