@@ -128,14 +128,14 @@ def needed_actions(host: Host, records: Mapping[str, Record]) -> list[NodeAction
     out = []
     if (stale := early.stale_initramfs(host)) and (command := early.rebuild_command(host)):
         out.append(NodeAction(REBUILD_INITRAMFS, stale, command))
-    if not iommu_active(host):  # only then: iommu.check is not on the boot path
-        out.extend(cmdline_actions(host))
-    if out:
-        out.append(NodeAction(REBOOT, "reboot once the actions above are done",
-                              REBOOT_COMMAND))
-    elif any(r.stage == "late" for r in records.values()) and (  # else no import (boot path)
-            advice := _reboot_advice(host, records)):
-        out.append(NodeAction(REBOOT, advice, REBOOT_COMMAND))
+    edits = [] if iommu_active(host) else cmdline_actions(host)  # iommu.check: not at boot
+    out.extend(edits)
+    # only records moved late can need a reboot (reboot.moved_late): a boot imports nothing
+    advice = (_reboot_advice(host, records) if any(r.stage == "late" for r in records.values())
+              else None)
+    if advice or edits:
+        out.append(NodeAction(REBOOT, advice or "reboot for the kernel command line to take "
+                              "effect", REBOOT_COMMAND))
     return out
 
 

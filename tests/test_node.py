@@ -135,6 +135,14 @@ def test_a_stale_initramfs_needs_a_rebuild_before_the_reboot_and_no_agent_loops(
     assert kinds(data) == ["reboot"] and data["reboot_required"] is True
 
 
+def test_a_stale_initramfs_alone_needs_a_rebuild_and_no_reboot(cold: Machine) -> None:
+    initramfs_tools(cold)
+    cold.with_guest_nic()
+    assert cold.run("apply").rc == 0  # held from no driver: the running boot is fine
+    doc = written(cold)
+    assert (kinds(doc), doc["reboot_required"]) == (["rebuild-initramfs"], False)
+
+
 def iommu_off(sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> Machine:
     sim.add_driver("pci-stub", loaded=False)
     sim.add_driver("e1000e", [(0x8086, 0x10D3)])
