@@ -118,6 +118,21 @@ def settled(plan: Plan, inventory: Inventory, records: Mapping[str, Record]) -> 
     return Plan(tuple(steps), plan.problems)
 
 
+def kept(inventory: Inventory, records: Mapping[str, Record], why: str) -> Plan:
+    """The devices pcipassd still holds when a run could not apply the config: each kept as it
+    is (`keep`), for the node document."""
+    from pcipassd.model import Action  # noqa: PLC0415
+    from pcipassd.plan import Plan, Step  # noqa: PLC0415
+
+    steps = []
+    for bdf, r in sorted(records.items()):
+        device = inventory.devices.get(bdf)
+        steps.append(Step(bdf, r.id, Action.KEEP, device.driver if device else None, r.target,
+                          device.group if device else None, r.entry, reason=why,
+                          forced=r.forced, original=r.original_driver))
+    return Plan(tuple(steps), ())
+
+
 # -- reading the host ------------------------------------------------------------------------
 def needed_actions(host: Host, records: Mapping[str, Record]) -> list[NodeAction]:
     """The actions the node needs, in the order to do them: rebuild the initramfs (it predates

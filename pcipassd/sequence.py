@@ -40,8 +40,11 @@ def apply(ctx: Context) -> int:
                 return rc
             except PcipassError as e:
                 release(ctx, state)
-                publish(ctx, "apply", state, None, converged=False, error=(e.message, e.hint),
-                        labels=None)
+                from pcipassd.node import kept  # noqa: PLC0415
+
+                left = scan(ctx.host)  # what it still holds, kept as it is
+                publish(ctx, "apply", state, (kept(left, state.records, e.message), left),
+                        converged=False, error=(e.message, e.hint), labels=None)
                 raise
             inventory, selection = ctx.selection(config, settle=True)
             _remember(ctx, inventory)

@@ -95,6 +95,19 @@ def test_a_node_whose_apply_failed_says_why_to_whoever_reads_it(m: Machine) -> N
     assert data["last_error"] == doc["last_error"], "status shows the service's last error"
 
 
+def test_after_a_failed_reload_the_devices_still_held_are_listed_as_kept(m: Machine) -> None:
+    m.with_guest_nic()
+    assert m.run("apply").rc == 0
+    m.config("version: 1\ndevices:\n  - adress: x\n")
+    assert m.run("apply").rc == 2
+    doc = written(m)
+    assert doc["converged"] is False and doc["last_error"] is not None
+    [dev] = doc["devices"]
+    assert (dev["device"], dev["action"], dev["driver"], dev["original"], dev["stage"]) == (
+        NIC_A, "keep", "pci-stub", "e1000e", "late")
+    assert m.driver(NIC_A) == "pci-stub"
+
+
 def test_reboot_required_after_a_late_move(m: Machine) -> None:
     m.with_guest_nic()
     m.run("apply")
