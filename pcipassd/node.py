@@ -249,16 +249,18 @@ def label_text(doc: dict[str, Any], now: float, ttl: int = LABELS_TTL) -> str:
     63 characters, no `:`; IDs as vvvv-dddd)."""
     import time  # noqa: PLC0415
 
+    from pcipassd.model import VFIO_PCI  # noqa: PLC0415
+
     expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + ttl))
     held: dict[str, int] = {}
     for d in doc["devices"]:
-        if d["driver"] == "vfio-pci" and d["stage"] is not None:
+        if d["driver"] == VFIO_PCI and d["stage"] is not None:
             key = f"{d['vendor_id']}-{d['device_id']}"
             held[key] = held.get(key, 0) + 1
     lines = [f"# +expiry-time={expiry}",
              f"{LABEL_PREFIX}ready={str(doc['converged']).lower()}",
              f"{LABEL_PREFIX}reboot-required={str(doc['reboot_required']).lower()}"]
-    lines += [f"{LABEL_PREFIX}vfio-pci.{key}={n}" for key, n in sorted(held.items())]
+    lines += [f"{LABEL_PREFIX}{VFIO_PCI}.{key}={n}" for key, n in sorted(held.items())]
     return "\n".join(lines) + "\n"
 
 
