@@ -26,7 +26,7 @@ SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@LIB
 UPDATE_CATALOG = if [ -z "$(DESTDIR)" ] && command -v journalctl >/dev/null 2>&1; then \
 		journalctl --update-catalog; fi
 
-SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/py.typed
+SOURCES := $(wildcard pcipassd/*.py) pcipassd/schema.json pcipassd/node.schema.json pcipassd/py.typed
 VERB_SOURCES := $(wildcard pcipassd/verbs/*.py)
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pcipassd/__init__.py)
 

@@ -83,6 +83,7 @@ class Config:
     files: tuple[str, ...]
     iommu: str
     entries: tuple[Entry, ...]
+    node_labels: bool = False  # write the Node Feature Discovery labels (node.py)
 
 
 @functools.cache
@@ -366,6 +367,7 @@ def _is_count(value: object) -> bool:
 
 _TOP_CHECKS = (("version", _is_one), ("driver", STUB_DRIVERS.__contains__),
                ("group", GROUPS.__contains__), ("iommu", IOMMU.__contains__),
+               ("node_labels", lambda v: type(v) is bool),
                ("devices", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)))
 def _is_force(value: object) -> bool:
     if type(value) is bool:
@@ -444,9 +446,10 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
         if doc is None:
             continue
         data = doc.data
-        if i > 0 and "iommu" in data:
-            problems.append(doc.problem(("iommu", "<key>"), "only the main file may set iommu",
-                                        f"iommu is host-wide: move it to {main_file}"))
+        for key in ("iommu", "node_labels"):
+            if i > 0 and key in data:
+                problems.append(doc.problem((key, "<key>"), f"only the main file may set {key}",
+                                            f"{key} is host-wide: move it to {main_file}"))
         driver = data.get("driver", main.get("driver", DEFAULT_DRIVER))
         group = data.get("group", main.get("group", DEFAULT_GROUP))
         for n, item in enumerate(data.get("devices", [])):
@@ -460,7 +463,8 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
         problems.append(first.problem((), NOTHING_CONFIGURED,
                                       f"edit {main_file} first: add a `devices:` list with at "
                                       "least one entry (`pcipassd list` shows the devices)"))
-    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries))
+    config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries),
+                    main.get("node_labels", False) is True)
     return config, problems
 
 

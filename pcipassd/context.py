@@ -37,6 +37,7 @@ class Context:
         self._kernel = kernel
         self._judgment: Judgment | None = None
         self.selected: Selection | None = None  # what the config selects, before the guard
+        self.inventory: Inventory | None = None  # the last scan selection() made
         self.out: dict[str, Any] = {}  # with --json: what the verb found (see _envelope)
 
     @property
@@ -100,6 +101,7 @@ class Context:
                 inventory = scan(self.host)
                 self.selected = select(config, inventory)
         critical = self.judgment(inventory).critical
+        self.inventory = inventory
         return inventory, enforce(self.selected, inventory, critical)
 
 

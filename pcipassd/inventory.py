@@ -232,3 +232,27 @@ def module_of(host: Host, driver: str) -> str:
 def modalias(host: Host, bdf: str) -> str | None:
     """What udev loads a driver for: `pci:v00008086d000010D3sv...`."""
     return read_attr(os.path.join(host.pci_devices, bdf, "modalias"))
+
+
+@frozen
+class Details:
+    """What the node document shows of a device beyond what a scan reads (read only for the
+    devices it describes: the scan, on the boot path, reads five attributes per device)."""
+
+    subsystem: PciId | None  # subsystem vendor:device
+    numa_node: int | None  # None: no NUMA information (sysfs says -1)
+
+
+def read_details(host: Host, bdf: str) -> Details:
+    d = f"{os.fspath(host.pci_devices)}/{bdf}/"
+    sv, sd = read_attr(d + "subsystem_vendor"), read_attr(d + "subsystem_device")
+    numa = read_attr(d + "numa_node")
+    try:
+        subsystem = PciId(int(sv, 16), int(sd, 16)) if sv and sd else None
+    except ValueError:
+        subsystem = None
+    try:
+        node = int(numa) if numa is not None else -1
+    except ValueError:
+        node = -1
+    return Details(subsystem, node if node >= 0 else None)

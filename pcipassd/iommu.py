@@ -33,6 +33,9 @@ class Finding:
     level: Level
     what: str
     fix: str = ""
+    # the kernel command line edit that fixes it, for the node document's actions (node.py):
+    # "+ARG" add ARG, "-ARG" remove it; "" when the fix is not a command line edit
+    edit: str = ""
 
 
 def _read(host: Host, path: str) -> str:
@@ -71,7 +74,8 @@ def _cmdline_findings(host: Host, vendors: tuple[str, ...], active: bool) -> lis
         on = any(a.startswith("intel_iommu=") and "on" in a[12:].split(",") for a in args)
         if "intel_iommu=off" in args:
             out.append(Finding(Level.FAIL, "kernel command line has intel_iommu=off",
-                               "remove intel_iommu=off; " + GRUB_FIX.format(arg="intel_iommu=on")))
+                               "remove intel_iommu=off; " + GRUB_FIX.format(arg="intel_iommu=on"),
+                               "-intel_iommu=off"))
         elif on:
             out.append(Finding(Level.OK, "kernel command line has intel_iommu=on"))
         elif not active and len(vendors) > 1:  # an AMD vIOMMU would need nothing here
@@ -80,14 +84,15 @@ def _cmdline_findings(host: Host, vendors: tuple[str, ...], active: bool) -> lis
                                GRUB_FIX.format(arg="intel_iommu=on")))
         elif not active:
             out.append(Finding(Level.FAIL, "kernel command line lacks intel_iommu=on",
-                               GRUB_FIX.format(arg="intel_iommu=on")))
+                               GRUB_FIX.format(arg="intel_iommu=on"), "+intel_iommu=on"))
         else:
             out.append(Finding(Level.OK, "Intel IOMMU on by default in this kernel"))
     if "amd" in vendors:
         if "amd_iommu=off" in args:
             out.append(Finding(Level.FAIL, "kernel command line has amd_iommu=off",
                                "remove amd_iommu=off from GRUB_CMDLINE_LINUX in "
-                               "/etc/default/grub, run update-grub, and reboot"))
+                               "/etc/default/grub, run update-grub, and reboot",
+                               "-amd_iommu=off"))
         else:
             out.append(Finding(Level.OK, "AMD IOMMU not disabled on the kernel command line"))
     if "iommu=pt" in args:

@@ -16,19 +16,23 @@ if TYPE_CHECKING:
     from pcipassd.survey import Group
 
 
-# Every `--json` prints one object on every exit: {"format": 2, ...}. Any change to a key bumps
+# Every `--json` prints one object on every exit: {"format": 4, ...}. Any change to a key bumps
 # it. Version 2: the envelope (verb, ok, exit, error, problems, warnings), findings with
 # message/hint, and one shape of `groups` in list, plan and status. Version 3: one vocabulary
 # (README: Words): a step's `target` is only the stub driver its entry asks for (null for a
 # restore) and its new `original` is the original driver a restore gives it back to; status's
-# `held` is `stage`, and its `status` word is gone (`action` says it).
-JSON_FORMAT = 3
+# `held` is `stage`, and its `status` word is gone (`action` says it). Version 4: status is
+# the node document (node.py, node.schema.json): `last_error`, `actions`, `reboot_required`,
+# and each device's IDs, class, model, NUMA node, group members, `device_warnings`; a device's
+# `original` is also the original driver of a held device (it was only a restore's).
+JSON_FORMAT = 4
 # Each verb's own keys, as they are when it could not run (an error): the same shape always.
 JSON_KEYS: dict[str, dict[str, Any]] = {
     "validate": {"valid": None},
     "check": {"passthrough_possible": None, "findings": []},
     "plan": {"steps": [], "groups": []},
-    "status": {"converged": None, "devices": [], "groups": []},
+    "status": {"converged": None, "last_error": None, "actions": [], "reboot_required": None,
+               "devices": [], "groups": []},
     "list": {"names": None, "groups": []},
 }
 

@@ -20,6 +20,7 @@ def apply(ctx: Context) -> int:
     from pcipassd import early  # noqa: PLC0415
     from pcipassd.apply import Applier  # noqa: PLC0415
     from pcipassd.errors import NothingConfigured, PcipassError  # noqa: PLC0415
+    from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.plan import make_plan  # noqa: PLC0415
     from pcipassd.service import notify_status, on_sigterm, status_text  # noqa: PLC0415
     from pcipassd.state import State  # noqa: PLC0415
@@ -34,11 +35,16 @@ def apply(ctx: Context) -> int:
             except NothingConfigured as e:  # installed and enabled, not configured yet
                 log().warning("%s: holding nothing (hint: %s)", e.message, e.hint)
                 early.sync(ctx.host, "")
-                rc = restore(ctx, state)
+                rc = restore(ctx, state, verb="apply")
                 notify_status("holding nothing: no devices are configured")
                 return rc
-            except PcipassError:
+            except PcipassError as e:
                 release(ctx, state)
+                from pcipassd.node import kept  # noqa: PLC0415
+
+                left = scan(ctx.host)  # what it still holds, kept as it is
+                publish(ctx, "apply", state, (kept(left, state.records, e.message), left),
+                        converged=False, error=(e.message, e.hint), labels=None)
                 raise
             inventory, selection = ctx.selection(config, settle=True)
             _remember(ctx, inventory)
@@ -55,6 +61,15 @@ def apply(ctx: Context) -> int:
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
+        after = plan
+        if outcome.counts["bind"] or outcome.counts["restore"] or outcome.failed:
+            from pcipassd.node import settled  # noqa: PLC0415
+
+            inventory = scan(ctx.host)  # what the devices are now, for the node document
+            after = settled(plan, inventory, state.records)
+        publish(ctx, "apply", state, (after, inventory),
+                converged=after.converged and not outcome.failed and not state.invalid,
+                error=None, labels=config.node_labels)
     log().info("%s", outcome.line("bind", "unchanged", "restore", "fail"))
     notify_status(status_text(held, plan.problems, outcome.failed))
     if not plan.problems and not outcome.failed and not outcome.in_use:
@@ -122,6 +137,33 @@ def _say_reboot(ctx: Context, plan: Plan, state: State) -> None:
 
 
 
+def publish(ctx: Context, verb: str, state: State, planned: tuple[Plan, Inventory] | None, *,
+            converged: bool, error: tuple[str, str] | None, labels: bool | None) -> None:
+    """Write the node document (node.py) for what this run leaves; with `labels`, the Node
+    Feature Discovery labels too (False: remove them; None, the config unread: rewrite them
+    only if they are there, so that an error never leaves a stale `ready`)."""
+    import time  # noqa: PLC0415
+
+    from pcipassd import node  # noqa: PLC0415
+    from pcipassd.output import JSON_FORMAT  # noqa: PLC0415
+
+    devices = node.describe(ctx.host, planned[0].steps, state.records,
+                            planned[1].devices) if planned else []
+    doc = {"format": JSON_FORMAT, "verb": verb,
+           **node.document(converged=converged, error=error,
+                           actions=node.needed_actions(ctx.host, state.records),
+                           devices=devices)}
+    if why := node.write(ctx.host, doc):
+        log().warning("%s", why)
+    if labels is None:
+        labels = ctx.host.path(node.FEATURES).exists()
+    why = (node.write_labels(ctx.host, doc, time.time()) if labels
+           else node.remove_labels(ctx.host))
+    if why:
+        log().warning("%s", why)
+
+
+
 def _remember(ctx: Context, inventory: Inventory) -> None:
     """A live run (the guard sees the network up) writes down what it judged, for the boot."""
     from pcipassd import memory  # noqa: PLC0415
@@ -134,7 +176,7 @@ def _remember(ctx: Context, inventory: Inventory) -> None:
 
 
 
-def restore(ctx: Context, state: State) -> int:
+def restore(ctx: Context, state: State, verb: str = "restore") -> int:
     from pcipassd import early  # noqa: PLC0415
     from pcipassd.apply import Applier  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
@@ -144,6 +186,9 @@ def restore(ctx: Context, state: State) -> int:
     plan = restore_plan(scan(ctx.host), state.records)
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     early.arm(ctx.host, False)
+    inventory = scan(ctx.host)  # what is left held (a device a VM has open), for the document
+    publish(ctx, verb, state, (restore_plan(inventory, state.records), inventory),
+            converged=False, error=None, labels=False)
     log().info("%s", outcome.line("restore", "fail"))
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 

@@ -239,6 +239,11 @@ def read_document(path: Path, limit: int, fmt: int | tuple[int, ...],
     return data
 
 
+# /run/pcipass: everyone may enter it to read node.json (the node document, node.py); only its
+# owner (root) may write in it. state.json, the lock, early.log and `armed` are 0600, root's.
+DIR_MODE = 0o755
+
+
 class State:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -260,15 +265,21 @@ class State:
             if not create:
                 return False
             self.dir.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(self.dir, 0o700)
+            os.mkdir(self.dir, DIR_MODE)
             st = os.lstat(self.dir)
         if not stat.S_ISDIR(st.st_mode):
             raise StateError(
                 f"{self.host.display(self.dir)} is not a directory (a symlink?)",
                 "remove it; pcipassd keeps its state in a directory it owns",
             )
-        if create and st.st_mode & 0o077:  # only writers mend it: reading writes nothing
-            os.chmod(self.dir, 0o700)
+        if create and st.st_uid != os.geteuid():
+            raise StateError(
+                f"{self.host.display(self.dir)} is owned by uid {st.st_uid}, not by "
+                f"{'root' if os.geteuid() == 0 else f'uid {os.geteuid()}'}",
+                "remove it; pcipassd keeps its state in a directory it owns",
+            )
+        if create and stat.S_IMODE(st.st_mode) != DIR_MODE:  # only writers mend it
+            os.chmod(self.dir, DIR_MODE)  # no one else may write in it; all may read node.json
         return True
 
     def load(self) -> State:

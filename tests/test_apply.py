@@ -38,10 +38,27 @@ def test_bind_one_by_address_leaves_the_identical_one_alone(m: Machine) -> None:
     assert record["id"] == "8086:10d3"
 
 
-def test_state_dir_is_private(m: Machine) -> None:
+def test_state_dir_is_readable_but_its_files_are_private(m: Machine) -> None:
+    (m.root / "run/pcipass").mkdir(parents=True, mode=0o777)  # planted wide open: mended
+    os.chmod(m.root / "run/pcipass", 0o777)
     m.config(ONE_NIC)
     m.run("apply")
-    assert (m.root / "run/pcipass").stat().st_mode & 0o777 == 0o700
+    run = m.root / "run/pcipass"
+    assert run.stat().st_mode & 0o777 == 0o755
+    assert (run / "state.json").stat().st_mode & 0o777 == 0o600
+    assert (run / "lock").stat().st_mode & 0o777 == 0o600
+    assert (run / "node.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_state_dir_someone_else_owns_is_refused(m: Machine) -> None:
+    run = m.root / "run/pcipass"
+    run.mkdir(parents=True)
+    os.chown(run, 65534, 65534)
+    m.config(ONE_NIC)
+    r = m.run("apply")
+    assert r.rc == 1
+    assert "/run/pcipass is owned by uid 65534, not by root" in r.err
+    assert m.driver(NIC_A) == "e1000e"
 
 
 def test_by_id_with_count_binds_both_to_vfio(m: Machine) -> None:

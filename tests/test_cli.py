@@ -174,7 +174,7 @@ def test_check_passes_with_groups_and_interrupt_remapping(sim_host: SimKernel,
     r = Machine(sim_host, capsys).run("check", "--json")
     assert r.rc == 0
     data = json.loads(r.out)
-    assert (data["format"], data["passthrough_possible"]) == (3, True)
+    assert (data["format"], data["passthrough_possible"]) == (4, True)
     findings = {f["message"]: f["level"] for f in data["findings"]}
     assert findings["IOMMU on: 7 IOMMU groups"] == "OK"
     assert findings["interrupt remapping is on"] == "OK"
@@ -251,7 +251,7 @@ def test_every_json_output_is_one_object_with_a_format_version(m: Machine, verb:
     m.with_guest_nic()
     data = json.loads(m.run(verb, "--json").out)
     assert isinstance(data, dict)
-    assert next(iter(data.items())) == ("format", 3)
+    assert next(iter(data.items())) == ("format", 4)
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:

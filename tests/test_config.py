@@ -208,14 +208,14 @@ def test_json_lists_the_problems_and_an_empty_list_when_valid(cli: Cli) -> None:
     result = cli.validate("--json")
     assert result.rc == 2
     assert json.loads(result.out) == {
-        "format": 3, "verb": "validate", "ok": False, "exit": 2, "error": None, "problems": [{
+        "format": 4, "verb": "validate", "ok": False, "exit": 2, "error": None, "problems": [{
             "file": MAIN, "line": 3, "column": 5, "path": "devices[0].adress",
             "message": "unknown key 'adress'", "hint": "did you mean 'address'?",
         }], "warnings": [], "valid": False}
     cli.write(one_entry(f'address: "{NIC_A}"'))
     result = cli.validate("--json")
     assert (result.rc, json.loads(result.out)) == (0, {
-        "format": 3, "verb": "validate", "ok": True, "exit": 0, "error": None, "problems": [],
+        "format": 4, "verb": "validate", "ok": True, "exit": 0, "error": None, "problems": [],
         "warnings": [], "valid": True})
 
 
@@ -256,7 +256,7 @@ def test_every_verb_validates_first_and_changes_nothing(cli: Cli, verb: str) -> 
      [f"{MAIN}:2:1: Driver: unknown key 'Driver'", "    hint: did you mean 'driver'?"]),
     ('version: 1\ncolour: blue\ndevices:\n  - address: "00:02.0"\n',
      [f"{MAIN}:2:1: colour: unknown key 'colour'",
-      "    hint: expected one of: devices, driver, group, iommu, version"]),
+      "    hint: expected one of: devices, driver, group, iommu, node_labels, version"]),
     ('version: 1\ndevices:\n  - address: "00:02.0"\n    dirver: vfio-pci\n',
      [f"{MAIN}:4:5: devices[0].dirver: unknown key 'dirver'", "    hint: did you mean 'driver'?"]),
     ('version: 1\ndevices:\n  - address: "00:02.0"\n    ID: "8086:10d3"\n',
@@ -770,7 +770,7 @@ def test_a_problem_in_one_file_does_not_hide_those_of_another(cli: Cli) -> None:
               "x.yaml")
     assert cli.validate().out == problems(
         f"{MAIN}:2:1: colour: unknown key 'colour'",
-        "    hint: expected one of: devices, driver, group, iommu, version",
+        "    hint: expected one of: devices, driver, group, iommu, node_labels, version",
         "/etc/pcipass.d/x.yaml:2:1: iommu: only the main file may set iommu",
         f"    hint: iommu is host-wide: move it to {MAIN}",
         "/etc/pcipass.d/x.yaml:5:13: devices[0].expect: expect 8086:1000 contradicts id 8086:100e",

@@ -139,6 +139,19 @@ def test_initramfs_stage_holds_the_device_before_coldplug_and_apply_takes_over(
     assert "warning" not in r.err
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_early_stage_makes_its_directory_readable_and_its_files_root_only(
+        cold: Machine, shell: str) -> None:
+    hold_list(cold, f"# generated\ndev {NIC_A} 8086:10d3 pci-stub\n")
+    run = cold.root / "run/pcipass"
+    assert not run.exists()
+    assert early(cold, "boot", "initramfs", shell=shell).returncode == 0
+    early(cold, "root", str(cold.root), shell=shell)
+    assert run.stat().st_mode & 0o777 == 0o755, "everyone may read node.json in it"
+    assert (run / "early.log").stat().st_mode & 0o777 == 0o600
+    assert (run / "armed").stat().st_mode & 0o777 == 0o600
+
+
 def test_restore_gives_a_never_bound_device_to_the_driver_udev_would_load(
         cold: Machine) -> None:
     hold_list(cold, f"dev {NIC_A} 8086:10d3 pci-stub\n")

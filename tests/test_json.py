@@ -18,7 +18,7 @@ OWN = {
     "validate": ["valid"],
     "check": ["passthrough_possible", "findings"],
     "plan": ["steps", "groups"],
-    "status": ["converged", "devices", "groups"],
+    "status": ["converged", "last_error", "actions", "reboot_required", "devices", "groups"],
     "list": ["names", "groups"],
 }
 PROBLEM = ["file", "line", "column", "path", "message", "hint"]
@@ -33,7 +33,7 @@ def one_object(m: Machine, *argv: str) -> tuple[int, dict[str, Any]]:
     assert isinstance(data, dict)
     verb = argv[0]
     assert list(data) == [*COMMON, *OWN[verb]], list(data)
-    assert (data["format"], data["verb"], data["exit"], data["ok"]) == (3, verb, r.rc, r.rc == 0)
+    assert (data["format"], data["verb"], data["exit"], data["ok"]) == (4, verb, r.rc, r.rc == 0)
     for p in data["problems"]:
         assert list(p) == PROBLEM
     for w in data["warnings"]:

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # memory, the early hold list and what a reboot would change
     ("act", ("apply", "state", "memory", "early", "reboot")),
     # running it: the apply/restore sequence, the context a verb runs in, its output, systemd
-    ("run", ("sequence", "context", "output", "service", "engines")),
+    ("run", ("sequence", "context", "output", "node", "service", "engines")),
     ("verbs", ("verbs", "verbs.check", "verbs.list", "verbs.plan", "verbs.schema",
                "verbs.status", "verbs.validate")),
     ("cli", ("cli", "cmdline", "__main__")),

@@ -133,6 +133,7 @@ def test_deb_ships_what_make_install_installs(deb: Path, make_installed: dict[st
     assert sorted(make_installed.keys() - as_make.keys()) == [], "missing from the .deb"
     assert as_make == make_installed, "same permissions"
     assert "/lib/systemd/system/pcipassd.service" in shipped
+    assert shipped["/usr/lib/pcipassd/pcipassd/node.schema.json"] == 0o644, "the node contract"
 
 
 def test_deb_dependencies_and_conffile(deb: Path) -> None:
@@ -194,6 +195,9 @@ class Stubs:
         self.log.touch()
         self.systemd = root / "run-systemd-system"  # stands in for /run/systemd/system
         self.systemd.mkdir()
+        self.features = root / "features.d"  # for NFD's features.d
+        self.features.mkdir()
+        self.labels = self.features / "pcipassd"
         for name in self.COMMANDS:
             stub = self.bin / name
             stub.write_text(f'#!/bin/sh\necho "{name} $*" >>"{self.log}"\nexit 0\n')
@@ -201,7 +205,8 @@ class Stubs:
 
     def run(self, script: Path, *args: str) -> list[str]:
         """Run a maintainer script as dpkg or rpm would; the calls it made, in order."""
-        text = script.read_text().replace("/run/systemd/system", str(self.systemd))
+        text = script.read_text().replace("/run/systemd/system", str(self.systemd)).replace(
+            "/etc/kubernetes/node-feature-discovery/features.d", str(self.features))
         local = script.with_name(script.name + ".local")
         local.write_text(text)
         self.log.write_text("")
@@ -324,12 +329,25 @@ def test_rpm_scriptlets(rpm_scripts: Path, tmp_path: Path) -> None:
     # upgrade: nothing stops; the old package's %postun reloads pcipassd
     assert _service_actions(stubs.run(rpm_scripts / "postin", "2")) == []
     assert _service_actions(stubs.run(rpm_scripts / "preun", "1")) == []
+    stubs.labels.write_text("pcipassd.ready=true\n")
     assert _service_actions(stubs.run(rpm_scripts / "postun", "1")) == [
         "systemctl try-reload-or-restart pcipassd.service"]
+    assert stubs.labels.exists(), "an upgrade keeps them"
     # erase: stop (gives every device back)
     assert _service_actions(stubs.run(rpm_scripts / "preun", "0")) == [
         "systemctl --no-reload disable --now pcipassd.service pcipassd-early.service"]
+    stubs.labels.write_text("pcipassd.ready=true\n")
     assert _service_actions(stubs.run(rpm_scripts / "postun", "0")) == []
+    assert not stubs.labels.exists(), "no stale ready label once erased"
+
+
+def test_deb_removal_removes_the_node_labels(deb_scripts: Path, tmp_path: Path) -> None:
+    stubs = Stubs(tmp_path)
+    stubs.labels.write_text("pcipassd.ready=true\n")
+    stubs.run(deb_scripts / "postrm", "upgrade", "0.1.0-2")
+    assert stubs.labels.exists(), "an upgrade keeps them"
+    stubs.run(deb_scripts / "postrm", "remove")
+    assert not stubs.labels.exists(), "no stale ready label once removed"
 
 
 def test_the_build_leaves_the_checkout_clean(deb: Path) -> None:

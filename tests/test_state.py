@@ -189,7 +189,8 @@ def test_a_temp_file_left_by_a_killed_save_is_no_obstacle(
     assert drivers(m) == ORIGINAL
     assert m.state == {}
     assert victim.read_text() == "keep\n"
-    assert sorted(p.name for p in (m.root / "run/pcipass").iterdir()) == ["lock", "state.json"]
+    assert sorted(p.name for p in (m.root / "run/pcipass").iterdir()) == [
+        "lock", "node.json", "state.json"]
 
 
 # -- one bad record: its device is left exactly as it is, the others are restored ------------
@@ -444,7 +445,10 @@ def test_a_device_whose_record_cannot_be_saved_is_not_touched(fresh: Machine) ->
         failures = fail_writes(m, mp, errno.ENOSPC)
         r = m.run("apply")
     assert r.rc == 1, "holds nothing"
-    assert len(failures) == 4, "one save for all three devices, then one for each"
+    assert len(failures) == 5, ("one save for all three devices, then one for each, then the "
+                                "node document")
+    assert "pcipassd: warning: cannot write /run/pcipass/node.json: No space left on device" \
+        in r.err
     assert errors(r) == [
         f"pcipassd: error: {bdf} [{pci_id}] {ORIGINAL[bdf]} -> pci-stub "
         f"(/etc/pcipass.yaml:{line}): not touched: cannot save {STATE}: No space left on "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pcipassd.context import planned, readable_state
 from pcipassd.exits import EXIT_FAIL, EXIT_OK
-from pcipassd.output import groups_json, groups_text, message, problem_lines, step_dict, table
+from pcipassd.output import groups_json, groups_text, message, problem_lines, table
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -36,13 +36,19 @@ def run(ctx: Context) -> int:
         return record.stage if record else None
 
     if ctx.args.json:
-        ctx.out.update({"converged": converged,
-                        "devices": [{**step_dict(s), "stage": stage(s.bdf),
-                                     "in_use_by": users.get(s.bdf, [])}
-                                    for s in plan.steps],
+        from pcipassd import node  # noqa: PLC0415
+
+        models = {r.device.bdf: r.name for g in groups for r in g.rows if r.name}
+        devices = node.describe(ctx.host, plan.steps, records,
+                                ctx.inventory.devices if ctx.inventory else {}, models)
+        ctx.out.update({**node.document(converged=converged, error=node.last_error(ctx.host),
+                                        actions=node.needed_actions(ctx.host, records),
+                                        devices=devices),
                         "groups": groups_json(groups),
                         "problems": [p.as_dict() for p in plan.problems],
                         "warnings": [message(w, h) for w, h in warnings]})
+        for d in ctx.out["devices"]:
+            d["in_use_by"] = users.get(d["device"], [])
     else:
         rows = [[s.bdf, s.id, s.driver or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
