@@ -34,7 +34,8 @@ def needs(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:  # pragma: no cover - run by Ansible on the target
-    from ansible.module_utils.basic import AnsibleModule
+    # here, not at the top: the pure functions above are imported by the tests without Ansible
+    from ansible.module_utils.basic import AnsibleModule  # noqa: PLC0415
 
     module = AnsibleModule(argument_spec={"command": {"type": "str", "default": "pcipassd"}},
                            supports_check_mode=True)

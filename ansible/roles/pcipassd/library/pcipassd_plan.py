@@ -109,7 +109,8 @@ def run_plan(command: str, content: str) -> tuple[int, dict[str, Any], str]:
 
 
 def main() -> None:  # pragma: no cover - run by Ansible on the target
-    from ansible.module_utils.basic import AnsibleModule
+    # here, not at the top: the pure functions above are imported by the tests without Ansible
+    from ansible.module_utils.basic import AnsibleModule  # noqa: PLC0415
 
     module = AnsibleModule(argument_spec={"content": {"type": "str", "required": True},
                                           "command": {"type": "str", "default": "pcipassd"}},
