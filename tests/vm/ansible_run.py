@@ -11,7 +11,8 @@ target over a loopback port forward, as a non-root SSH user with become (sudo) a
     runs["first"].changed("Plan the devices")   # True: the devices are held
     runs["second"].stats["changed"]             # 0
     runs["check"].task("Plan the devices")["result"]["diff"]  # before/after, per device
-    runs["invalid"].failed("Write /etc/pcipass.yaml")          # True; its msg names FILE:LINE
+    runs["invalid"].failed("Write /etc/pcipass.yaml")          # True ("failed to validate"):
+    runs["invalid"].task("Write /etc/pcipass.yaml")["result"]["stderr"]  # pcipassd's FILE:LINE
 
 Nothing here needs a VM: tests/test_ansible_syntax.py runs its parts against a local connection.
 """
@@ -160,8 +161,9 @@ def scenario(*, port: int, user: str, key: Path, workdir: Path,
     - "second": the same again: nothing changed;
     - "comment": the same devices, another comment in the file: nothing changed;
     - "check": `--check --diff` with `edited`: the plan's diff, and nothing changed on the node;
-    - "invalid": an entry pcipassd refuses: the template's validation fails (FILE:LINE in its
-      msg) and the node keeps its devices (the lead's test reads them on the guest).
+    - "invalid": an entry pcipassd refuses: the template's validation fails (its msg is
+      Ansible's "failed to validate", its stderr pcipassd's FILE:LINE:COL lines), the file and
+      the node keep their devices (the VM test reads them on the guest).
     """
     inventory = write_inventory(workdir, port=port, user=user, key=key)
     base: dict[str, Any] = dict(variables or {})
