@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -119,3 +120,20 @@ def test_facts_say_what_the_node_needs(m: Machine) -> None:
                                 "actions": [{"kind": "reboot", "message": "m", "command": "c"}]})
     assert needs == {"converged": True, "reboot_required": True,
                      "actions": [{"kind": "reboot", "message": "m", "command": "c"}]}
+
+
+def test_the_role_validates_before_the_file_lands_and_reloads_never_restarts() -> None:
+    import yaml  # noqa: PLC0415
+
+    role = LIBRARY.parent
+    tasks = {t["name"]: t for t in yaml.safe_load((role / "tasks/main.yml").read_text())}
+    write = tasks["Write /etc/pcipass.yaml"]["ansible.builtin.template"]
+    assert write["validate"] == "pcipassd validate --main %s"
+    assert (write["dest"], write["owner"], write["mode"]) == ("/etc/pcipass.yaml", "root", "0644")
+    assert tasks["Write /etc/pcipass.yaml"]["changed_when"] is False  # the plan says
+    assert tasks["Plan the devices"]["notify"] == "Reload pcipassd"
+    handlers = yaml.safe_load((role / "handlers/main.yml").read_text())
+    assert [h["ansible.builtin.systemd_service"]["state"] for h in handlers] == ["reloaded"]
+    # it never reboots: no reboot module, no command at all (only modules that say what they do)
+    text = (role / "tasks/main.yml").read_text()
+    assert not re.search(r"^\s*(ansible\.builtin\.)?(reboot|command|shell|raw):", text, re.M)
