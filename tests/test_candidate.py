@@ -24,7 +24,7 @@ def users_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d.mkdir(parents=True)
     d.chmod(0o700)
     if os.geteuid() == 0:
-        for p in (d, *d.parents[:3]):
+        for p in (d, *list(d.parents)[:3]):
             os.chown(p, 1000, 1000)
     else:
         monkeypatch.setattr(os, "geteuid", lambda: 65533 if os.getuid() == 65534 else 65534)
