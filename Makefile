@@ -47,7 +47,8 @@ install: build/doc/.stamp
 	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nfrom pcipassd.cli import main\nraise SystemExit(main())\n' \
 		'$(PYTHON)' '$(LIBDIR)' > $(DESTDIR)$(SBINDIR)/pcipassd
 	chmod 0755 $(DESTDIR)$(SBINDIR)/pcipassd
-	for unit in pcipassd.service pcipassd-early.service; do \
+	for unit in pcipassd.service pcipassd-early.service pcipassd-publish.service \
+			pcipassd-publish.timer; do \
 		$(SUBST) systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && \
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit || exit 1; \
 	done
@@ -77,7 +78,8 @@ install: build/doc/.stamp
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR)
 	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service \
-		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \
+		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UNITDIR)/pcipassd-publish.service \
+		$(DESTDIR)$(UNITDIR)/pcipassd-publish.timer $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \
 		$(DESTDIR)$(INITRAMFSDIR)/hooks/pcipassd $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/pcipassd $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog $(DESTDIR)$(MANDIR)/man8/pcipassd.8 \
 		$(DESTDIR)$(MANDIR)/man5/pcipass.yaml.5 $(DESTDIR)$(COMPLETIONDIR)/pcipassd

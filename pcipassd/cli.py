@@ -38,6 +38,9 @@ VERBS: dict[str, tuple[str, str, bool]] = {
                 "give every device pcipassd bound back to its original driver", False),
     "status": ("pcipassd.verbs.status:run",
                "show each configured device and whether it is where it should be", True),
+    "publish": ("pcipassd.verbs.publish:run",
+                "write the node document (and node labels) again from what the host shows; "
+                "moves nothing", False),
     "list": ("pcipassd.verbs.list:run",
              "list every PCI device by IOMMU group, and what can be passed through", True),
     "schema": ("pcipassd.verbs.schema:run", "print the configuration's JSON schema", False),

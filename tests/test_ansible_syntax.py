@@ -102,6 +102,7 @@ def test_the_modules_under_ansible_playbook(m: Machine, tmp_path: Path) -> None:
             pcipassd_driver: ""
             pcipassd_iommu: ""
             pcipassd_group: ""
+            pcipassd_node_labels: false
           tasks:
             - name: Plan the devices
               pcipassd_plan:

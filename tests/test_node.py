@@ -273,3 +273,51 @@ def test_node_labels_only_in_the_main_file(m: Machine) -> None:
     assert r.rc == 2
     assert "/etc/pcipass.d/x.yaml:2:1: node_labels: only the main file may set node_labels" \
         in r.out
+
+
+def _expiry(m: Machine) -> str:
+    return (m.root / FEATURES).read_text().splitlines()[0]
+
+
+def test_publish_refreshes_the_labels_while_pcipassd_holds(m: Machine) -> None:
+    """pcipassd-publish.timer's job: the same labels, a later expiry, nothing moved."""
+    m.config(LABELS)
+    assert m.run("apply").rc == 0
+    path = m.root / FEATURES
+    labels = path.read_text().splitlines()[1:]
+    path.write_text("# +expiry-time=2000-01-01T00:00:00Z\n" + "\n".join(labels) + "\n")
+    writes = len(m.sim.writes)
+    r = m.run("publish")
+    assert r.rc == 0, r.err
+    assert _expiry(m) > "# +expiry-time=2026"
+    assert path.read_text().splitlines()[1:] == labels
+    assert [w for w in m.sim.writes[writes:] if "/sys/" in w[0]] == [], "moves no device"
+    assert written(m)["verb"] == "publish"
+
+
+def test_publish_says_not_ready_when_the_node_drifts(m: Machine) -> None:
+    m.config(LABELS)
+    assert m.run("apply").rc == 0
+    m.sim.write(m.sim.driver_dir("vfio-pci") / "unbind", NIC_B)  # someone took it away
+    r = m.run("publish")
+    assert r.rc == 1
+    assert "pcipassd.ready=false" in (m.root / FEATURES).read_text().splitlines()
+    assert written(m)["converged"] is False
+
+
+def test_publish_never_brings_back_labels_that_restore_removed(m: Machine) -> None:
+    m.config(LABELS)
+    m.run("apply")
+    m.run("restore")
+    m.run("publish")
+    assert not (m.root / FEATURES).exists()
+
+
+def test_publish_with_an_invalid_edit_writes_nothing(m: Machine) -> None:
+    m.config(LABELS)
+    m.run("apply")
+    before = (m.root / FEATURES).read_text()
+    m.config("version: 1\nnode_labels: yes please\ndevices: []\n")
+    r = m.run("publish")
+    assert r.rc == 2 and "/etc/pcipass.yaml:2" in r.err, r.err
+    assert (m.root / FEATURES).read_text() == before

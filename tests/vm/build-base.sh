@@ -85,6 +85,9 @@ for u in serial-getty@ttyS0.service serial-getty@ttyS1.service getty@tty1.servic
          systemd-pstore.service; do
     ln -sf /dev/null "$units/$u"
 done
+# sshd only where a test starts it (the fleet test): not in every boot.
+rm -f "$units/multi-user.target.wants/ssh.service" "$units/sshd.service" \
+      "$units/sockets.target.wants/ssh.socket"
 in_root systemd-hwdb update || true
 [ -s "$root/etc/machine-id" ] || in_root systemd-machine-id-setup
 echo pcipass-vm >"$root/etc/hostname"

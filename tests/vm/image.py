@@ -48,6 +48,9 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "linux-image-amd64",
     "iproute2",
     "qemu-system-x86",  # a VM inside the guest that really takes a vfio-pci device
+    "openssh-server",  # the fleet test: an Ansible controller on the CI machine, over SSH
+    "sudo",  # ... as a non-root user with become
+    "python3-apt",  # ... whose apt module installs the package
 )
 HOST_APT_PACKAGES: tuple[str, ...] = ("qemu-system-x86", "debootstrap", "e2fsprogs")
 HOST_TOOLS: tuple[str, ...] = ("qemu-system-x86_64", "debootstrap", "mkfs.ext4")
