@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # running it: the apply/restore sequence, the context a verb runs in, its output, systemd
     ("run", ("sequence", "context", "output", "node", "service", "engines")),
     ("verbs", ("verbs", "verbs.check", "verbs.list", "verbs.plan", "verbs.schema",
-               "verbs.status", "verbs.validate")),
+               "verbs.status", "verbs.validate", "verbs.publish")),
     ("cli", ("cli", "cmdline", "__main__")),
 )
 
