@@ -48,9 +48,10 @@ class Run:
     stderr: str = field(repr=False)
 
     def task(self, name: str) -> dict[str, Any]:
-        """The last result of the task called `name` (KeyError if it did not run)."""
+        """The last result of the task called `name`, in the play or in a role ("ROLE : name");
+        KeyError if it did not run."""
         for t in reversed(self.tasks):
-            if t["task"] == name:
+            if t["task"] == name or t["task"].endswith(f" : {name}"):
                 found: dict[str, Any] = t
                 return found
         raise KeyError(f"no task {name!r} ran; tasks: {[t['task'] for t in self.tasks]}")
@@ -165,6 +166,7 @@ def scenario(*, port: int, user: str, key: Path, workdir: Path,
       Ansible's "failed to validate", its stderr pcipassd's FILE:LINE:COL lines), the file and
       the node keep their devices (the VM test reads them on the guest).
     """
+    workdir.mkdir(parents=True, exist_ok=True)
     inventory = write_inventory(workdir, port=port, user=user, key=key)
     base: dict[str, Any] = dict(variables or {})
     if package_file is not None:

@@ -24,19 +24,23 @@ T = TypeVar("T")
 SSH_BDF = "0000:00:09.0"
 USER = "fleet"  # a non-root user with sudo (become), as a fleet's SSH user is
 DONE = "/run/controller-done"
+SEEN = "/tmp/controller-seen"  # the controller's first login: without it the guest gives up soon
 
 # The scenario's start: the SSH NIC up (slirp's fixed addresses), sshd started, then wait.
 GUEST_SSH = rf"""
 modprobe virtio_net  # udev may not have loaded it yet when the scenario starts
-for _ in $(seq 100); do [ -d /sys/bus/pci/devices/{SSH_BDF}/net ] && break; sleep 0.2; done
-nic=$(ls /sys/bus/pci/devices/{SSH_BDF}/net)
+# virtio-pci owns the PCI function; the NIC hangs below its virtio device
+for _ in $(seq 100); do ls -d /sys/bus/pci/devices/{SSH_BDF}/virtio*/net >/dev/null 2>&1 && break; sleep 0.2; done
+nic=$(ls /sys/bus/pci/devices/{SSH_BDF}/virtio*/net)
 ip link set lo up
 ip link set "$nic" up
 ip addr add 10.0.2.15/24 dev "$nic"
 ip route add default via 10.0.2.2
 systemctl start ssh.service
 result sshd "$(systemctl is-active ssh.service)"
-for _ in $(seq 1800); do [ -e {DONE} ] && break; sleep 1; done
+for _ in $(seq 300); do [ -e {SEEN} ] && break; sleep 1; done
+result controller.seen "$([ -e {SEEN} ] && echo yes || echo no)"
+[ -e {SEEN} ] && for _ in $(seq 1800); do [ -e {DONE} ] && break; sleep 1; done
 result controller "$([ -e {DONE} ] && echo done || echo timeout)"
 """
 
@@ -87,7 +91,7 @@ def wait_for_ssh(port: int, key: Path, deadline: float, running: Callable[[], bo
     while time.monotonic() < deadline:
         if not running():
             raise BootError("the guest stopped before its SSH server answered")
-        probe = subprocess.run([*ssh_command(port, key), "true"], capture_output=True,
+        probe = subprocess.run([*ssh_command(port, key), "touch", SEEN], capture_output=True,
                                timeout=60, check=False)
         if probe.returncode == 0:
             return

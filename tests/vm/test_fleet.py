@@ -66,12 +66,15 @@ def fleet(vm_base: BaseImage,
                         workdir=work)
     deb = build_deb()
     try:
-        return boot_with_controller(
+        booted, runs = boot_with_controller(
             image, topology=DEFAULT_TOPOLOGY, key=key, log_dir=out_root() / "fleet",
             controller=lambda port: scenario(port=port, user=USER, key=key,
                                              workdir=work / "controller", devices=DEVICES,
                                              edited=EDITED, package_file=deb,
                                              variables={"pcipassd_node_labels": True}))
+        for name, run in runs.items():  # what each run printed, for a reader of the CI log
+            (out_root() / "fleet" / f"ansible-{name}.out").write_text(run.stdout + run.stderr)
+        return booted, runs
     finally:
         image.disk.unlink(missing_ok=True)
 
@@ -92,7 +95,7 @@ def test_the_first_run_installs_and_holds_the_device(
     assert res["active"] == "active", res.where()
     facts = first.facts()
     assert facts["pcipassd"]["converged"] is True, facts
-    assert [d["address"] for d in facts["pcipassd"]["devices"]] == [E1000E_B], facts
+    assert [d["device"] for d in facts["pcipassd"]["devices"]] == [E1000E_B], facts
 
 
 def test_the_same_config_again_changes_nothing(
@@ -134,7 +137,7 @@ def test_an_agent_reads_the_node_and_the_engine_snippets_without_root(
     res, _ = fleet
     node = json.loads(res["node"])
     assert node["converged"] is True, node
-    assert [d["address"] for d in node["devices"]] == [E1000E_B], node
+    assert [d["device"] for d in node["devices"]] == [E1000E_B], node
     assert 'pciVendorSelector: "8086:10d3"' in res["kubevirt"], res["kubevirt"]
     assert 'resourceName: "pcipassd.io/8086-10d3"' in res["kubevirt"], res["kubevirt"]
     assert f"path={E1000E_B}" in res["proxmox"], res["proxmox"]
