@@ -36,6 +36,8 @@ def test_ruff() -> None:
 SHELL_SCRIPTS = ("early/pcipassd-early", "early/initramfs-tools/hooks/pcipassd",
                  "early/initramfs-tools/scripts/init-top/pcipassd",
                  "early/initramfs-tools/scripts/init-bottom/pcipassd",
+                 "early/dracut/90pcipassd/pcipassd-hold.sh",
+                 "early/dracut/90pcipassd/pcipassd-release.sh",
                  "debian/pcipassd.postinst", "debian/pcipassd.postrm", "debian/pcipassd.prerm")
 
 
@@ -43,6 +45,10 @@ def test_shellcheck() -> None:
     assert shutil.which("shellcheck"), "shellcheck missing: apt install shellcheck"
     r = subprocess.run(["shellcheck", "--shell=sh", *SHELL_SCRIPTS], cwd=REPO,
                        capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # dracut sources module-setup.sh from bash
+    r = subprocess.run(["shellcheck", "--shell=bash", "early/dracut/90pcipassd/module-setup.sh"],
+                       cwd=REPO, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
