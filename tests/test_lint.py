@@ -76,6 +76,10 @@ def test_makefile_install_layout(tmp_path: Path) -> None:
     launcher = (tmp_path / "usr/sbin/pcipassd").read_text()
     assert 'sys.path.insert(0, "/usr/lib/pcipassd")' in launcher
     assert (tmp_path / "usr/lib/pcipassd/pcipassd/schema.json").exists()
+    # the dracut module where dracut looks, naming pcipassd-early where it is installed
+    setup = (tmp_path / "usr/lib/dracut/modules.d/90pcipassd/module-setup.sh").read_text()
+    assert "inst_simple /usr/lib/pcipassd/pcipassd-early " in setup
+    assert not re.search(r"@[A-Z]+@", setup)
     version = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
                               "from pcipassd.cli import main; main(['--version'])",
                               str(tmp_path / "usr/lib/pcipassd")],
