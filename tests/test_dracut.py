@@ -86,6 +86,29 @@ def test_cmdline_hook_without_pcipassd_early_in_the_image_does_nothing(cold: Mac
     assert cold.override(NIC_A) is None
 
 
+def test_hook_00_runs_before_dracut_s_own_cmdline_hooks_load_any_module(
+        cold: Machine, tmp_path: Path) -> None:
+    """dracut's shell init sources the cmdline hooks in glob order (dracut-lib.sh source_hook):
+    ours, 00-pcipassd-hold.sh, before 00-watchdog.sh and 01-parse-kernel.sh, which modprobe.
+    Each stand-in records the held device's driver_override when its turn comes."""
+    installed(cold)
+    hold_list(cold, f"dev {NIC_A} 8086:10d3 vfio-pci\n")
+    hooks = tmp_path / "hooks/cmdline"
+    hooks.mkdir(parents=True)
+    shutil.copy(HOLD, hooks / "00-pcipassd-hold.sh")  # as inst_hook cmdline 00 names it
+    override = cold.root / f"sys/bus/pci/devices/{NIC_A}/driver_override"
+    order = tmp_path / "order"
+    for name in ("00-watchdog.sh", "01-parse-kernel.sh"):
+        (hooks / name).write_text(
+            f'read -r o <"{override}"; echo "{name} ${{o:-none}}" >>"{order}"\n')
+    env = {"PATH": os.environ["PATH"], "PCIPASS_ROOT": str(cold.root)}
+    r = subprocess.run(["sh", "-c", 'for f in "$0"/*.sh; do . "$f"; done', str(hooks)], env=env,
+                       capture_output=True, text=True, check=False, timeout=30)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert order.read_text().splitlines() == ["00-watchdog.sh vfio-pci",
+                                              "01-parse-kernel.sh vfio-pci"]
+
+
 # -- the pre-pivot hook: off means off ---------------------------------------------------------
 def initramfs_boot(machine: Machine) -> None:
     """The cmdline hook holds, then the initramfs's udev loads e1000e."""

@@ -3,22 +3,26 @@
 # generated) into the image, as early/initramfs-tools/hooks/pcipassd does for initramfs-tools,
 # and hold the configured devices before any module is loaded in the initramfs.
 #
-# Ordering, from dracut's sources (dracut-ng, modules.d/; dracut 059 has the same files under
-# 99base and 98dracut-systemd):
-# - shell init (no systemd module): 80base/init.sh mounts /proc, /sys and /dev, then sources
-#   the `cmdline` hooks, then `pre-udev`, then starts udevd. 80base/module-setup.sh installs
-#   80base/parse-kernel.sh as `cmdline` hook 01: it modprobes rd.driver.pre= (where dracut.sh
-#   also puts force_drivers, /etc/cmdline.d/20-force_drivers.conf). Hooks run in glob order
-#   (80base/dracut-lib.sh list_hooks/source_hook), so pcipassd-hold.sh as hook 00 writes the
-#   driver_override before the first modprobe of the initramfs.
-# - systemd initrd: the `cmdline` hooks run from dracut-cmdline.service, which is ordered only
-#   Before=dracut-pre-udev.service, not before systemd-modules-load.service
-#   (77dracut-systemd/dracut-cmdline.service); rd.driver.pre= is modprobed in dracut-pre-udev.sh.
-#   So a unit of our own, pcipassd-initrd.service, holds there, ordered Before=
-#   systemd-modules-load.service, dracut-pre-udev.service and systemd-udevd.service.
+# Ordering, from dracut's sources: dracut-ng (github.com/dracut-ng/dracut-ng, modules.d/) and
+# dracut 059 (Debian 12's dracut-core 059-4, /usr/lib/dracut/modules.d/):
+# - shell init (no systemd module): init.sh (ng 80base, 059 99base) mounts /proc, /sys and /dev,
+#   then sources the `cmdline` hooks, then `pre-udev`, then starts udevd. parse-kernel.sh, which
+#   modprobes rd.driver.pre= (where dracut.sh also puts force_drivers, in
+#   /etc/cmdline.d/20-force_drivers.conf), is `cmdline` hook 01 (ng 80base/module-setup.sh,
+#   059 90kernel-modules/module-setup.sh); watchdog.sh, which modprobes watchdog drivers, is
+#   hook 00 (ng 14watchdog, 059 04watchdog). inst_hook names a hook PRIO-FILE (dracut-init.sh)
+#   and dracut-lib.sh's source_hook runs them in glob order, so 00-pcipassd-hold.sh is the
+#   first: it writes the driver_override before the first modprobe of the initramfs.
+# - systemd initrd: the `cmdline` hooks run from dracut-cmdline.service, ordered only
+#   Before=dracut-pre-udev.service, not before systemd-modules-load.service; rd.driver.pre= is
+#   modprobed by dracut-pre-udev.sh (ng 77dracut-systemd, 059 98dracut-systemd). So a unit of
+#   our own, pcipassd-initrd.service, holds there, ordered Before=systemd-modules-load.service,
+#   dracut-pre-udev.service and systemd-udevd.service.
 # - the release: `pre-pivot` hooks are sourced once the real root is mounted at $NEWROOT
-#   (80base/init.sh; dracut-pre-pivot.service, Environment=NEWROOT=/sysroot, which runs when
-#   the pre-pivot hook directory is not empty), before switch_root.
+#   (init.sh; dracut-pre-pivot.service, Environment=NEWROOT=/sysroot, which runs when the
+#   pre-pivot hook directory is not empty), before switch_root.
+# The module's number only orders module-setup.sh among dracut's modules at build time (ng puts
+# its core at 70-80, 059 at 90-99); nothing here depends on it.
 # Hooks are sourced, never executed: they end without `exit`.
 
 # shellcheck disable=SC2154  # $moddir, $initdir, $systemdsystemunitdir: set by dracut
