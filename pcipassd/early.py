@@ -3,7 +3,8 @@
 `pcipassd apply` writes the hold list, /etc/pcipass.early, from the plan: the devices pcipassd holds
 (`dev BDF ID TARGET`) and the IDs of `id:` entries (`id ID TARGET`, for devices added later).
 The shell script pcipassd-early reads it three times per boot, before any driver can
-probe: in the initramfs (init-top, before udevd), in the real root (pcipassd-early.service,
+probe: in the initramfs (initramfs-tools' init-top, before udevd; dracut's module 90pcipassd,
+before any module load), in the real root (pcipassd-early.service,
 before udev's coldplug and systemd-modules-load) and from 60-pcipassd.rules for devices added
 later. It holds a device by writing its driver_override, and appends `BDF STAGE TARGET DRIVER`
 to /run/pcipass/early.log. The main service adopts those lines into the state file

@@ -193,3 +193,14 @@ def test_a_missed_early_hold_names_the_dracut_command(m: Machine) -> None:
             "pcipassd could hold it: the initramfs predates the hold list; run `dracut -f`"
             ) in r.err
     assert m.driver(NIC_A) == "pci-stub"
+
+
+def test_the_reboot_advice_names_the_dracut_rebuild_first(m: Machine) -> None:
+    """A device moved late on a dracut host with pcipassd's module and a stale image: rebuild,
+    then reboot (not the advice for hosts without an initramfs stage)."""
+    dracut_host(m, built=1)
+    m.with_guest_nic()
+    r = m.run("apply")
+    assert (f"pcipassd: warning: run `dracut -f`, then reboot to have it held from the first "
+            f"instant: pcipassd moved {NIC_A} (from e1000e) late") in r.err
+    assert "no initramfs stage" not in r.err
