@@ -2,8 +2,11 @@
 # Installs the package privately under $(PREFIX)/lib/pcipassd (it works with any python3 >= 3.9
 # that has pyyaml and jsonschema, whatever its site-packages layout), a launcher in
 # $(PREFIX)/sbin, the systemd units, the early hold (pcipassd-early, its initramfs-tools hook and
-# init-top and init-bottom scripts, the udev rule), and the example config only if none exists yet. udev and
-# initramfs-tools read only their own directories, whatever PREFIX is.
+# init-top and init-bottom scripts, its dracut module, the udev rule), and the example config only
+# if none exists yet. udev, initramfs-tools and dracut read only their own directories, whatever
+# PREFIX is. Both initramfs stages are installed whichever builder the host has: each is inert
+# without its builder, and a host that changes builders (Debian's dracut replaces
+# initramfs-tools) has the stage for the new one.
 
 PREFIX ?= /usr/local
 PYTHON ?= /usr/bin/python3
@@ -14,6 +17,8 @@ DOCDIR ?= $(PREFIX)/share/doc/pcipassd
 SYSCONFDIR ?= /etc
 UDEVRULESDIR ?= /usr/lib/udev/rules.d
 INITRAMFSDIR ?= /usr/share/initramfs-tools
+DRACUTMODDIR ?= /usr/lib/dracut/modules.d
+DRACUT_MODULE = 90pcipassd
 CATALOGDIR ?= /usr/lib/systemd/catalog
 MANDIR ?= $(PREFIX)/share/man
 COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
@@ -63,6 +68,14 @@ install: build/doc/.stamp
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/pcipassd
 	install -m 0755 early/initramfs-tools/scripts/init-bottom/pcipassd \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/pcipassd
+	install -d $(DESTDIR)$(DRACUTMODDIR)/$(DRACUT_MODULE)
+	$(SUBST) early/dracut/$(DRACUT_MODULE)/module-setup.sh \
+		> $(DESTDIR)$(DRACUTMODDIR)/$(DRACUT_MODULE)/module-setup.sh
+	chmod 0755 $(DESTDIR)$(DRACUTMODDIR)/$(DRACUT_MODULE)/module-setup.sh
+	install -m 0755 early/dracut/$(DRACUT_MODULE)/pcipassd-hold.sh \
+		early/dracut/$(DRACUT_MODULE)/pcipassd-release.sh $(DESTDIR)$(DRACUTMODDIR)/$(DRACUT_MODULE)/
+	install -m 0644 early/dracut/$(DRACUT_MODULE)/pcipassd-initrd.service \
+		$(DESTDIR)$(DRACUTMODDIR)/$(DRACUT_MODULE)/
 	install -d $(DESTDIR)$(CATALOGDIR)
 	install -m 0644 systemd/pcipassd.catalog $(DESTDIR)$(CATALOGDIR)/pcipassd.catalog
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(COMPLETIONDIR)
@@ -76,7 +89,7 @@ install: build/doc/.stamp
 	$(UPDATE_CATALOG)
 
 uninstall:
-	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR)
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(DRACUTMODDIR)/$(DRACUT_MODULE)
 	rm -f $(DESTDIR)$(SBINDIR)/pcipassd $(DESTDIR)$(UNITDIR)/pcipassd.service \
 		$(DESTDIR)$(UNITDIR)/pcipassd-early.service $(DESTDIR)$(UNITDIR)/pcipassd-publish.service \
 		$(DESTDIR)$(UNITDIR)/pcipassd-publish.timer $(DESTDIR)$(UDEVRULESDIR)/60-pcipassd.rules \

@@ -3,7 +3,8 @@
 `pcipassd apply` writes the hold list, /etc/pcipass.early, from the plan: the devices pcipassd holds
 (`dev BDF ID TARGET`) and the IDs of `id:` entries (`id ID TARGET`, for devices added later).
 The shell script pcipassd-early reads it three times per boot, before any driver can
-probe: in the initramfs (init-top, before udevd), in the real root (pcipassd-early.service,
+probe: in the initramfs (initramfs-tools' init-top, before udevd; dracut's module 90pcipassd,
+before any module load), in the real root (pcipassd-early.service,
 before udev's coldplug and systemd-modules-load) and from 60-pcipassd.rules for devices added
 later. It holds a device by writing its driver_override, and appends `BDF STAGE TARGET DRIVER`
 to /run/pcipass/early.log. The main service adopts those lines into the state file
@@ -18,7 +19,8 @@ import logging
 
 from pcipassd.address import BDF_RE
 from pcipassd.host import Host
-from pcipassd.inventory import kernel_release, listed_modules, module_of, read_device
+from pcipassd.initramfs import HOLD_LIST, rebuild_command
+from pcipassd.inventory import listed_modules, module_of, read_device
 from pcipassd.log import event
 from pcipassd.model import STUB_DRIVERS, Action, Record
 from pcipassd.safefile import Refused, read_host, read_untrusted, remove_temps, write_atomic
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOLD_LIST = "/etc/pcipass.early"
 EARLY_LOG = "/run/pcipass/early.log"
 ARMED = "/run/pcipass/armed"
 STAGES = ("initramfs", "early", "udev")  # where pcipassd-early held a device; else "late"
@@ -129,14 +130,6 @@ def builtin(host: Host, module: str | None) -> bool:
     return module.replace("-", "_") in listed_modules(host, "modules.builtin")
 
 
-def rebuild_command(host: Host) -> str | None:
-    """How this host rebuilds its initramfs, when it uses initramfs-tools (pcipassd's hook)."""
-    for d in ("/usr/sbin", "/sbin"):
-        if host.path(f"{d}/update-initramfs").exists():
-            return "update-initramfs -u"
-    return None
-
-
 def first_probe(host: Host, record: Record) -> str | None:
     """Why its original driver bound the device before pcipassd held it, with what to do; None
     when none did (or when the main service moved it late, as it always has)."""
@@ -151,7 +144,7 @@ def first_probe(host: Host, record: Record) -> str | None:
     command = rebuild_command(host)
     if command is None:
         return (f"the initramfs loaded {driver}, which bound it before pcipassd could hold it "
-                "(pcipassd holds devices in the initramfs only with initramfs-tools); "
+                "(pcipassd holds devices in the initramfs only with initramfs-tools or dracut); "
                 "pcipassd moved it")
     return (f"the initramfs loaded {driver}, which bound it before pcipassd could hold it: "
             f"the initramfs predates the hold list; run `{command}`")
@@ -191,22 +184,3 @@ def _fields(record: Record) -> dict[str, str]:
     return {"PCIPASS_DEVICE": record.bdf, "PCIPASS_ID": record.id,
             "PCIPASS_DRIVER_FROM": record.original_driver or "none",
             "PCIPASS_DRIVER_TO": record.target, "PCIPASS_STAGE": record.stage}
-
-
-def stale_initramfs(host: Host) -> str | None:
-    """A warning when this host's initramfs predates the hold list it should carry."""
-    command = rebuild_command(host)
-    try:
-        listed = host.path(HOLD_LIST).stat().st_mtime
-    except OSError:
-        return None
-    image = host.path(f"/boot/initrd.img-{kernel_release(host)}")
-    try:
-        built = image.stat().st_mtime
-    except OSError:
-        return None
-    if command is None or built >= listed:
-        return None
-    return (f"{host.display(image)} is older than {HOLD_LIST}: until `{command}` is run, "
-            "a driver in the initramfs can bind a configured device before pcipassd "
-            "holds it")

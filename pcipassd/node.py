@@ -137,11 +137,11 @@ def kept(inventory: Inventory, records: Mapping[str, Record], why: str) -> Plan:
 def needed_actions(host: Host, records: Mapping[str, Record]) -> list[NodeAction]:
     """The actions the node needs, in the order to do them: rebuild the initramfs (it predates
     the hold list), put the IOMMU on the kernel command line, reboot."""
-    from pcipassd import early  # noqa: PLC0415
+    from pcipassd import initramfs  # noqa: PLC0415
     from pcipassd.inventory import iommu_active  # noqa: PLC0415
 
     out = []
-    if (stale := early.stale_initramfs(host)) and (command := early.rebuild_command(host)):
+    if (stale := initramfs.stale(host)) and (command := initramfs.rebuild_command(host)):
         out.append(NodeAction(REBUILD_INITRAMFS, stale, command))
     edits = [] if iommu_active(host) else cmdline_actions(host)  # iommu.check: not at boot
     out.extend(edits)

@@ -4,28 +4,23 @@ before any driver can initialise it (a GPU initialised by its original driver ma
 cleanly). Said once per `apply` that moves one, and by `status` while it is so: the records
 are in /run, so the reboot itself ends it.
 
-Where pcipassd has no initramfs stage (no initramfs-tools hook: dracut hosts), the real-root
-stage holds it from the next boot, but a driver inside the initramfs still probes first; the
-advice then says how to keep that driver out of the initramfs.
+Where pcipassd has no initramfs stage (neither its initramfs-tools hook nor its dracut module
+for the host's builder), the real-root stage holds it from the next boot, but a driver inside
+the initramfs still probes first; the advice then says how to keep that driver out of the
+initramfs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pcipassd.early import HOLD_LIST, builtin, rebuild_command, stale_initramfs
+from pcipassd.early import builtin
 from pcipassd.host import Host
+from pcipassd.initramfs import HOLD_LIST, has_stage, rebuild_command, stale
 from pcipassd.model import STUB_DRIVERS, Record
 from pcipassd.safefile import read_host
 
-HOOK = "/usr/share/initramfs-tools/hooks/pcipassd"
 GPU_NOTE = "a GPU initialised by its original driver may not reset cleanly"
-
-
-def initramfs_stage(host: Host) -> bool:
-    """True when the initramfs holds devices too: pcipassd's initramfs-tools hook is installed
-    and the host rebuilds its initramfs with initramfs-tools."""
-    return host.path(HOOK).exists() and rebuild_command(host) is not None
 
 
 def held_from_boot(host: Host) -> frozenset[str]:
@@ -53,8 +48,8 @@ def advice(host: Host, records: Mapping[str, Record]) -> str | None:
     devices = ", ".join(f"{r.bdf} (from {r.original_driver})" for r in moved)
     why = (f"pcipassd moved {devices} late, from the original driver that had initialised {them} "
            f"({GPU_NOTE})")
-    if initramfs_stage(host):
-        first = "reboot" if stale_initramfs(host) is None else (
+    if has_stage(host):
+        first = "reboot" if stale(host) is None else (
             f"run `{rebuild_command(host)}`, then reboot")
         return f"{first} to have {them} held from the first instant: {why}"
     modules = " ".join(sorted({r.original_module or str(r.original_driver) for r in moved}))

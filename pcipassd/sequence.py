@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def apply(ctx: Context) -> int:
-    from pcipassd import early  # noqa: PLC0415
+    from pcipassd import early, initramfs  # noqa: PLC0415
     from pcipassd.apply import Applier  # noqa: PLC0415
     from pcipassd.errors import NothingConfigured, PcipassError  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
@@ -52,7 +52,7 @@ def apply(ctx: Context) -> int:
             log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
             if early.sync(ctx.host, early.render(plan, selection)) and (
-                    stale := early.stale_initramfs(ctx.host)):
+                    stale := initramfs.stale(ctx.host)):
                 log().warning("%s", stale)
             _say_reboot(ctx, plan, state)
             if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "address", "printable", "strictmodes")),
     # reading the host: the kernel's devices, drivers, modules, IOMMU, mounts, network, names
     ("host", ("kernel", "inventory", "hostfiles", "storage", "netconfig", "iommu", "modules",
-              "names", "vfio", "survey")),
+              "names", "vfio", "survey", "initramfs")),
     # reading the configuration
     ("config", ("yamldoc", "config")),
     # deciding what may be held: the selection, the guard, the policy that joins them

@@ -36,6 +36,8 @@ def test_ruff() -> None:
 SHELL_SCRIPTS = ("early/pcipassd-early", "early/initramfs-tools/hooks/pcipassd",
                  "early/initramfs-tools/scripts/init-top/pcipassd",
                  "early/initramfs-tools/scripts/init-bottom/pcipassd",
+                 "early/dracut/90pcipassd/pcipassd-hold.sh",
+                 "early/dracut/90pcipassd/pcipassd-release.sh",
                  "debian/pcipassd.postinst", "debian/pcipassd.postrm", "debian/pcipassd.prerm")
 
 
@@ -43,6 +45,10 @@ def test_shellcheck() -> None:
     assert shutil.which("shellcheck"), "shellcheck missing: apt install shellcheck"
     r = subprocess.run(["shellcheck", "--shell=sh", *SHELL_SCRIPTS], cwd=REPO,
                        capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # dracut sources module-setup.sh from bash
+    r = subprocess.run(["shellcheck", "--shell=bash", "early/dracut/90pcipassd/module-setup.sh"],
+                       cwd=REPO, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -70,6 +76,10 @@ def test_makefile_install_layout(tmp_path: Path) -> None:
     launcher = (tmp_path / "usr/sbin/pcipassd").read_text()
     assert 'sys.path.insert(0, "/usr/lib/pcipassd")' in launcher
     assert (tmp_path / "usr/lib/pcipassd/pcipassd/schema.json").exists()
+    # the dracut module where dracut looks, naming pcipassd-early where it is installed
+    setup = (tmp_path / "usr/lib/dracut/modules.d/90pcipassd/module-setup.sh").read_text()
+    assert "inst_simple /usr/lib/pcipassd/pcipassd-early " in setup
+    assert not re.search(r"@[A-Z]+@", setup)
     version = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
                               "from pcipassd.cli import main; main(['--version'])",
                               str(tmp_path / "usr/lib/pcipassd")],

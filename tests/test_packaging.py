@@ -72,7 +72,8 @@ def test_make_install_onto_the_live_system_compiles_the_journal_catalog(tmp_path
     env["PATH"] = f"{stub}:{env['PATH']}"
     live = tmp_path / "live"
     dirs = [f"PREFIX={live}/usr", f"SYSCONFDIR={live}/etc", f"UDEVRULESDIR={live}/udev",
-            f"INITRAMFSDIR={live}/initramfs", f"CATALOGDIR={live}/catalog"]
+            f"INITRAMFSDIR={live}/initramfs", f"DRACUTMODDIR={live}/dracut",
+            f"CATALOGDIR={live}/catalog"]
 
     def make(*args: str) -> None:
         subprocess.run(["make", "-s", *args, *dirs], cwd=REPO, env=env, check=True,
@@ -83,8 +84,10 @@ def test_make_install_onto_the_live_system_compiles_the_journal_catalog(tmp_path
     make("install")
     assert (live / "catalog/pcipassd.catalog").is_file()
     assert calls.read_text() == "--update-catalog\n"
+    assert (live / "dracut/90pcipassd/module-setup.sh").is_file()
     make("uninstall")
     assert not (live / "catalog/pcipassd.catalog").exists()
+    assert not (live / "dracut/90pcipassd").exists()
     assert calls.read_text() == "--update-catalog\n--update-catalog\n"
 
 
@@ -152,8 +155,18 @@ def test_deb_dependencies_and_conffile(deb: Path) -> None:
             return f.read().decode()
         assert member("conffiles").split() == ["/etc/pcipass.yaml"]
         # Installing, upgrading and removing the package rebuild the initramfs, so that no
-        # initramfs is left holding devices after a removal.
+        # initramfs is left holding devices after a removal. Debian's dracut (059-4, package
+        # `dracut`) is interested in this trigger too and rebuilds every kernel's image with
+        # dracut: there is no update-initramfs there.
         assert "activate-noawait update-initramfs" in member("triggers").splitlines()
+
+
+def test_deb_ships_both_initramfs_stages(deb: Path) -> None:
+    """Whichever builder the host has, initramfs-tools or Debian's dracut, has pcipassd's stage."""
+    shipped = _deb_files(deb)
+    assert shipped["/usr/share/initramfs-tools/hooks/pcipassd"] == 0o755
+    assert shipped["/usr/lib/dracut/modules.d/90pcipassd/module-setup.sh"] == 0o755
+    assert _field(deb, "Suggests") == "initramfs-tools | dracut"
 
 
 def test_the_shipped_config_binds_nothing(deb: Path, sim_host: SimKernel,
@@ -186,7 +199,7 @@ class Stubs:
     """A PATH of stand-ins for the commands maintainer scripts call; each records its argv."""
 
     COMMANDS = ("deb-systemd-helper", "deb-systemd-invoke", "systemctl", "py3compile",
-                "py3clean", "dpkg-trigger", "update-initramfs")
+                "py3clean", "dpkg-trigger", "update-initramfs", "dracut")
 
     def __init__(self, root: Path) -> None:
         self.bin = root / "bin"
@@ -314,7 +327,7 @@ def test_rpm_version_and_dependencies(rpm: Path) -> None:
 @pytest.fixture(scope="module")
 def rpm_scripts(rpm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rpm-scripts")
-    for tag in ("POSTIN", "PREUN", "POSTUN"):
+    for tag in ("POSTIN", "PREUN", "POSTUN", "POSTTRANS"):
         (out / tag.lower()).write_text(_rpm_query(rpm, f"%{{{tag}}}\n"))
     return out
 
@@ -330,15 +343,38 @@ def test_rpm_scriptlets(rpm_scripts: Path, tmp_path: Path) -> None:
     assert _service_actions(stubs.run(rpm_scripts / "postin", "2")) == []
     assert _service_actions(stubs.run(rpm_scripts / "preun", "1")) == []
     stubs.labels.write_text("pcipassd.ready=true\n")
-    assert _service_actions(stubs.run(rpm_scripts / "postun", "1")) == [
-        "systemctl try-reload-or-restart pcipassd.service"]
+    calls = stubs.run(rpm_scripts / "postun", "1")
+    assert _service_actions(calls) == ["systemctl try-reload-or-restart pcipassd.service"]
+    assert not [c for c in calls if c.startswith("dracut")], "the new package's %posttrans does"
+    # install and upgrade: every kernel's image gets this version's dracut module
+    assert stubs.run(rpm_scripts / "posttrans") == ["dracut -f --regenerate-all"]
     assert stubs.labels.exists(), "an upgrade keeps them"
     # erase: stop (gives every device back)
     assert _service_actions(stubs.run(rpm_scripts / "preun", "0")) == [
         "systemctl --no-reload disable --now pcipassd.service pcipassd-early.service"]
     stubs.labels.write_text("pcipassd.ready=true\n")
-    assert _service_actions(stubs.run(rpm_scripts / "postun", "0")) == []
+    calls = stubs.run(rpm_scripts / "postun", "0")
+    assert _service_actions(calls) == []
     assert not stubs.labels.exists(), "no stale ready label once erased"
+    assert "dracut -f --regenerate-all" in calls, "no image keeps the module"
+
+
+def test_rpm_installs_the_dracut_module_where_dracut_looks(rpm: Path, tmp_path: Path) -> None:
+    """The built RPM, installed into an empty root (no scriptlets, no dependencies: this is not
+    Fedora), puts the module into dracut's modules.d, naming pcipassd-early where it is."""
+    root = tmp_path / "root"
+    r = subprocess.run(["rpm", "-i", "--root", str(root), "--dbpath", "/var/lib/rpm", "--nodeps",
+                        "--noscripts", "--nosignature", str(rpm)],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    module = root / "usr/lib/dracut/modules.d/90pcipassd"
+    assert sorted(p.name for p in module.iterdir()) == [
+        "module-setup.sh", "pcipassd-hold.sh", "pcipassd-initrd.service", "pcipassd-release.sh"]
+    assert stat.S_IMODE((module / "module-setup.sh").stat().st_mode) == 0o755
+    assert "inst_simple /usr/lib/pcipassd/pcipassd-early " in (
+        module / "module-setup.sh").read_text()
+    assert (root / "usr/lib/pcipassd/pcipassd-early").is_file()
+    assert not (root / "usr/share/initramfs-tools").exists()
 
 
 def test_deb_removal_removes_the_node_labels(deb_scripts: Path, tmp_path: Path) -> None:

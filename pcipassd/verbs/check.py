@@ -37,13 +37,13 @@ def _finding_dict(f: Finding) -> dict[str, str]:
 
 
 def run(ctx: Context) -> int:
-    from pcipassd import early  # noqa: PLC0415
+    from pcipassd import initramfs  # noqa: PLC0415
     from pcipassd.iommu import Finding, Level, check, passthrough_possible  # noqa: PLC0415
 
     wanted, problems = _configured_drivers(ctx)
     findings = check(ctx.host, wanted)
-    if stale := early.stale_initramfs(ctx.host):
-        findings.append(Finding(Level.WARN, stale, early.rebuild_command(ctx.host) or ""))
+    if stale := initramfs.stale(ctx.host, look_inside=True):
+        findings.append(Finding(Level.WARN, stale, initramfs.rebuild_command(ctx.host) or ""))
     ok = passthrough_possible(findings)
     if ctx.args.json:
         ctx.out = {"passthrough_possible": ok, "findings": [_finding_dict(f) for f in findings],

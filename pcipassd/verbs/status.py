@@ -77,12 +77,12 @@ def run(ctx: Context) -> int:
 
 def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]:
     """What the admin should know about how the devices were held: (message, hint)."""
-    from pcipassd import early, reboot  # noqa: PLC0415
+    from pcipassd import early, initramfs, reboot  # noqa: PLC0415
 
     out = [(f"{bdf}: {why}", "") for bdf, r in sorted(records.items())
            if (why := early.first_probe(ctx.host, r))]
-    if stale := early.stale_initramfs(ctx.host):
-        out.append((stale, early.rebuild_command(ctx.host) or ""))
+    if stale := initramfs.stale(ctx.host, look_inside=True):
+        out.append((stale, initramfs.rebuild_command(ctx.host) or ""))
     if advice := reboot.advice(ctx.host, records):
         out.append((advice, ""))
     return out
