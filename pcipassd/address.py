@@ -42,13 +42,16 @@ class Address:
                 f"{text!r} is not a PCI address: expected [DDDD:]BB:SS.F, e.g. 0000:02:00.0"
             )
         slot_text, _, func_text = parts[2].partition(".")
-        domain = _hex_field(parts[0], "domain", 4)
-        bus = _hex_field(parts[1], "bus", 2)
-        slot = _hex_field(slot_text, "slot", 2, 0x1F)
-        if func_text == "*":
-            return cls(domain, bus, slot, None)
-        if len(func_text) != 1 or func_text not in "01234567":
-            raise AddressError(f"function {func_text!r} must be 0-7 or *")
+        try:  # the address in the message: the line names the device as written
+            domain = _hex_field(parts[0], "domain", 4)
+            bus = _hex_field(parts[1], "bus", 2)
+            slot = _hex_field(slot_text, "slot", 2, 0x1F)
+            if func_text == "*":
+                return cls(domain, bus, slot, None)
+            if len(func_text) != 1 or func_text not in "01234567":
+                raise AddressError(f"function {func_text!r} must be 0-7 or *")
+        except AddressError as e:
+            raise AddressError(f"{text.strip()}: {e}") from None
         return cls(domain, bus, slot, int(func_text))
 
     def matches(self, bdf: str) -> bool:

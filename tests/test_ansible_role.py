@@ -105,7 +105,7 @@ def test_problems_carry_file_and_line(m: Machine) -> None:
     problems = plan_module.problems_of(json.loads(r.out))
     assert problems == [
         "invalid configuration: nothing was changed",
-        "/etc/pcipass.yaml:4:17: devices[0].address: slot 20 is out of range (00-1f)"
+        "/etc/pcipass.yaml:4:17: devices[0].address: 0000:00:20.0: slot 20 is out of range (00-1f)"
         ' (write it like "0000:02:00.0", quoted)']
 
 

@@ -167,4 +167,5 @@ def test_an_invalid_config_fails_the_plan_with_file_and_line(m: Machine, tmp_pat
     assert r.rc == 2
     assert r.failed("Plan the devices")
     msg = r.task("Plan the devices")["result"]["msg"]
-    assert "/etc/pcipass.yaml:3:14: devices[0].address: slot 20 is out of range" in msg, msg
+    line = "/etc/pcipass.yaml:3:14: devices[0].address: 0000:00:20.0: slot 20 is out of range"
+    assert line in msg, msg

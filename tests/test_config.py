@@ -418,15 +418,15 @@ def test_hex_is_case_insensitive(cli: Cli, entry: str) -> None:
      "e.g. 0000:02:00.0"),
     ('"0000:00:02:00.0"', 14, "'0000:00:02:00.0' is not a PCI address: expected "
      "[DDDD:]BB:SS.F, e.g. 0000:02:00.0"),
-    ('"00:20.0"', 14, "slot 20 is out of range (00-1f)"),
-    ('"0000:00:3f.0"', 14, "slot 3f is out of range (00-1f)"),
-    ('"00:02.8"', 14, "function '8' must be 0-7 or *"),
-    ('"00:02.a"', 14, "function 'a' must be 0-7 or *"),
-    ('"00:02.01"', 14, "function '01' must be 0-7 or *"),
-    ('"0g:02.0"', 14, "bus '0g' must be 2 hex digits"),
-    ('"000:02.0"', 14, "bus '000' must be 2 hex digits"),
-    ('"00:2.0"', 14, "slot '2' must be 2 hex digits"),
-    ('"00000:00:02.0"', 14, "domain '00000' must be 4 hex digits"),
+    ('"00:20.0"', 14, "00:20.0: slot 20 is out of range (00-1f)"),
+    ('"0000:00:3f.0"', 14, "0000:00:3f.0: slot 3f is out of range (00-1f)"),
+    ('"00:02.8"', 14, "00:02.8: function '8' must be 0-7 or *"),
+    ('"00:02.a"', 14, "00:02.a: function 'a' must be 0-7 or *"),
+    ('"00:02.01"', 14, "00:02.01: function '01' must be 0-7 or *"),
+    ('"0g:02.0"', 14, "0g:02.0: bus '0g' must be 2 hex digits"),
+    ('"000:02.0"', 14, "000:02.0: bus '000' must be 2 hex digits"),
+    ('"00:2.0"', 14, "00:2.0: slot '2' must be 2 hex digits"),
+    ('"00000:00:02.0"', 14, "00000:00:02.0: domain '00000' must be 4 hex digits"),
     ('"0000:00:02.0 "', 14, "'0000:00:02.0 ' has blanks around it"),
     ("02-00.0", 14, "'02-00.0' is not a PCI address: expected [DDDD:]BB:SS.F, e.g. 0000:02:00.0"),
 ])
@@ -1042,7 +1042,7 @@ def test_validate_explicit_files(cli: Cli, tmp_path: Path) -> None:
     assert (result.rc, result.out) == (0, f"{good}: valid, 1 entry\n")
     result = cli.validate(str(good), str(bad))
     assert (result.rc, result.out) == (2, problems(
-        f"{bad}:3:14: devices[0].address: function '9' must be 0-7 or *",
+        f"{bad}:3:14: devices[0].address: 00:02.9: function '9' must be 0-7 or *",
         '    hint: write it like "0000:02:00.0", quoted'))
     result = cli.validate(str(good), str(tmp_path / "absent.yaml"))
     assert (result.rc, result.out) == (2, problems(

@@ -30,8 +30,9 @@ SEEN = "/tmp/controller-seen"  # the controller's first login: without it the gu
 GUEST_SSH = rf"""
 modprobe virtio_net  # udev may not have loaded it yet when the scenario starts
 # virtio-pci owns the PCI function; the NIC hangs below its virtio device
-for _ in $(seq 100); do ls -d /sys/bus/pci/devices/{SSH_BDF}/virtio*/net >/dev/null 2>&1 && break; sleep 0.2; done
-nic=$(ls /sys/bus/pci/devices/{SSH_BDF}/virtio*/net)
+net="/sys/bus/pci/devices/{SSH_BDF}/virtio*/net"
+for _ in $(seq 100); do ls -d $net >/dev/null 2>&1 && break; sleep 0.2; done
+nic=$(ls $net)
 ip link set lo up
 ip link set "$nic" up
 ip addr add 10.0.2.15/24 dev "$nic"

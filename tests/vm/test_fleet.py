@@ -125,9 +125,10 @@ def test_an_invalid_config_is_refused_with_file_and_line_and_the_node_keeps_its_
     invalid = runs["invalid"]
     assert invalid.rc != 0, explain(invalid)
     assert invalid.failed("Write /etc/pcipass.yaml"), explain(invalid)
-    stderr = invalid.task("Write /etc/pcipass.yaml")["result"].get("stderr", "")
-    # pcipassd's own line: the candidate file, the entry's line, the device
-    assert re.search(r"/\S+:4(:\d+)?: .*0000:00:20\.0", stderr), stderr
+    said = invalid.task("Write /etc/pcipass.yaml")["result"].get("stdout", "")
+    # pcipassd's own line: the candidate file, the entry's line and column, the device
+    assert re.search(r"^/\S+\.yaml:5:17: devices\[0\]\.address: 0000:00:20\.0: ", said,
+                     re.MULTILINE), said
     assert E1000E_B in res["config"] and "0000:00:20.0" not in res["config"], res["config"]
     assert res.driver(E1000E_B, "after") == "vfio-pci", res.where()
 
