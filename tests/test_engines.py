@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -115,17 +114,6 @@ def test_engine_options_exclude_each_other_and_json(m: Machine) -> None:
         with pytest.raises(SystemExit) as e:
             m.run("status", *argv)
         assert e.value.code == 64
-
-
-def test_the_readme_shows_what_the_engine_options_print(m: Machine) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (m.root / "etc").mkdir(exist_ok=True)
-    (m.root / "etc/hostname").write_text("pve1\n")
-    m.config(VFIO_CONFIG)
-    m.run("apply")
-    for option in ("--kubevirt", "--proxmox-mapping"):
-        shown = f"# pcipassd status {option}\n{m.run('status', option).out}```"
-        assert shown in readme, option
 
 
 def test_proxmox_node_is_the_short_uname_without_etc_hostname(m: Machine) -> None:

@@ -18,6 +18,7 @@ pcipassd-publish.timer's service while pcipassd holds, gone with the timer when 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -31,6 +32,7 @@ from .harness import DEFAULT_TOPOLOGY, BootResult
 from .image import BaseImage, build_image
 from .remote import GUEST_SSH, USER, add_user, boot_with_controller, keypair
 
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 E1000E_A = DEFAULT_TOPOLOGY.bdf("e1000e-a")
 E1000E_B = DEFAULT_TOPOLOGY.bdf("e1000e-b")
 DEVICES = [{"address": E1000E_B, "name": "guest-nic", "driver": "vfio-pci"}]
@@ -144,6 +146,21 @@ def test_an_agent_reads_the_node_and_the_engine_snippets_without_root(
     assert f"path={E1000E_B}" in res["proxmox"], res["proxmox"]
     for name in ("kubevirt", "proxmox", "node"):
         Path(out_root() / "fleet" / f"{name}.out").write_text(res[name] + "\n")
+    for option, name in (("--kubevirt", "kubevirt"), ("--proxmox-mapping", "proxmox")):
+        assert f"$ pcipassd status {option}\n{res[name]}\n```" in README, (option, res[name])
+
+
+def test_the_readme_shows_the_check_diff_and_the_refusal_the_role_printed(
+        fleet: tuple[BootResult, dict[str, Run]]) -> None:
+    _, runs = fleet
+    diff = runs["check"].task("Plan the devices")["result"]["diff"]
+    shown = "".join(difflib.unified_diff(
+        diff["before"].splitlines(keepends=True), diff["after"].splitlines(keepends=True),
+        f"before: {diff['before_header']}", f"after: {diff['after_header']}"))
+    assert f"--check --diff  # after adding {E1000E_A}\n{shown}```" in README, shown
+    said = runs["invalid"].task("Write /etc/pcipass.yaml")["result"]["stdout"]
+    refusal = said[said.index(".source.yaml:"):said.index("\n1 problem found")]
+    assert refusal in README, refusal
 
 
 def test_the_labels_stay_fresh_while_pcipassd_holds_and_go_with_it(
