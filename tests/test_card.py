@@ -233,3 +233,42 @@ def test_plan_lists_a_cards_restores_function_0_last(m: Machine) -> None:
     r = m.run("plan")
     rows = [line.split()[0] for line in r.out.splitlines() if " restore " in line]
     assert rows == [AUDIO, GPU]
+
+
+def test_status_qemu_q35_keeps_the_card_layout(m: Machine) -> None:
+    config(m, '  - address: "0000:41:00.*"\n  - address: "0000:42:00.1"\n'
+              f'  - address: "{PLAIN}"\n')
+    assert m.run("apply").rc == 0
+    r = m.run("status", "--qemu-q35", "20")
+    assert r.rc == 0, r.err
+    assert r.out.splitlines() == [
+        "# needs -machine q35 (PCI Express): a pcie-root-port per card, chassis 20-22, its "
+        "functions at their host function numbers",
+        "-device pcie-root-port,id=pcipass-rp20,bus=pcie.0,chassis=20,slot=20 "
+        f"-device vfio-pci,host={GPU},bus=pcipass-rp20,addr=00.0,multifunction=on "
+        f"-device vfio-pci,host={AUDIO},bus=pcipass-rp20,addr=00.1",
+        "-device pcie-root-port,id=pcipass-rp21,bus=pcie.0,chassis=21,slot=21 "
+        f"-device vfio-pci,host={AUDIO2},bus=pcipass-rp21,addr=00.0",
+        "-device pcie-root-port,id=pcipass-rp22,bus=pcie.0,chassis=22,slot=22 "
+        f"-device vfio-pci,host={PLAIN},bus=pcipass-rp22,addr=00.0",
+    ], "function 0 multifunction=on; a function alone at 00.0, where a guest looks"
+    plain = m.run("status", "--qemu")
+    assert plain.out.splitlines() == [
+        f"-device vfio-pci,host={GPU} -device vfio-pci,host={AUDIO}",
+        f"-device vfio-pci,host={AUDIO2}", f"-device vfio-pci,host={PLAIN}"], "the default stays"
+
+
+@pytest.mark.parametrize("base", ["0", "256", "x"])
+def test_status_qemu_q35_base_is_a_chassis_number(m: Machine, base: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        m.run("status", "--qemu-q35", base)
+    assert e.value.code == 64
+
+
+def test_status_qemu_q35_root_ports_must_fit(m: Machine) -> None:
+    config(m, '  - address: "0000:41:00.*"\n  - address: "0000:42:00.*"\n')
+    assert m.run("apply").rc == 0
+    r = m.run("status", "--qemu-q35", "255")
+    assert r.rc == 1
+    assert "2 root ports from 255 go past chassis 255 (hint: give a lower BASE: --qemu-q35 254)" \
+        in r.err
