@@ -99,8 +99,9 @@ def qemu_q35_args(bdfs: list[str], base: int) -> list[str]:
     if last > MAX_CHASSIS:
         raise PcipassError(f"{len(slots)} root ports from {base} go past chassis {MAX_CHASSIS}",
                            f"give a lower BASE: --qemu-q35 {max(1, MAX_CHASSIS + 1 - len(slots))}")
-    lines = ["# needs -machine q35 (PCI Express): a pcie-root-port per card, chassis "
-             f"{base}-{last}, its functions at their host function numbers"]
+    chassis = f"chassis {base}" if last == base else f"chassis {base}-{last}"
+    lines = ["# needs -machine q35 (PCI Express): a pcie-root-port per card, "
+             f"{chassis}, its functions at their host function numbers"]
     for n, functions in enumerate(slots.values(), base):
         port = f"pcipass-rp{n}"
         numbers = [int(b[-1]) for b in functions]

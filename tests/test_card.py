@@ -5,6 +5,9 @@ the order of the give-back)."""
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import pytest
 from machine import FakeJournal, Machine
 from simkernel import SimKernel
@@ -272,3 +275,11 @@ def test_status_qemu_q35_root_ports_must_fit(m: Machine) -> None:
     assert r.rc == 1
     assert "2 root ports from 255 go past chassis 255 (hint: give a lower BASE: --qemu-q35 254)" \
         in r.err
+
+
+def test_status_qemu_q35_one_card_as_the_readme_shows_it(m: Machine) -> None:
+    config(m, '  - address: "0000:41:00.*"\n')
+    assert m.run("apply").rc == 0
+    out = m.run("status", "--qemu-q35", "20").out
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"   # pcipassd status --qemu-q35 20\n{textwrap.indent(out, '   ')}   ```" in readme
