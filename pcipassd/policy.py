@@ -13,6 +13,10 @@
   left and the `force:` list that binds it; for an entry matching several devices, its hint
   first lists the matches the host can spare, by address, ready to paste.
 - A device bound only because `force:` overrode a reason is `forced`, with those reasons.
+- A card is one unit (card.py): an entry that takes only part of a card is refused, naming the
+  functions left behind in the IOMMU group and the `address:` that takes it whole (the group's
+  own message does not name them again); the rest in another IOMMU group, or `group: ignore`,
+  is a warning instead.
 A refused entry binds nothing; the devices it matched are kept as they are.
 """
 
