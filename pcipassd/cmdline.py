@@ -69,6 +69,12 @@ def _id_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _chassis_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 255:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a chassis number (1-255)")
+    return int(text)
+
+
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `verb`, only that verb's parser (see _verb)."""
     common = _Parser(add_help=False)
@@ -124,6 +130,10 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
         if name == "status":
             to.add_argument("--qemu", action="store_true",
                             help="print the QEMU arguments for the devices held on vfio-pci")
+            to.add_argument("--qemu-q35", metavar="BASE", type=_chassis_arg,
+                            help="print QEMU arguments for a q35 machine (-machine q35): each "
+                            "card behind a pcie-root-port with its function layout, the root "
+                            "ports numbered from BASE (1-255), so as not to clash with yours")
             to.add_argument("--libvirt", action="store_true",
                             help="print libvirt <hostdev> XML for the devices held on vfio-pci")
             to.add_argument("--kubevirt", action="store_true",

@@ -28,6 +28,10 @@ class Device:
     override: str | None
     group: str | None  # IOMMU group number, None without an IOMMU
     boot_vga: bool = False
+    # Read only for a slot with several functions present (see card.py): the multi-function
+    # bit of function 0's header type, and a VF's PF (its `physfn` link)
+    multifunction: bool = False
+    physfn: str | None = None
 
     @property
     def is_bridge(self) -> bool:
@@ -61,12 +65,34 @@ def _link_name(path: str | Path) -> str | None:
         return None
 
 
+HEADER_TYPE = 0x0E  # the header type byte in config space
+MULTI_FUNCTION = 0x80  # its multi-function bit
+
+
+def _multifunction(path: str) -> bool:
+    """The multi-function bit of the header type in the device's `config` (within the first 64
+    bytes, which any user may read); False when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        byte = os.pread(fd, 1, HEADER_TYPE)
+        return bool(byte) and bool(byte[0] & MULTI_FUNCTION)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_device(host: Host, bdf: str) -> Device | None:
     """The device's current state, or None when it is not present."""
-    return _read_device(os.fspath(host.pci_devices), bdf)
+    return _read_device(os.fspath(host.pci_devices), bdf, shared_slot=True)
 
 
-def _read_device(devices: str, bdf: str) -> Device | None:
+def _read_device(devices: str, bdf: str, *, shared_slot: bool = False) -> Device | None:
+    """`shared_slot`: other functions of its slot may be present, so read what makes a card
+    (function 0's multi-function bit, a VF's PF): two more reads only for such slots."""
     d = f"{devices}/{bdf}/"
     vendor, device, cls = read_attr(d + "vendor"), read_attr(d + "device"), read_attr(d + "class")
     if vendor is None or device is None:
@@ -82,6 +108,8 @@ def _read_device(devices: str, bdf: str) -> Device | None:
         group=_link_name(d + "iommu_group"),
         # the kernel has boot_vga only for VGA devices (pci_is_vga): spare the others a read
         boot_vga=code >> 8 in VGA_CLASSES and read_attr(d + "boot_vga") == "1",
+        multifunction=shared_slot and bdf.endswith(".0") and _multifunction(d + "config"),
+        physfn=_link_name(d + "physfn") if shared_slot and not bdf.endswith(".0") else None,
     )
 
 
@@ -159,8 +187,11 @@ def scan(host: Host) -> Inventory:
         names = []
     devices = {}
     where = os.fspath(host.pci_devices)
+    slots: dict[str, int] = {}
     for bdf in names:
-        dev = _read_device(where, bdf)
+        slots[bdf[:-2]] = slots.get(bdf[:-2], 0) + 1
+    for bdf in names:
+        dev = _read_device(where, bdf, shared_slot=slots[bdf[:-2]] > 1)
         if dev is not None:
             devices[bdf] = dev
     return Inventory(devices)

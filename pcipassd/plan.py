@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pcipassd.card import give_back_order
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
 from pcipassd.model import Action, Record
@@ -139,13 +140,18 @@ def make_plan(
                               forced=record.forced, original=record.original_driver))
             continue
         steps.append(_restore_step(record, device, "no longer configured"))
-    return Plan(tuple(sorted(steps, key=lambda s: s.bdf)), selection.problems)
+    return Plan(tuple(sorted(steps, key=lambda s: _order(s, inventory))), selection.problems)
+
+
+def _order(step: Step, inventory: Inventory) -> tuple[str, int]:
+    """BDF order, but a card's functions are given back function 0 last (card.py)."""
+    return give_back_order(step.bdf, step.action is Action.RESTORE, inventory)
 
 
 def restore_plan(inventory: Inventory, records: dict[str, Record]) -> Plan:
     """Everything pcipassd changed, back to where it was."""
     steps = [_restore_step(r, inventory.devices.get(bdf)) for bdf, r in sorted(records.items())]
-    return Plan(tuple(steps), ())
+    return Plan(tuple(sorted(steps, key=lambda s: _order(s, inventory))), ())
 
 
 def predict(plan: Plan, *, iommu_on: bool, iommu_policy: str,

@@ -13,13 +13,20 @@
   left and the `force:` list that binds it; for an entry matching several devices, its hint
   first lists the matches the host can spare, by address, ready to paste.
 - A device bound only because `force:` overrode a reason is `forced`, with those reasons.
+- A card is one unit (card.py): an entry that takes only part of a card is refused, naming the
+  functions left behind in the IOMMU group and the `address:` that takes it whole (the group's
+  own message does not name them again); the rest in another IOMMU group, or `group: ignore`,
+  is a warning instead.
 A refused entry binds nothing; the devices it matched are kept as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
+from pcipassd.card import Partial, partial_cards
+from pcipassd.card import describe as describe_functions
+from pcipassd.card import fix as card_fix
 from pcipassd.config import Entry
 from pcipassd.errors import Problem
 from pcipassd.guard import Reason, cost, describe
@@ -52,10 +59,11 @@ def _chipset_problem(entry: Entry, dev: Device, chipset: list[Device], critical:
 
 def _apply_group_policy(
     entry: Entry, items: list[Selected], inventory: Inventory, selected: set[str],
-    critical: Critical,
+    critical: Critical, *, said: frozenset[str] = frozenset(),
 ) -> tuple[list[Selected], Problem | None, frozenset[str]]:
     """The items with the group mates `group: bind` adds; the problem that refuses the entry;
-    the chipset functions that problem names (the guard need not name them again)."""
+    the chipset functions that problem names (the guard need not name them again). `said`:
+    functions of a card the entry takes only part of, which the card's message names."""
     out = list(items)
     for i, sel in enumerate(items):
         dev = sel.device
@@ -75,8 +83,8 @@ def _apply_group_policy(
                     out.append(Selected(mate, entry, via=dev.bdf,
                                         notes=(f"in IOMMU group {dev.group} with {dev.bdf}",)))
             continue
-        loose = [d for d in mates
-                 if d.bdf not in selected and d.driver not in (None, *STUB_DRIVERS)]
+        loose = [d for d in mates if d.bdf not in selected and d.bdf not in said
+                 and d.driver not in (None, *STUB_DRIVERS)]
         if not loose:
             continue
         if entry.group == "isolated":
@@ -196,6 +204,32 @@ def _guard(
     ), forced
 
 
+def _card_check(entry: Entry, own: Collection[str], partials: list[Partial]
+                ) -> tuple[Problem | None, dict[str, str]]:
+    """The refusal of an entry that takes only part of a card (its other functions in the same
+    IOMMU group left behind), or, when the rest is in another IOMMU group, a warning for each
+    of the card's devices it takes (BDF -> text). `group: ignore` is warned, not refused."""
+    left = [p for p in partials if p.left]
+    if left and entry.group != "ignore":
+        taken = ", ".join(d.bdf for p in left for d in p.taken if d.bdf in own)
+        behind = "; ".join(f"{describe_functions(p.left)} (card {p.card.slot}, IOMMU group "
+                           f"{p.left[0].group})" for p in left)
+        return entry.problem(
+            f"refusing {taken}: a card is held as one unit, and this leaves behind {behind}",
+            card_fix(left),
+        ), {}
+    warnings: dict[str, str] = {}
+    for p in partials:
+        behind = ", ".join(f"{describe_functions([d])} (IOMMU group {d.group})"
+                           for d in (*p.left, *p.apart))
+        text = (f"only part of card {p.card.slot} is held; left behind: {behind} "
+                f"(hint: {card_fix([p])} in {entry.source})")
+        for d in p.taken:
+            if d.bdf in own:
+                warnings[d.bdf] = text
+    return None, warnings
+
+
 def enforce(
     selection: Selection, inventory: Inventory, critical: Mapping[str, tuple[Reason, ...]]
 ) -> Selection:
@@ -208,13 +242,25 @@ def enforce(
     kept = set(selection.kept)
     chosen: dict[str, Selected] = {}
     for entry, items in by_entry.items():
-        grown, problem, said = _apply_group_policy(entry, items, inventory, selected, critical)
+        # a card's functions left behind in its group: said by the card's message, not the
+        # group's (`group: bind` adds them, so it never leaves any)
+        partials = ([] if entry.group == "bind" else
+                    partial_cards((s.device for s in items), inventory, critical, selected))
+        behind = frozenset(d.bdf for p in partials for d in p.left)
+        grown, problem, said = _apply_group_policy(entry, items, inventory, selected, critical,
+                                                   said=behind)
+        if entry.group == "bind":  # what is left is in another IOMMU group
+            partials = partial_cards((s.device for s in grown), inventory, critical, selected)
+        whole, warnings = _card_check(entry, {s.device.bdf for s in grown or items},
+                                      partials)
         refusal, forced = _guard(entry, grown or items, inventory, critical, said)
-        found = [p for p in (problem, refusal) if p]
+        found = [p for p in (whole, problem, refusal) if p]
         if found:  # every reason at once, not only the first
             problems += found
             kept.update(s.device.bdf for s in items)
             continue
-        chosen.update((s.device.bdf, replace(s, forced=forced.get(s.device.bdf, "")))
-                      for s in grown)
+        chosen.update((s.device.bdf, replace(
+            s, forced=forced.get(s.device.bdf, ""),
+            warning="; ".join(w for w in (s.warning, warnings.get(s.device.bdf, "")) if w)))
+            for s in grown)
     return Selection(dict(sorted(chosen.items())), tuple(problems), frozenset(kept))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from pcipassd.errors import PcipassError
 from pcipassd.host import Host
 from pcipassd.inventory import Device
 from pcipassd.model import VFIO_PCI
@@ -80,6 +81,38 @@ def qemu_args(bdfs: list[str]) -> list[str]:
         slots.setdefault(_slot(bdf), []).append(bdf)
     return [" ".join(f"-device vfio-pci,host={b}" for b in functions)
             for functions in slots.values()]
+
+
+MAX_CHASSIS = 255  # a pcie-root-port's chassis number is one byte
+
+
+def qemu_q35_args(bdfs: list[str], base: int) -> list[str]:
+    """A q35 layout that keeps each card's function layout in the guest: per slot (a card, or a
+    single function) one pcie-root-port, numbered from `base` (its id `pcipass-rpN`, chassis N,
+    slot N), with function 0 `multifunction=on` and the others at their own function numbers.
+    Guests look for functions 1-7 only where function 0 is: functions held without their
+    function 0 are numbered from 0."""
+    slots: dict[str, list[str]] = {}
+    for bdf in sorted(bdfs):
+        slots.setdefault(_slot(bdf), []).append(bdf)
+    last = base + len(slots) - 1
+    if last > MAX_CHASSIS:
+        raise PcipassError(f"{len(slots)} root ports from {base} go past chassis {MAX_CHASSIS}",
+                           f"give a lower BASE: --qemu-q35 {max(1, MAX_CHASSIS + 1 - len(slots))}")
+    chassis = f"chassis {base}" if last == base else f"chassis {base}-{last}"
+    lines = ["# needs -machine q35 (PCI Express): a pcie-root-port per card, "
+             f"{chassis}, its functions at their host function numbers"]
+    for n, functions in enumerate(slots.values(), base):
+        port = f"pcipass-rp{n}"
+        numbers = [int(b[-1]) for b in functions]
+        if numbers[0] != 0:
+            numbers = list(range(len(functions)))
+        args = [f"-device pcie-root-port,id={port},bus=pcie.0,chassis={n},slot={n}"]
+        for bdf, function in zip(functions, numbers):
+            multi = ",multifunction=on" if function == 0 and len(functions) > 1 else ""
+            args.append(f"-device vfio-pci,host={bdf},bus={port},addr=00.{function}{multi}")
+        lines.append(" ".join(args))
+    return lines
 
 
 def libvirt_hostdev(bdf: str) -> str:

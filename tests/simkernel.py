@@ -44,6 +44,17 @@ def _hexfile(value: int, width: int = 4) -> str:
     return f"0x{value:0{width}x}\n"
 
 
+def _config_space(vendor: int, device: int, cls: int, multifunction: bool) -> bytes:
+    """A device's 256 bytes of config space: in the first 64 (what a user who is not root can
+    read), the IDs, the class and the header type (1 for a PCI-to-PCI bridge; bit 7 =
+    multi-function); no capabilities (the rest reads as zero)."""
+    space = bytearray(256)
+    space[0:4] = vendor.to_bytes(2, "little") + device.to_bytes(2, "little")
+    space[9:12] = cls.to_bytes(3, "little")  # prog-if, subclass, base class
+    space[0x0E] = (0x01 if cls >> 8 == 0x0604 else 0x00) | (0x80 if multifunction else 0)
+    return bytes(space)
+
+
 @dataclass
 class _Driver:
     name: str
@@ -150,10 +161,14 @@ class SimKernel:
         iommu_group: int | None = None,
         parent: str | None = None,
         boot_vga: bool | None = None,
+        multifunction: bool = False,
+        physfn: str | None = None,
     ) -> Path:
         """Hot-plug a device and return its dir. driver="auto" probes it like hotplug does,
         None leaves it unbound, a name binds it to that (registered) driver whatever its ids.
-        `subsystem` defaults to (vendor, device)."""
+        `subsystem` defaults to (vendor, device). `multifunction`: the multi-function bit in the
+        header type (config byte 0x0e, bit 7), as function 0 of a card has it. `physfn`: the
+        device is an SR-IOV VF of that PF (the `physfn` link, and the PF's `virtfnN`)."""
         if not BDF_RE.fullmatch(bdf) or bdf in self._devices:
             raise ValueError(f"bad or duplicate BDF {bdf!r}")
         if boot_vga is not None and cls >> 8 != 0x0300:
@@ -178,6 +193,11 @@ class SimKernel:
             files["boot_vga"] = f"{int(boot_vga)}\n"
         for fname, text in files.items():
             (path / fname).write_text(text)
+        (path / "config").write_bytes(_config_space(vendor, device, cls, multifunction))
+        if physfn is not None:
+            pf = self.device_dir(physfn)
+            self._link(path / "physfn", pf)
+            self._link(pf / f"virtfn{len(list(pf.glob('virtfn*')))}", path)
         self._link(path / "subsystem", self.pci)
         self._link(self.pci / "devices" / bdf, path)
         if iommu_group is not None:

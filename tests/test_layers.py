@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # reading the configuration
     ("config", ("yamldoc", "config")),
     # deciding what may be held: the selection, the guard, the policy that joins them
-    ("decide", ("selection", "settle", "guard", "policy")),
+    ("decide", ("selection", "settle", "guard", "card", "policy")),
     # what apply would do, decided without touching anything
     ("plan", ("plan",)),
     # acting and recording: apply (the only writer of /sys), the state file, the guard's

@@ -22,8 +22,8 @@ def run(ctx: Context) -> int:
     state = readable_state(ctx)
     records = state.records
     plan, groups = planned(ctx, config, records)
-    if ctx.args.qemu or ctx.args.libvirt:
-        return _handoff(plan, ctx.args.libvirt)
+    if ctx.args.qemu or ctx.args.libvirt or ctx.args.qemu_q35 is not None:
+        return _handoff(plan, ctx.args.libvirt, ctx.args.qemu_q35)
     if ctx.args.kubevirt or ctx.args.proxmox_mapping:
         return _engine(ctx, plan)
     warnings = [*((w, "") for w in state.problems()), *_warnings(ctx, records),
@@ -89,9 +89,9 @@ def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]
 
 
 
-def _handoff(plan: Plan, libvirt: bool) -> int:
-    """`status --qemu` / `--libvirt`: what to give QEMU or libvirt for each device held on
-    vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
+def _handoff(plan: Plan, libvirt: bool, q35: int | None = None) -> int:
+    """`status --qemu` / `--qemu-q35 BASE` / `--libvirt`: what to give QEMU or libvirt for each
+    device held on vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
     from pcipassd import vfio  # noqa: PLC0415
     from pcipassd.engines import held_on_vfio  # noqa: PLC0415
     from pcipassd.printable import in_xml_comment  # noqa: PLC0415
@@ -102,6 +102,8 @@ def _handoff(plan: Plan, libvirt: bool) -> int:
             name = f" {in_xml_comment(s.name)}" if s.name else ""
             print(f"<!-- {s.bdf} [{s.id}]{name} -->")
             print(vfio.libvirt_hostdev(s.bdf))
+    elif q35 is not None:
+        print("\n".join(vfio.qemu_q35_args([s.bdf for s in ready], q35)))
     else:
         print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
     return EXIT_OK if len(ready) == len(plan.steps) else EXIT_FAIL
