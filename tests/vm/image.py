@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 GUEST_DIR = HERE / "guest"
 BUILD_SCRIPT = HERE / "build-base.sh"
+DRACUT_SCRIPT = HERE / "build-dracut.sh"
 
 SUITE = "bookworm"
 DEFAULT_PACKAGES: tuple[str, ...] = (
@@ -220,37 +221,60 @@ def ensure_base(
     """
     cache = cache or cache_root()
     key = f"{suite}-{base_key(packages, suite)}"
-    base = BaseImage(cache / key, key)
-    if (base.dir / ".complete").is_file():
-        return base
+
+    def command(out: Path) -> list[str]:
+        return ["bash", str(BUILD_SCRIPT), str(out), suite, apt_mirror(suite), ",".join(packages)]
+
+    return _cached_build(cache, key, "base image", command, log,
+                         built=lambda: _prune_stale(cache, suite, keep=key))
+
+
+def ensure_dracut_base(base: BaseImage, *, suite: str = SUITE, log: Path | None = None) -> BaseImage:
+    """The dracut variant of ``base`` (``build-dracut.sh``): the same root file system with
+    Debian's ``dracut`` package instead of initramfs-tools, from the same mirror; cached beside
+    ``base`` and rebuilt when the base or the script changes (about a minute)."""
+    cache = base.dir.parent
+    digest = hashlib.sha256(DRACUT_SCRIPT.read_bytes()).hexdigest()[:8]
+    key = f"{base.key}-dracut-{digest}"
+
+    def command(out: Path) -> list[str]:
+        return ["bash", str(DRACUT_SCRIPT), str(base.dir), str(out), suite, apt_mirror(suite)]
+
+    return _cached_build(cache, key, "dracut variant", command, log,
+                         built=lambda: _prune_stale(cache, f"{suite}-*-dracut", keep=key))
+
+
+def _cached_build(cache: Path, key: str, what: str, command: Callable[[Path], list[str]],
+                  log: Path | None, *, built: Callable[[], None]) -> BaseImage:
+    """The image cached as ``<cache>/<key>``; built first by ``command(dir)`` if needed, then
+    ``built()`` runs. Concurrent callers serialise on a lock file; only one builds."""
+    image = BaseImage(cache / key, key)
+    if (image.dir / ".complete").is_file():
+        return image
     ensure_host_tools()
     with locked(cache / f"{key}.lock"):
-        if (base.dir / ".complete").is_file():
-            return base
+        if (image.dir / ".complete").is_file():
+            return image
         log = log or cache / f"{key}.build.log"
-        mirror = apt_mirror(suite)
-        print(f"pcipassd-vm: building base image {key} from {mirror} (log: {log})", file=sys.stderr)
+        cmd = command(image.dir)
+        print(f"pcipassd-vm: building {what} {key} (log: {log})", file=sys.stderr)
         start = time.monotonic()
         with log.open("w") as out:
-            proc = subprocess.run(
-                ["bash", str(BUILD_SCRIPT), str(base.dir), suite, mirror, ",".join(packages)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if proc.returncode != 0 or not (base.dir / ".complete").is_file():
-            raise ImageError(f"base image build failed (rc={proc.returncode}); see {log}")
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0 or not (image.dir / ".complete").is_file():
+            raise ImageError(f"{what} build failed (rc={proc.returncode}); see {log}")
         elapsed = time.monotonic() - start
-        (base.dir / "build-seconds").write_text(f"{elapsed:.1f}\n")
-        print(f"pcipassd-vm: base image built in {elapsed:.0f}s", file=sys.stderr)
-        _prune_stale(cache, suite, keep=key)
-    return base
+        (image.dir / "build-seconds").write_text(f"{elapsed:.1f}\n")
+        print(f"pcipassd-vm: {what} built in {elapsed:.0f}s", file=sys.stderr)
+        built()
+    return image
 
 
-def _prune_stale(cache: Path, suite: str, keep: str) -> None:
-    """Delete base images of earlier versions of the build (a few hundred MB each)."""
-    for old in cache.glob(f"{suite}-*"):
-        if old.is_dir() and old.name != keep:
+def _prune_stale(cache: Path, prefix: str, keep: str) -> None:
+    """Delete images of earlier versions of the build (a few hundred MB each): those named
+    ``<prefix>-*`` but ``keep``. A base's variants (``<keep>-*``) go with their base."""
+    for old in cache.glob(f"{prefix}-*"):
+        if old.is_dir() and old.name != keep and not old.name.startswith(f"{keep}-"):
             shutil.rmtree(old, ignore_errors=True)
             for suffix in (".lock", ".build.log"):
                 (cache / f"{old.name}{suffix}").unlink(missing_ok=True)

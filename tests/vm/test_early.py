@@ -30,6 +30,7 @@ import pytest
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, DISK_BDF, E1000E_ID, BootResult, _nic, boot
 from .image import REPO_ROOT, BaseImage, build_image, enable_unit, install_from_deb
+from .probes import PROBE_LOG, REPORT_PROBES, probed
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -39,7 +40,6 @@ TOPO = DEFAULT_TOPOLOGY.with_devices(
     _nic(name="e1000e-c", model="e1000e", bdf="0000:00:06.0", vendor_device=E1000E_ID,
          placement="bus=pcie.0,addr=0x6"))
 STUB, VFIO, TWIN = TOPO.bdf("e1000e-a"), TOPO.bdf("e1000e-b"), TOPO.bdf("e1000e-c")
-PROBE_LOG = ('dyndbg="file drivers/base/dd.c +p"', "log_buf_len=8M")
 
 CONFIG = f"""\
 version: 1
@@ -92,7 +92,7 @@ common() {{
     capture status pcipassd status
     capture journal journalctl -b -u pcipassd -u pcipassd-early -o cat --no-pager
     capture fields journalctl -b -u pcipassd -o json --no-pager
-    dmesg | grep 'really_probe: probing driver e1000e' | blob probes
+    {REPORT_PROBES}
     for name in plain net vm {' '.join(CONSUMERS)}; do
         for i in $(seq 60); do [ -s /run/observer.$name ] && break; sleep 1; done
         result observer.$name "$(cat /run/observer.$name)"
@@ -110,7 +110,7 @@ off_boot() {{  # a boot with pcipassd off: which driver has which device, and th
     result early.active "$(systemctl is-active pcipassd-early)"
     result armed "$([ -e /run/pcipass/armed ] && echo yes || echo no)"
     result earlylog "$([ -s /run/pcipass/early.log ] && echo yes || echo no)"
-    dmesg | grep 'really_probe: probing driver e1000e' | blob probes
+    {REPORT_PROBES}
     journalctl -b -k -o cat --no-pager | grep 'gave back' | blob kmsg  # journald strips the tag
 }}
 wait_for() {{  # wait_for BDF DRIVER: up to 60 s, for the udev-triggered reload
@@ -201,10 +201,6 @@ def early_boots(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         image.disk.unlink(missing_ok=True)
     return [first, second, *rest]
-
-
-def probed(res: BootResult, bdf: str) -> bool:
-    return any(bdf in line for line in res["probes"].splitlines())
 
 
 def test_negative_control_sees_every_probe(early_boots: list[BootResult]) -> None:

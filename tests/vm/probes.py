@@ -1,0 +1,25 @@
+"""Counting driver probes on a real kernel, for the early-hold tests (test_early, test_dracut).
+
+Booted with `PROBE_LOG`, the kernel logs every probe attempt (dyndbg on drivers/base/dd.c):
+`pci 0000:00:03.0: ... really_probe: probing driver e1000e with device`. A match refused by the
+device's driver_override never gets there: no such line for a held device means its host driver
+never probed it, and one for its unconfigured twin means that the race was live.
+"""
+
+from __future__ import annotations
+
+from .harness import BootResult
+
+PROBE_LOG = ('dyndbg="file drivers/base/dd.c +p"', "log_buf_len=8M")
+#: The scenario's shell line that reports the probes of this boot (key `probes`).
+REPORT_PROBES = "dmesg | grep 'really_probe: probing driver' | blob probes"
+
+
+def probes(res: BootResult, bdf: str, driver: str = "e1000e") -> int:
+    """How many times `driver` probed the device at `bdf` in this boot."""
+    attempt = f"really_probe: probing driver {driver} with device"
+    return sum(1 for line in res["probes"].splitlines() if bdf in line and attempt in line)
+
+
+def probed(res: BootResult, bdf: str, driver: str = "e1000e") -> bool:
+    return probes(res, bdf, driver) > 0
