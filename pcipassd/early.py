@@ -141,6 +141,9 @@ def first_probe(host: Host, record: Record) -> str | None:
                 "pcipassd moved it")
     if builtin(host, record.original_module):
         return f"{driver} is built into the kernel and bound it at boot; pcipassd moved it"
+    if "rd.pcipassd=off" in (read_host(host.path("/proc/cmdline")) or "").split():
+        return (f"the initramfs loaded {driver}, which bound it: the kernel command line has "
+                "rd.pcipassd=off, so the initramfs held nothing; pcipassd moved it")
     command = rebuild_command(host)
     if command is None:
         return (f"the initramfs loaded {driver}, which bound it before pcipassd could hold it "

@@ -195,6 +195,25 @@ def test_a_missed_early_hold_names_the_dracut_command(m: Machine) -> None:
     assert m.driver(NIC_A) == "pci-stub"
 
 
+def test_rd_pcipassd_off_is_named_not_a_stale_image(m: Machine) -> None:
+    """`rd.pcipassd=off` turned the initramfs stage off: that, not the image, is why e1000e bound
+    the NIC first (seen in the dracut VM test); rebuilding the image would change nothing."""
+    dracut_host(m, built=4_000_000_000)
+    (m.root / "proc/cmdline").write_text("root=/dev/vda ro rd.pcipassd=off quiet\n")
+    run = m.root / "run/pcipass"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "early.log").write_text(f"{NIC_A} early pci-stub e1000e\n")
+    m.with_guest_nic()
+    r = m.run("apply")
+    assert r.rc == 0, r.err
+    why = ("the initramfs loaded e1000e, which bound it: the kernel command line has "
+           "rd.pcipassd=off, so the initramfs held nothing; pcipassd moved it")
+    assert f"warning: {NIC_A} [8086:10d3]: {why}" in r.err, r.err
+    assert "dracut -f" not in r.err, r.err
+    assert f"warning: {NIC_A}: {why}" in m.run("status").out
+    assert m.driver(NIC_A) == "pci-stub"
+
+
 def test_the_reboot_advice_names_the_dracut_rebuild_first(m: Machine) -> None:
     """A device moved late on a dracut host with pcipassd's module and a stale image: rebuild,
     then reboot (not the advice for hosts without an initramfs stage)."""
