@@ -20,8 +20,6 @@ kernel). Boot 1 checks that apply writes that very list.
    disable pcipassd` (no --now, no rebuild).
 3. Off means off: the initramfs, built while pcipassd was on, holds the device, and its
    pre-pivot hook, finding pcipassd disabled in the real root, gives it back: e1000e has it.
-   Then `dracut -f`, the command `check` named: the image carries the edited list, and `check`
-   no longer warns.
 """
 
 from __future__ import annotations
@@ -93,11 +91,6 @@ case $PCIPASS_BOOT in
     ;;
 3)
     report
-    start=$(date +%s.%N)
-    capture dracut dracut -f
-    result dracut.seconds "$(python3 -c "print(round($(date +%s.%N) - $start, 1))")"
-    capture check.rebuilt pcipassd check
-    capture holdlist.rebuilt lsinitrd -f etc/pcipass.early /boot/initrd.img-$kver
     ;;
 esac
 """
@@ -127,7 +120,6 @@ def boots(vm_base: BaseImage, tmp_path_factory: pytest.TempPathFactory) -> list[
     finally:
         image.disk.unlink(missing_ok=True)
     SECONDS.update({f"boot {n}": r.seconds for n, r in enumerate(results, start=1)})
-    SECONDS["dracut -f in the guest (TCG)"] = float(results[2].get("dracut.seconds") or "nan")
     counts = {f"boot {n}": {name: probes(r, TOPO.bdf(name), TOPO.device(name).driver or "")
                             for name in ("e1000e-a", "e1000e-b", "e1000")}
               for n, r in enumerate(results, start=1)}
@@ -263,11 +255,3 @@ def test_disabled_the_pre_pivot_hook_gives_the_device_back(boots: list[BootResul
         assert res.driver(bdf, "boot") == driver, (bdf, res.where())
         assert res[f"boot.{bdf}.override"] == "none"
 
-
-def test_dracut_f_as_check_says_makes_the_image_current(boots: list[BootResult]) -> None:
-    res = boots[2]
-    assert "/boot/initrd.img-" in res["status"] and "dracut -f" in res["status"], res["status"]
-    assert res.rc("dracut") == 0, res["dracut"]
-    assert f"dev {NIC} 8086:100e pci-stub" in res["holdlist.rebuilt"], res["holdlist.rebuilt"]
-    assert res.rc("check.rebuilt") == 0, res["check.rebuilt"]
-    assert "/etc/pcipass.early" not in res["check.rebuilt"], res["check.rebuilt"]
