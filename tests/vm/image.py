@@ -229,7 +229,8 @@ def ensure_base(
                          built=lambda: _prune_stale(cache, suite, keep=key))
 
 
-def ensure_dracut_base(base: BaseImage, *, suite: str = SUITE, log: Path | None = None) -> BaseImage:
+def ensure_dracut_base(base: BaseImage, *, suite: str = SUITE,
+                       log: Path | None = None) -> BaseImage:
     """The dracut variant of ``base`` (``build-dracut.sh``): the same root file system with
     Debian's ``dracut`` package instead of initramfs-tools, from the same mirror; cached beside
     ``base`` and rebuilt when the base or the script changes (about a minute)."""
