@@ -13,6 +13,16 @@ from .harness import BootResult
 PROBE_LOG = ('dyndbg="file drivers/base/dd.c +p"', "log_buf_len=8M")
 #: The scenario's shell line that reports the probes of this boot (key `probes`).
 REPORT_PROBES = "dmesg | grep 'really_probe: probing driver' | blob probes"
+#: The scenario's shell function `wait_for BDF DRIVER`: up to 60 s, for the udev-triggered
+#: reload after a hot add, until the device is on DRIVER and pcipassd is active.
+WAIT_FOR = r"""wait_for() {
+    for i in $(seq 60); do
+        [ "$(basename "$(readlink /sys/bus/pci/devices/$1/driver)")" = "$2" ] &&
+            [ "$(systemctl is-active pcipassd)" = active ] && return 0
+        sleep 1
+    done
+    return 1
+}"""
 
 
 def probes(res: BootResult, bdf: str, driver: str = "e1000e") -> int:

@@ -11,7 +11,9 @@ kernel). Boot 1 checks that apply writes that very list.
 
 1. Held from the initramfs (the systemd initrd's pcipassd-initrd.service, ordered before
    systemd-modules-load and systemd-udevd): e1000e never probes the held device and does probe
-   its twin in the initramfs; pcipassd adopts the hold, stage initramfs. Then the config gains
+   its twin in the initramfs; pcipassd adopts the hold, stage initramfs. Stop gives it back
+   (and a coldplug does not take it again), start holds it again, and so does the udev rule
+   after a remove + rescan, as under initramfs-tools. Then the config gains
    the e1000 NIC (00:05.0): the hold list changes, and `pcipassd check` names the stale image
    and `dracut -f`.
 2. `rd.pcipassd=off`: the initramfs holds nothing (e1000e probes the device there), the real
@@ -35,7 +37,7 @@ from pcipassd.early import HEADER
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, E1000E_ID, BootResult, boot
 from .image import BaseImage, build_image, ensure_dracut_base, install_from_deb
-from .probes import PROBE_LOG, REPORT_PROBES, probed, probes
+from .probes import PROBE_LOG, REPORT_PROBES, WAIT_FOR, probed, probes
 
 TOPO = DEFAULT_TOPOLOGY
 HELD, TWIN, NIC = TOPO.bdf("e1000e-b"), TOPO.bdf("e1000e-a"), TOPO.bdf("e1000")
@@ -72,11 +74,21 @@ report() {{
     journalctl -b -o short-monotonic --no-pager | grep -E '{TIMELINE}' | blob timeline
     journalctl -b -k -o cat --no-pager | grep 'gave back' | blob kmsg  # journald strips the tag
 }}
+{WAIT_FOR}
 case $PCIPASS_BOOT in
 1)
     report
     capture lsinitrd lsinitrd /boot/initrd.img-$kver
     capture holdlist cat /etc/pcipass.early
+    systemctl stop pcipassd; result stop.rc "$?"
+    pci_inventory stopped
+    udevadm trigger --action=add --subsystem-match=pci && udevadm settle
+    pci_inventory triggered
+    systemctl start pcipassd; result start.rc "$?"
+    pci_inventory started
+    echo 1 >/sys/bus/pci/devices/{HELD}/remove && echo 1 >/sys/bus/pci/rescan && udevadm settle
+    wait_for {HELD} vfio-pci; result rescan.wait "$?"
+    pci_inventory rescanned
     cat >>/etc/pcipass.yaml <<'YAML'
 {ADDED}YAML
     capture reload systemctl reload pcipassd
@@ -255,3 +267,18 @@ def test_disabled_the_pre_pivot_hook_gives_the_device_back(boots: list[BootResul
         assert res.driver(bdf, "boot") == driver, (bdf, res.where())
         assert res[f"boot.{bdf}.override"] == "none"
 
+
+def test_stop_trigger_start_and_rescan_as_under_initramfs_tools(
+        boots: list[BootResult]) -> None:
+    """After a hold from the dracut image: stop -> e1000e, overrides cleared; a coldplug does
+    not take it again; start holds it again; remove + rescan: the udev rule and pcipassd hold
+    it again."""
+    res = boots[0]
+    assert res["stop.rc"] == "0", res.where()
+    for stage in ("stopped", "triggered"):
+        assert res.driver(HELD, stage) == "e1000e", (stage, res.where())
+        assert res[f"{stage}.{HELD}.override"] == "none", res.where()
+    assert res["start.rc"] == "0"
+    assert res.driver(HELD, "started") == "vfio-pci", res.where()
+    assert res["rescan.wait"] == "0", res.where()
+    assert res.driver(HELD, "rescanned") == "vfio-pci", res.where()

@@ -30,7 +30,7 @@ import pytest
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, DISK_BDF, E1000E_ID, BootResult, _nic, boot
 from .image import REPO_ROOT, BaseImage, build_image, enable_unit, install_from_deb
-from .probes import PROBE_LOG, REPORT_PROBES, probed
+from .probes import PROBE_LOG, REPORT_PROBES, WAIT_FOR, probed
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -113,14 +113,7 @@ off_boot() {{  # a boot with pcipassd off: which driver has which device, and th
     {REPORT_PROBES}
     journalctl -b -k -o cat --no-pager | grep 'gave back' | blob kmsg  # journald strips the tag
 }}
-wait_for() {{  # wait_for BDF DRIVER: up to 60 s, for the udev-triggered reload
-    for i in $(seq 60); do
-        [ "$(basename "$(readlink /sys/bus/pci/devices/$1/driver)")" = "$2" ] &&
-            [ "$(systemctl is-active pcipassd)" = active ] && return 0
-        sleep 1
-    done
-    return 1
-}}
+{WAIT_FOR}
 case $PCIPASS_BOOT in
 1)
     common
