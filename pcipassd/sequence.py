@@ -46,7 +46,7 @@ def apply(ctx: Context) -> int:
                 publish(ctx, "apply", state, (kept(left, state.records, e.message), left),
                         converged=False, error=(e.message, e.hint), labels=None)
                 raise
-            inventory, selection = ctx.selection(config, settle=True)
+            inventory, selection = ctx.selection(config, settle=True, records=state.records)
             _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             log_problems(plan.problems, "refused")
