@@ -462,6 +462,13 @@ class SimKernel:
             chosen.append(name)
         path.write_text(" ".join(chosen) + "\n" if chosen else "")
 
+    def support_reset(self, bdf: str, *methods: str) -> None:
+        """Give a present device the reset methods it supports, as if it had been found with
+        them (its `reset_method` file lists them in the kernel's order)."""
+        supported = tuple(m for m in RESET_METHODS if m in methods)
+        self._reset_supported[bdf] = supported
+        (self.device_dir(bdf) / "reset_method").write_text(" ".join(supported) + "\n")
+
     def reset_method_of(self, bdf: str) -> str | None:
         """The device's `reset_method` as read (None: no such file)."""
         path = self.device_dir(bdf) / "reset_method"
