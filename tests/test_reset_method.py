@@ -46,7 +46,7 @@ def test_simulated_reset_method_behaves_as_the_kernel(sim: SimKernel, tmp_path: 
     sim.write(attr, "bus\n")
     assert attr.read_text() == "bus\n"
     for bad in ("pm\n", "bsu\n", "bus pm\n"):
-        with pytest.raises(OSError) as e:
+        with pytest.raises(OSError, match="Invalid argument") as e:
             sim.write(attr, bad)
         assert e.value.errno == errno.EINVAL
         assert attr.read_text() == "bus\n", "a refused write leaves the methods as they were"
