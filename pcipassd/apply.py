@@ -35,6 +35,7 @@ from pcipassd.inventory import (
     modalias,
     module_of,
     read_device,
+    read_reset_method,
 )
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
@@ -83,6 +84,18 @@ class Outcome:
         return ", ".join(f"{self.counts[k]} {_DONE.get(k, k)}" for k in (*kinds, *extra))
 
 
+def _reset_done(step: Step) -> str:
+    """`; reset_method: bus (was: flr bus)` or `; reset_method back to: flr bus` once the step
+    wrote it; nothing when it wrote none."""
+    if not step.reset_due:
+        return ""
+    to = step.reset_to or "(none: reset disabled)"
+    if step.action is Action.RESTORE or step.reset_method is None:
+        return f"; reset_method back to: {to}"
+    was = f" (was: {step.reset_now or '(none)'})" if step.reset_now is not None else ""
+    return f"; reset_method: {to}{was}"
+
+
 _DONE = {"bind": "bound", "restore": "restored", "fail": "failed"}  # for Outcome.line
 
 
@@ -122,6 +135,18 @@ class Applier:
 
     def _bind(self, bdf: str, driver: str) -> None:
         self._write(f"/sys/bus/pci/drivers/{driver}/bind", bdf)
+
+    def _set_reset_method(self, bdf: str, methods: str) -> None:
+        """Write the reset methods ("bus", "flr bus"; "" disables reset) to the device's sysfs
+        `reset_method`. The kernel refuses a method the device does not offer (EINVAL) and then
+        leaves the methods as they were."""
+        try:
+            self._write(f"/sys/bus/pci/devices/{bdf}/reset_method", methods + "\n")
+        except StepFailed as e:
+            offered = read_reset_method(self.host, bdf)
+            offers = ("it has no reset_method" if offered is None else
+                      f"its reset methods: {offered or '(none)'}")
+            raise StepFailed(f"{e}; {offers}") from e
 
     def _device(self, bdf: str) -> Device:
         dev = read_device(self.host, bdf)
@@ -198,7 +223,11 @@ class Applier:
             original_module=module_of(self.host, dev.driver) if dev.driver else None,
             target=step.target, entry=step.entry or "",
         )
-        return replace(record, target=step.target, entry=step.entry or "", forced=step.forced)
+        original_reset = record.original_reset_method
+        if step.reset_method is not None and original_reset is None:  # before the first write
+            original_reset = read_reset_method(self.host, step.bdf)
+        return replace(record, target=step.target, entry=step.entry or "", forced=step.forced,
+                       original_reset_method=original_reset)
 
     def _record(self, steps: list[Step]) -> None:
         """Record the devices to bind in one save, before any of them is touched (one save per
@@ -235,9 +264,12 @@ class Applier:
                              f"(hint: {e.hint})", logging.ERROR)
                 return
         try:
+            if step.reset_due:  # recorded above; before it moves, so before any VM can have it
+                self._set_reset_method(step.bdf, step.reset_to or "")
             self._set_override(step.bdf, step.target)
             if dev.driver == step.target:  # held early, then bound when the target's module
-                self._report(step, Action.BIND, step.summary)  # loaded (driver_attach)
+                self._reset_given_back(step, record)  # loaded (driver_attach)
+                self._report(step, Action.BIND, step.summary + _reset_done(step))
                 return
             if dev.driver is not None:
                 self._unbind(step.bdf, dev.driver)
@@ -253,7 +285,51 @@ class Applier:
             self._report(step, Action.FAIL, f"{step.summary}: {e}", logging.ERROR)
             self._rollback(step, record)
             return
-        self._report(step, Action.BIND, step.summary)
+        self._reset_given_back(step, record)
+        self._report(step, Action.BIND, step.summary + _reset_done(step))
+
+    def _reset_given_back(self, step: Step, record: Record) -> None:
+        """Its entry no longer sets `reset_method:` and the original was written back: the
+        record forgets the original (a later `reset_method:` records it anew)."""
+        if step.reset_method is not None or record.original_reset_method is None:
+            return
+        current = self.state.records.get(step.bdf, record)
+        try:
+            self.state.put(replace(current, original_reset_method=None))
+        except StateError as e:  # it is only written back once more on give-back
+            log.warning("%s: %s (hint: %s)", step.bdf, e.message, e.hint)
+
+    def _reset_held(self, step: Step) -> bool:
+        """A device on its target already whose `reset_method` is still to be written (its
+        entry's `reset_method:` changed, or the early stages held it): record the original
+        first, then write it. False (said, as a failure) when it could not be done; its reset
+        methods are then as they were."""
+        record = self.state.records.get(step.bdf)
+        if record is None:
+            self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] reset_method not written: "
+                         f"pcipassd has no record of it to keep the original in{step.source}",
+                         logging.ERROR)
+            return False
+        if step.reset_method is not None and record.original_reset_method is None:
+            original = read_reset_method(self.host, step.bdf)
+            try:
+                self.state.put(replace(record, original_reset_method=original))
+            except StateError as e:
+                self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] reset_method not "
+                             f"written: {e.message} (hint: {e.hint}){step.source}",
+                             logging.ERROR)
+                return False
+            record = self.state.records.get(step.bdf, record)
+        try:
+            self._set_reset_method(step.bdf, step.reset_to or "")
+        except StepFailed as e:
+            self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] on {step.target}, "
+                         f"reset_method not changed: {e}{step.source}", logging.ERROR)
+            return False
+        log.info("%s [%s] on %s%s%s", step.bdf, step.id, step.target, _reset_done(step),
+                 step.source, extra={"journal": step.journal_fields})
+        self._reset_given_back(step, record)
+        return True
 
     def _vanished(self, bdf: str) -> bool:
         return read_device(self.host, bdf) is None
@@ -278,7 +354,15 @@ class Applier:
         self._forget(step)
 
     def _restore_device(self, record: Record, dev: Device | None = None) -> str | None:
-        """Give the device back (`dev`: as just read); return the driver it is on now."""
+        """Give the device back (`dev`: as just read), its original reset methods last (once
+        its stub has let go of it); return the driver it is on now."""
+        now = self._restore_driver(record, dev)
+        if record.original_reset_method is not None:
+            self._set_reset_method(record.bdf, record.original_reset_method)
+        return now
+
+    def _restore_driver(self, record: Record, dev: Device | None = None) -> str | None:
+        """Give the device back to its original driver; return the driver it is on now."""
         bdf, stub, original = record.bdf, record.target, record.original_driver
         dev = dev or self._device(bdf)
         if original is not None and not record.original_unknown and dev.driver != original:
@@ -335,6 +419,7 @@ class Applier:
         if record.original_unknown and now is None:
             note = ("; no driver took it (its original driver is blacklisted, or it has none): "
                     "left unbound")
+        note += _reset_done(step)
         self._report(done, Action.RESTORE, done.summary + note)
         self._forget(step)
 
@@ -405,6 +490,8 @@ class Applier:
             self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
                          logging.WARNING)
         else:
+            if step.reset_due and not self._reset_held(step):
+                return
             self._report(step, Action.UNCHANGED,
                          f"{step.bdf} [{step.id}] already on {step.target}{step.source}")
             self._remember_forced(step)

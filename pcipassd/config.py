@@ -22,7 +22,7 @@ from pathlib import Path
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, NothingConfigured, Problem
 from pcipassd.host import Host
-from pcipassd.model import FORCE_TRUE, KINDS, STUB_DRIVERS
+from pcipassd.model import FORCE_TRUE, KINDS, RESET_METHODS, STUB_DRIVERS
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
 from pcipassd.value import frozen
@@ -58,6 +58,9 @@ class Entry:
     group: str
     force: frozenset[str]  # the kinds of host-critical reasons it overrides (model.KINDS)
     name: str | None
+    # the kernel's reset methods to write to each selected device's sysfs `reset_method`, in
+    # order; None: leave it as the kernel has it
+    reset_method: tuple[str, ...] | None = None
 
     @property
     def source(self) -> str:
@@ -307,6 +310,8 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
                             "add `version: 1` at the top" if key == "version" else "")]
     if kind == "anyOf" and path and path[-1] == "force":
         return _explain_force(doc, path, error.instance)
+    if kind == "anyOf" and path and path[-1] == "reset_method":
+        return _explain_reset_method(doc, path, error.instance)
     if kind == "anyOf" and path and path[0] == "devices":
         return [doc.problem(path, "an entry needs `address` or `id`",
                             'e.g. - address: "0000:02:00.0"  or  - id: "8086:10d3"')]
@@ -376,7 +381,15 @@ def _is_force(value: object) -> bool:
             and all(isinstance(k, str) and k in KINDS for k in value))
 
 
+def _is_reset_method(value: object) -> bool:
+    if isinstance(value, str):
+        return value in RESET_METHODS
+    return (isinstance(value, list) and bool(value) and len(set(map(str, value))) == len(value)
+            and all(isinstance(k, str) and k in RESET_METHODS for k in value))
+
+
 _ENTRY_CHECKS = (("force", _is_force), ("count", _is_count),
+                 ("reset_method", _is_reset_method),
                  ("driver", STUB_DRIVERS.__contains__), ("group", GROUPS.__contains__),
                  ("name", lambda v: isinstance(v, str) and v != ""),
                  *((k, lambda v: isinstance(v, str)) for k in ("address", "id", "expect")))
@@ -414,6 +427,31 @@ def _explain_force(doc: Document, path: JsonPath, value: object) -> list[Problem
         if item not in KINDS:
             out.append(doc.problem((*path, i), f"{_show(item)} is not one of {kinds}",
                                    _did_you_mean(item, list(KINDS))))
+        elif item in value[:i]:
+            out.append(doc.problem((*path, i), f"{item!r} is listed twice", "name it once"))
+    return out
+
+
+def _explain_reset_method(doc: Document, path: JsonPath, value: object) -> list[Problem]:
+    """`reset_method:` is one of the kernel's reset methods, or a list of them: each wrong
+    item by name, with the name it is closest to."""
+    names = ", ".join(RESET_METHODS)
+    if isinstance(value, str):
+        return [doc.problem(path, f"{_show(value)} is not a reset method the kernel knows "
+                            f"({names})", _did_you_mean(value, list(RESET_METHODS)))]
+    if not isinstance(value, list):
+        got = _GOT.get(type(value), type(value).__name__)
+        return [doc.problem(path, f"expected a reset method or a list of them ({names}); "
+                            f"got {got}", "e.g. reset_method: [bus]")]
+    if not value:
+        return [doc.problem(path, "an empty list names no reset method",
+                            "name the methods, e.g. reset_method: [bus], or remove the key")]
+    out = []
+    for i, item in enumerate(value):
+        if item not in RESET_METHODS:
+            out.append(doc.problem((*path, i), f"{_show(item)} is not a reset method the "
+                                   f"kernel knows ({names})",
+                                   _did_you_mean(item, list(RESET_METHODS))))
         elif item in value[:i]:
             out.append(doc.problem((*path, i), f"{item!r} is listed twice", "name it once"))
     return out
@@ -466,6 +504,13 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
     config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries),
                     main.get("node_labels", False) is True)
     return config, problems
+
+
+def _reset_methods(value: str | list[str] | None) -> tuple[str, ...] | None:
+    """A valid `reset_method:` value as the methods in order; None when not set."""
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _overlap(a: Address, b: Address) -> Address | None:
@@ -528,5 +573,6 @@ def _entry(
         group=item.get("group", group),
         force=_force_kinds(item.get("force", False)),
         name=item.get("name"),
+        reset_method=_reset_methods(item.get("reset_method")),
     )
     return (None if problems else entry), problems

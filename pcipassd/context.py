@@ -10,6 +10,7 @@ from pcipassd.output import log
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
     from pathlib import Path
     from types import SimpleNamespace
     from typing import Any
@@ -83,9 +84,12 @@ class Context:
                 log().warning("%s", warning)
         return self._judgment
 
-    def selection(self, config: Config, *, settle: bool = False) -> tuple[Inventory, Selection]:
-        """Config -> devices, with the IOMMU-group policy and the host-critical guard. With
-        `settle` (apply), first wait for udev if a selected device may still be probed."""
+    def selection(self, config: Config, *, settle: bool = False,
+                  records: Mapping[str, Record] | None = None) -> tuple[Inventory, Selection]:
+        """Config -> devices, with the IOMMU-group policy, the host-critical guard and the
+        devices' reset methods (`reset_method:`; `records`: the state file's, whose original
+        reset methods are what a held device offers). With `settle` (apply), first wait for
+        udev if a selected device may still be probed."""
         from pcipassd.inventory import scan  # noqa: PLC0415
         from pcipassd.policy import enforce  # noqa: PLC0415
         from pcipassd.selection import select  # noqa: PLC0415
@@ -102,7 +106,15 @@ class Context:
                 self.selected = select(config, inventory)
         critical = self.judgment(inventory).critical
         self.inventory = inventory
-        return inventory, enforce(self.selected, inventory, critical)
+        selection = enforce(self.selected, inventory, critical)
+        if any(e.reset_method is not None for e in config.entries):
+            from pcipassd.inventory import read_reset_method  # noqa: PLC0415
+            from pcipassd.selection import check_resets  # noqa: PLC0415
+
+            now = {bdf: read_reset_method(self.host, bdf)
+                   for bdf, sel in selection.chosen.items() if sel.reset_method is not None}
+            selection = check_resets(selection, now, records or {})
+        return inventory, selection
 
 
 
@@ -128,7 +140,7 @@ def planned(ctx: Context, config: Config, records: dict[str, Record]
     from pcipassd.model import STUB_DRIVERS  # noqa: PLC0415
     from pcipassd.plan import make_plan, predict  # noqa: PLC0415
 
-    inventory, selection = ctx.selection(config)
+    inventory, selection = ctx.selection(config, records=records)
     kconfig = kernel_config(ctx.host)
     unavailable = {d: m.message for d in STUB_DRIVERS
                    if (m := modules.missing(ctx.host, d, kconfig)) is not None}

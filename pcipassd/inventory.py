@@ -113,6 +113,15 @@ def _read_device(devices: str, bdf: str, *, shared_slot: bool = False) -> Device
     )
 
 
+def read_reset_method(host: Host, bdf: str) -> str | None:
+    """The device's sysfs `reset_method`: the reset methods the kernel will try, in order
+    ("flr bus"; "" when reset was disabled). None when there is no such file: a kernel before
+    5.15, or a device the kernel has no reset method for. Read only for the devices whose entry
+    sets `reset_method:`."""
+    text = read_attr(os.path.join(host.pci_devices, bdf, "reset_method"))
+    return None if text is None else " ".join(text.split())
+
+
 def subsystem_id(host: Host, bdf: str) -> PciId | None:
     """The device's subsystem vendor:device (the card's maker and model), None when sysfs does
     not say. Read only on demand: a scan does not need it."""

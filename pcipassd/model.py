@@ -30,6 +30,11 @@ FORCE_TRUE = (STORAGE, NETWORK, BOOT_VGA, CONSOLE)  # what `force: true` overrid
 VFIO_PCI = "vfio-pci"  # the stub driver through which a VM can have a device open
 STUB_DRIVERS = ("pci-stub", VFIO_PCI)  # the targets the schema allows
 
+# -- the kernel's reset methods (a device's sysfs `reset_method`, Linux 5.15+) --------------
+# drivers/pci/pci.c pci_reset_fn_methods[], in the kernel's default order; cxl_bus since 6.7.
+# What `reset_method:` may name (schema.json lists the same names).
+RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+
 
 # -- the state file: one record per device pcipassd moved ---------------------------------
 @frozen
@@ -48,6 +53,10 @@ class Record:
     # What `force:` overrode to bind it ("carries the default route via eth0"), empty when
     # nothing was: kept here because the evidence is gone once the device is held.
     forced: str = ""
+    # The device's sysfs `reset_method` before pcipassd first wrote its entry's `reset_method:`
+    # ("flr bus"; "" when reset was disabled), written back on give-back; None: pcipassd has
+    # not changed it. Saved before the first write (tuned's rule).
+    original_reset_method: str | None = None
 
     @property
     def original_unknown(self) -> bool:

@@ -81,6 +81,7 @@ def device_dict(step: Step, record: Record | None, device: Device | None, *,
         "numa_node": details.numa_node if details else None,
         "group_members": list(members),
         "forced": step.forced or (record.forced if record else "") or None,
+        "reset_method_original": record.original_reset_method if record else None,
         "device_warnings": list(warnings),
     }
 
@@ -98,19 +99,24 @@ def document(*, converged: bool, error: tuple[str, str] | None,
     }
 
 
-def settled(plan: Plan, inventory: Inventory, records: Mapping[str, Record]) -> Plan:
-    """The plan as the devices are after apply ran it (`inventory`: scanned since): a device on
-    its target is unchanged; a device given back and no longer held leaves the document."""
+def settled(plan: Plan, inventory: Inventory, records: Mapping[str, Record],
+            resets: Mapping[str, str | None] | None = None) -> Plan:
+    """The plan as the devices are after apply ran it (`inventory`: scanned since; `resets`:
+    the sysfs reset_method of the devices whose entry sets one, read since): a device on its
+    target is unchanged; a device given back and no longer held leaves the document."""
     from pcipassd.model import Action  # noqa: PLC0415
     from pcipassd.plan import Plan  # noqa: PLC0415
     from pcipassd.value import replace  # noqa: PLC0415
 
     steps = []
-    for s in plan.steps:
-        device = inventory.devices.get(s.bdf)
+    for step in plan.steps:
+        device = inventory.devices.get(step.bdf)
         driver = device.driver if device else None
-        if s.action is Action.RESTORE and s.bdf not in records:
+        if step.action is Action.RESTORE and step.bdf not in records:
             continue
+        record = records.get(step.bdf)
+        s = replace(step, reset_now=(resets or {}).get(step.bdf, step.reset_now),
+                    reset_original=record.original_reset_method if record else None)
         if s.action in (Action.BIND, Action.UNCHANGED) and s.target and driver == s.target:
             steps.append(replace(s, action=Action.UNCHANGED, driver=driver, reason=""))
         else:

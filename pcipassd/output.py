@@ -139,4 +139,6 @@ def step_dict(step: Step) -> dict[str, Any]:
             "driver": step.driver, "target": step.target, "original": step.original,
             "group": step.group,
             "entry": step.entry, "selects": step.selects, "name": step.name, "via": step.via,
-            "note": step.reason, "forced": step.forced or None}
+            "note": step.reason, "forced": step.forced or None,
+            "reset_method": step.reset_method, "reset_method_now": step.reset_now,
+            "reset_method_original": step.reset_original}

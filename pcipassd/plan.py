@@ -33,6 +33,12 @@ class Step:
     selects: str | None = None  # what its entry selects (`address 0000:02:00.0`), for status
     forced: str = ""  # what `force:` overrode to bind it; shown by every verb, in the journal
     original: str | None = None  # the original driver a restore gives it back to (None: unbound)
+    # sysfs `reset_method`: what its entry asks for ("bus"; None: nothing), what it is now
+    # (None: not read, or no file), and what it was before pcipassd first wrote it (its
+    # record's; None: pcipassd has not changed it), which a give-back writes back
+    reset_method: str | None = None
+    reset_now: str | None = None
+    reset_original: str | None = None
 
     @property
     def forced_note(self) -> str:
@@ -44,6 +50,34 @@ class Step:
         """The driver the step leaves the device on: its target, or, for a restore, its
         original driver; a keep leaves it on its driver."""
         return self.driver if self.action is Action.KEEP else self.target or self.original
+
+    @property
+    def reset_to(self) -> str | None:
+        """The sysfs `reset_method` the step leaves (None: it does not change it): the entry's
+        on a bind, the original on a restore, or when the entry no longer sets one."""
+        if self.action is Action.RESTORE or self.reset_method is None:
+            return self.reset_original
+        return self.reset_method
+
+    @property
+    def reset_due(self) -> bool:
+        """Its sysfs `reset_method` is still to be written: the entry's, or the original given
+        back (by a restore, or when the entry no longer sets one)."""
+        if self.action is not Action.RESTORE and self.reset_method is not None:
+            return self.reset_method != self.reset_now
+        return self.reset_original is not None
+
+    @property
+    def reset_note(self) -> str:
+        """`reset_method: bus (now: flr bus)`, `reset_method back to: flr bus`, or nothing."""
+        to = self.reset_to
+        if to is None:
+            return ""
+        shown = to or "(none: reset disabled)"
+        if self.action is Action.RESTORE or self.reset_method is None:
+            return f"reset_method back to: {shown}"
+        now = "" if self.reset_now in (None, to) else f" (now: {self.reset_now or '(none)'})"
+        return f"reset_method: {shown}{now}"
 
     @property
     def journal_fields(self) -> dict[str, str]:
@@ -60,6 +94,8 @@ class Step:
             fields["PCIPASS_NAME"] = self.name
         if self.forced:
             fields["PCIPASS_FORCED"] = self.forced
+        if self.reset_to is not None:
+            fields["PCIPASS_RESET_METHOD"] = self.reset_to or "none"
         return fields
 
     @property
@@ -84,7 +120,8 @@ class Plan:
 
     @property
     def converged(self) -> bool:
-        return not self.problems and all(s.action is Action.UNCHANGED for s in self.steps)
+        return not self.problems and all(s.action is Action.UNCHANGED and not s.reset_due
+                                         for s in self.steps)
 
 
 def _hardware_changed(device: Device, record: Record) -> str:
@@ -105,7 +142,8 @@ def _restore_step(record: Record, device: Device | None, reason: str = "") -> St
                     forced=record.forced, original=record.original_driver)
     return Step(record.bdf, record.id, Action.RESTORE, device.driver, None,
                 device.group, record.entry, reason=reason, forced=record.forced,
-                original=record.original_driver)
+                original=record.original_driver,
+                reset_original=record.original_reset_method)
 
 
 def make_plan(
@@ -125,7 +163,9 @@ def make_plan(
         forced = (record.forced if record is not None else "") or sel.forced
         steps.append(Step(bdf, str(dev.id), action, dev.driver, sel.target, dev.group,
                           sel.entry.source, sel.entry.name, sel.via, reason,
-                          warning=sel.warning, selects=sel.entry.selects, forced=forced))
+                          warning=sel.warning, selects=sel.entry.selects, forced=forced,
+                          reset_method=sel.reset_method, reset_now=sel.reset_now,
+                          reset_original=record.original_reset_method if record else None))
     for bdf, record in records.items():
         if bdf in selection.chosen:
             continue

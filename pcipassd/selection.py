@@ -7,7 +7,7 @@ as they are rather than being restored by a config mistake.
 
 from __future__ import annotations
 
-from pcipassd.value import frozen
+from pcipassd.value import frozen, replace
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pcipassd.config import Config, Entry
     from pcipassd.errors import Problem
     from pcipassd.inventory import Device, Inventory
+    from pcipassd.model import Record
 
 LSPCI_HINT = "list the devices with `lspci -Dnn`; addresses change after hardware or BIOS changes"
 
@@ -29,10 +30,21 @@ class Selected:
     notes: tuple[str, ...] = ()
     warning: str = ""  # what the admin must know when it is bound (a group VFIO will refuse)
     forced: str = ""  # the host-critical reasons its entry's `force:` overrode to bind it
+    # its sysfs `reset_method` now, read only when its entry sets `reset_method:` (None: no
+    # such file, or not read)
+    reset_now: str | None = None
 
     @property
     def target(self) -> str:
         return self.entry.driver
+
+    @property
+    def reset_method(self) -> str | None:
+        """What its entry asks for its sysfs `reset_method` ("bus"), None when nothing: only for
+        the devices the entry selects itself, not those `group: bind` adds."""
+        if self.via or self.entry.reset_method is None:
+            return None
+        return " ".join(self.entry.reset_method)
 
 
 @frozen
@@ -112,3 +124,42 @@ def select(config: Config, inventory: Inventory) -> Selection:
         for dev in matches[i]:
             chosen.setdefault(dev.bdf, Selected(dev, entry))
     return Selection(chosen, tuple(problems), frozenset(kept))
+
+
+def check_resets(selection: Selection, now: Mapping[str, str | None],
+                 records: Mapping[str, Record]) -> Selection:
+    """Refuse each entry whose `reset_method:` a device it selects cannot take, before anything
+    is touched (the kernel would refuse the write with EINVAL, or there is no file to write):
+    the methods a device offers are its sysfs `reset_method` as pcipassd first found it (its
+    record's original), else as it is now (`now`, by BDF; None: no file). The others get their
+    `reset_now`."""
+    problems: list[Problem] = []
+    refused: set[str] = set()  # the entries' sources
+    for bdf, sel in selection.chosen.items():
+        want = sel.reset_method
+        if want is None or sel.entry.source in refused:
+            continue
+        record = records.get(bdf)
+        current = now.get(bdf)
+        offered = (record.original_reset_method if record is not None
+                   and record.original_reset_method is not None else current)
+        problem = None
+        if current is None:
+            problem = sel.entry.problem(
+                f"{bdf} has no reset_method in sysfs (a kernel before 5.15, or no reset method "
+                f"for this device): cannot set reset_method {want}; nothing bound",
+                "remove `reset_method:` from this entry")
+        elif missing := [m for m in want.split() if m not in (offered or "").split()]:
+            offers = ", ".join(offered.split()) if offered else "none (reset is disabled)"
+            problem = sel.entry.problem(
+                f"{bdf} does not offer reset method {', '.join(missing)} (the kernel would "
+                f"refuse it: EINVAL); it offers: {offers}; nothing bound",
+                f"write only methods it offers, e.g. reset_method: [{offered.split()[0]}]"
+                if offered else "remove `reset_method:` from this entry")
+        if problem is not None:
+            problems.append(problem)
+            refused.add(sel.entry.source)
+    chosen = {bdf: sel if sel.reset_method is None else replace(sel, reset_now=now.get(bdf))
+              for bdf, sel in selection.chosen.items() if sel.entry.source not in refused}
+    kept = {bdf for bdf, sel in selection.chosen.items() if sel.entry.source in refused}
+    return Selection(chosen, (*selection.problems, *problems), selection.kept | kept)

@@ -46,7 +46,7 @@ def apply(ctx: Context) -> int:
                 publish(ctx, "apply", state, (kept(left, state.records, e.message), left),
                         converged=False, error=(e.message, e.hint), labels=None)
                 raise
-            inventory, selection = ctx.selection(config, settle=True)
+            inventory, selection = ctx.selection(config, settle=True, records=state.records)
             _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             log_problems(plan.problems, "refused")
@@ -62,11 +62,15 @@ def apply(ctx: Context) -> int:
         held = len(state.records)
         early.arm(ctx.host, held > 0)
         after = plan
-        if outcome.counts["bind"] or outcome.counts["restore"] or outcome.failed:
+        if (outcome.counts["bind"] or outcome.counts["restore"] or outcome.failed
+                or any(s.reset_due for s in plan.steps)):
+            from pcipassd.inventory import read_reset_method  # noqa: PLC0415
             from pcipassd.node import settled  # noqa: PLC0415
 
             inventory = scan(ctx.host)  # what the devices are now, for the node document
-            after = settled(plan, inventory, state.records)
+            resets = {s.bdf: read_reset_method(ctx.host, s.bdf) for s in plan.steps
+                      if s.reset_method is not None}
+            after = settled(plan, inventory, state.records, resets)
         publish(ctx, "apply", state, (after, inventory),
                 converged=after.converged and not outcome.failed and not state.invalid,
                 error=None, labels=config.node_labels)

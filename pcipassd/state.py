@@ -97,7 +97,7 @@ def _entry(value: Any) -> str:
     return value
 
 
-_OPTIONAL = ("stage", "forced")  # absent from files written before they existed
+_OPTIONAL = ("stage", "forced", "original_reset_method")  # absent from older files
 def _forced(value: Any) -> str:
     """What `force:` overrode: printable, one line, bounded (it is logged and shown)."""
     if (not isinstance(value, str) or len(value) > 4096
@@ -106,12 +106,30 @@ def _forced(value: Any) -> str:
     return value
 
 
+RESET_METHOD_RE = re.compile(r"^[a-z_]{1,20}( [a-z_]{1,20}){0,15}\Z")
+
+
+def _reset_method(value: Any) -> str | None:
+    """A device's sysfs reset_method as read ("flr bus"; "" when reset is disabled), or null:
+    it is written back to sysfs, so only the kernel's grammar (names, single spaces)."""
+    if value is None:
+        return None
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not RESET_METHOD_RE.match(value):
+        raise ValueError(f"original_reset_method: {_show(value)} is not a list of reset "
+                         "methods like \"flr bus\", or null")
+    return str(value)
+
+
 def _saved(record: Record) -> dict[str, Any]:
     """The record as the file keeps it: `forced` only when set, so that a file without forced
     devices stays readable by a pcipassd that predates the field."""
     data = asdict(record)
     if not record.forced:
         del data["forced"]
+    if record.original_reset_method is None:  # likewise
+        del data["original_reset_method"]
     return data
 
 
@@ -150,6 +168,7 @@ def parse_record(raw: Any, fmt: int = FORMAT) -> Record:
         entry=_entry(raw["entry"]),
         stage=_one_of("stage", raw.get("stage", "late"), STAGES),
         forced=_forced(raw.get("forced", "")),
+        original_reset_method=_reset_method(raw.get("original_reset_method")),
     )
 
 

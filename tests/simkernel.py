@@ -76,6 +76,10 @@ class _Device:
     iommu_group: int | None
 
 
+# drivers/pci/pci.c pci_reset_fn_methods[] (Linux 6.7+), in the kernel's default order
+RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+
+
 class SimKernel:
     """A model of the PCI core over the directory tree at `root`; implements pcipassd's Kernel."""
 
@@ -89,6 +93,7 @@ class SimKernel:
         self._drivers: dict[str, _Driver] = {}
         self._registered: list[str] = []  # registration order = the order probing tries drivers
         self._devices: dict[str, _Device] = {}  # insertion order = the bus's device list
+        self._reset_supported: dict[str, tuple[str, ...]] = {}  # by BDF, in kernel order
         self.blacklist: set[str] = set()  # modules `modprobe -b` refuses (modprobe.d blacklist)
         # Called after each write that succeeded, with (path under root, data): lets a test
         # change the machine between two of pcipassd's steps (e.g. hot-remove a device).
@@ -163,12 +168,16 @@ class SimKernel:
         boot_vga: bool | None = None,
         multifunction: bool = False,
         physfn: str | None = None,
+        reset_methods: Iterable[str] | None = None,
     ) -> Path:
         """Hot-plug a device and return its dir. driver="auto" probes it like hotplug does,
         None leaves it unbound, a name binds it to that (registered) driver whatever its ids.
         `subsystem` defaults to (vendor, device). `multifunction`: the multi-function bit in the
         header type (config byte 0x0e, bit 7), as function 0 of a card has it. `physfn`: the
-        device is an SR-IOV VF of that PF (the `physfn` link, and the PF's `virtfnN`)."""
+        device is an SR-IOV VF of that PF (the `physfn` link, and the PF's `virtfnN`).
+        `reset_methods`: the reset methods the device supports (what the kernel's probe of each
+        finds); they give it a `reset_method` file listing them in the kernel's order, as Linux
+        5.15+ does. None, or none supported: no such file (an older kernel, or no reset)."""
         if not BDF_RE.fullmatch(bdf) or bdf in self._devices:
             raise ValueError(f"bad or duplicate BDF {bdf!r}")
         if boot_vga is not None and cls >> 8 != 0x0300:
@@ -205,6 +214,10 @@ class SimKernel:
             (group / "devices").mkdir(parents=True, exist_ok=True)
             self._link(group / "devices" / bdf, path)
             self._link(path / "iommu_group", group)
+        supported = tuple(m for m in RESET_METHODS if m in set(reset_methods or ()))
+        if supported:  # pci_dev_reset_method_attr_is_visible: only with a method at probe
+            (path / "reset_method").write_text(" ".join(supported) + "\n")
+            self._reset_supported[bdf] = supported
         self._devices[bdf] = _Device(bdf, vendor, device, path, iommu_group)
         if driver == "auto":
             self._device_attach(bdf)
@@ -287,6 +300,8 @@ class SimKernel:
         dev = self._devices.get(real.parent.name)
         if dev and real.name == "driver_override" and self._realdir(dev) == real.parent:
             return self._set_override(dev.bdf, data)
+        if dev and real.name == "reset_method" and self._realdir(dev) == real.parent:
+            return self._set_reset_method(dev.bdf, real, data)
         real.write_text(data)  # any other attribute: stored as is
         return None
 
@@ -423,6 +438,41 @@ class SimKernel:
         if old not in drv.dynamic_ids:
             raise _oserror(errno.ENODEV)
         drv.dynamic_ids.remove(old)
+
+    def _set_reset_method(self, bdf: str, path: Path, data: str) -> None:
+        """reset_method_store (drivers/pci/pci.c, 6.x): "" (or "\\n") disables reset;
+        "default" restores the kernel's order; else a space-separated list, each name known
+        and supported by the device, else EINVAL and the methods stay as they were."""
+        supported = self._reset_supported[bdf]
+        if data in ("", "\n"):
+            path.write_text("")
+            return
+        if data in ("default", "default\n"):
+            path.write_text(" ".join(supported) + "\n")
+            return
+        chosen: list[str] = []
+        for token in data.split(" "):
+            if token in ("", "\n"):
+                continue
+            name = token.strip()
+            if name not in RESET_METHODS or name not in supported:
+                raise _oserror(errno.EINVAL)  # "Invalid" / "Unsupported reset method"
+            if len(chosen) == len(RESET_METHODS):  # n == PCI_NUM_RESET_METHODS - 1 (8 - 1)
+                raise _oserror(errno.EINVAL)  # "Too many reset methods"
+            chosen.append(name)
+        path.write_text(" ".join(chosen) + "\n" if chosen else "")
+
+    def support_reset(self, bdf: str, *methods: str) -> None:
+        """Give a present device the reset methods it supports, as if it had been found with
+        them (its `reset_method` file lists them in the kernel's order)."""
+        supported = tuple(m for m in RESET_METHODS if m in methods)
+        self._reset_supported[bdf] = supported
+        (self.device_dir(bdf) / "reset_method").write_text(" ".join(supported) + "\n")
+
+    def reset_method_of(self, bdf: str) -> str | None:
+        """The device's `reset_method` as read (None: no such file)."""
+        path = self.device_dir(bdf) / "reset_method"
+        return path.read_text() if path.exists() else None
 
     def _set_override(self, bdf: str, data: str) -> None:
         """driver_override: cut at the first newline; empty clears (reads back "(null)"). Only

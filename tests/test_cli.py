@@ -37,7 +37,8 @@ def test_plan_json(m: Machine) -> None:
         "device": NIC_A, "id": "8086:10d3", "action": "bind", "driver": "e1000e",
         "target": "pci-stub", "original": None, "group": "2", "entry": "/etc/pcipass.yaml:3",
         "selects": "address 0000:00:02.0", "name": "guest-nic", "via": None, "note": "",
-        "forced": None,
+        "forced": None, "reset_method": None, "reset_method_now": None,
+        "reset_method_original": None,
     }]
 
 

@@ -96,6 +96,14 @@ def manpage_pcipassd() -> str:
     return "\n".join(out) + "\n"
 
 
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The node, or the definition its `$ref` names."""
+    if "$ref" in node:
+        target: dict[str, Any] = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        return target
+    return node
+
+
 def _describe(schema: dict[str, Any], node: dict[str, Any]) -> tuple[str, str]:
     """(what it takes, its description) for one schema property."""
     text = node.get("description", "")
@@ -105,8 +113,9 @@ def _describe(schema: dict[str, Any], node: dict[str, Any]) -> tuple[str, str]:
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     if "anyOf" in node:  # e.g. force: true | false | list of: storage, network, ...
         takes = " | ".join(_describe(schema, branch)[0] for branch in node["anyOf"])
-    elif node.get("type") == "array" and "enum" in node.get("items", {}):
-        takes = "list of: " + ", ".join(str(v) for v in node["items"]["enum"])
+    elif node.get("type") == "array" and "enum" in _resolve(schema, node.get("items", {})):
+        takes = "list of: " + ", ".join(
+            str(v) for v in _resolve(schema, node["items"])["enum"])
     elif "enum" in node:
         takes = " | ".join(str(v) for v in node["enum"])
     elif "const" in node:

@@ -23,7 +23,8 @@ def run(ctx: Context) -> int:
                         "problems": [p.as_dict() for p in plan.problems]})
     else:
         rows = [[s.bdf, s.id, s.driver or "-", s.target or "-", s.group or "-", str(s.action),
-                 s.entry or "-", "; ".join(n for n in (_note(s), s.forced_note) if n)]
+                 s.entry or "-",
+                 "; ".join(n for n in (_note(s), s.reset_note, s.forced_note) if n)]
                 for s in plan.steps]
         print("\n".join(table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "ACTION",
                                       "ENTRY", "NOTE"])))

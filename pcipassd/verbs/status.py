@@ -11,7 +11,7 @@ TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the n
 if TYPE_CHECKING:
     from pcipassd.context import Context
     from pcipassd.model import Record
-    from pcipassd.plan import Plan
+    from pcipassd.plan import Plan, Step
 
 
 def run(ctx: Context) -> int:
@@ -55,8 +55,12 @@ def run(ctx: Context) -> int:
                  s.group or "-", stage(s.bdf) or "-", str(s.action),
                  printable(s.name or s.selects or "-")]
                 for s in plan.steps]
-        print("\n".join(table(rows, ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "STAGE",
-                                      "ACTION", "ENTRY"])))
+        header = ["DEVICE", "ID", "DRIVER", "TARGET", "GROUP", "STAGE", "ACTION", "ENTRY"]
+        if any(s.reset_to is not None for s in plan.steps):  # only where an entry sets one
+            header.insert(6, "RESET_METHOD")
+            for row, s in zip(rows, plan.steps):
+                row.insert(6, _reset_column(s))
+        print("\n".join(table(rows, header)))
         print("\n".join(groups_text(groups)))
         if users:
             print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
@@ -73,6 +77,18 @@ def run(ctx: Context) -> int:
             verdict = "not converged: run `systemctl reload pcipassd`"
         print(f"\n{verdict}")
     return EXIT_OK if converged else EXIT_FAIL
+
+
+def _reset_column(step: Step) -> str:
+    """Its sysfs reset_method: what it is (`bus`), or what it is and what apply would make it
+    (`flr bus -> bus`); `-` when pcipassd does not set it."""
+    to = step.reset_to
+    if to is None:
+        return "-"
+    if not step.reset_due:
+        return to or "(none)"
+    now = "?" if step.reset_now is None else step.reset_now or "(none)"  # ?: not read
+    return f"{now} -> {to or '(none)'}"
 
 
 def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]:
