@@ -38,7 +38,7 @@ from .image import (
 #: The VM scenarios, longest first (seconds of boots on a 2-core TCG host, from CI's
 #: --durations): with two workers (--dist loadscope --no-loadscope-reorder: scopes in this
 #: order, not by their number of tests) the two longest start at once and the rest fill in,
-#: the non-VM tests last.
+#: the non-VM tests first (they run while .ci/run still builds the VM images).
 LONGEST_FIRST = ("test_early", "test_fleet", "test_dracut", "test_package", "test_scenarios",
                  "test_installed", "test_uplink", "test_handoff")
 
@@ -46,7 +46,7 @@ LONGEST_FIRST = ("test_early", "test_fleet", "test_dracut", "test_package", "tes
 def _order(item: pytest.Item) -> int:
     path = Path(str(item.fspath)).resolve()
     if not path.is_relative_to(HERE):
-        return len(LONGEST_FIRST) + 1
+        return -1  # first: they run while the VM images are still being built (.ci/run)
     return LONGEST_FIRST.index(path.stem) if path.stem in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
