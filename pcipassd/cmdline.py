@@ -75,6 +75,18 @@ def _chassis_arg(text: str) -> int:
     return int(text)
 
 
+def _guest_slot_arg(text: str) -> int:
+    """A guest PCI slot on bus 0, in hex as libvirt writes it: 0x10 or 10 (0x01-0x1f)."""
+    digits = text[2:] if text[:2].lower() == "0x" else text
+    try:
+        slot = int(digits, 16) if digits.isalnum() else -1
+    except ValueError:
+        slot = -1
+    if not 0x01 <= slot <= 0x1F:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a guest slot (hex, 0x01-0x1f)")
+    return slot
+
+
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `verb`, only that verb's parser (see _verb)."""
     common = _Parser(add_help=False)
@@ -135,7 +147,20 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
                             "card behind a pcie-root-port with its function layout, the root "
                             "ports numbered from BASE (1-255), so as not to clash with yours")
             to.add_argument("--libvirt", action="store_true",
-                            help="print libvirt <hostdev> XML for the devices held on vfio-pci")
+                            help="print libvirt <hostdev> XML for the devices held on vfio-pci: "
+                            "a card's functions in one guest slot, function 0 "
+                            "multifunction='on'")
+            sp.add_argument("--guest-slot", metavar="SLOT", type=_guest_slot_arg,
+                            help="with --libvirt: the guest slot (hex, on bus 0) of the first "
+                            "card, the next card in the next slot (default: 0x10)")
+            sp.add_argument("--entry", metavar="NAME",
+                            help="with --libvirt: write one <hostdev> file per function of the "
+                            "entry named NAME, and print the `virsh attach-device DOMAIN FILE "
+                            "--config` commands in order (libvirt cannot hot-plug a "
+                            "multi-function card)")
+            sp.add_argument("--xml-dir", metavar="DIR",
+                            help="with --entry: write the files in DIR (default: the current "
+                            "directory)")
             to.add_argument("--kubevirt", action="store_true",
                             help="print KubeVirt's permittedHostDevices entries for the devices "
                             "held on vfio-pci")
