@@ -34,7 +34,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pcipassd import hostfiles, initramfs, modules, resetbugs
 from pcipassd.guard import Reason, cost, describe
 from pcipassd.host import Host
-from pcipassd.inventory import Device, kernel_release, modalias, module_of
+from pcipassd.inventory import Device, kernel_release, listed_modules, modalias, module_of
 from pcipassd.model import BOOT_VGA, CONSOLE, STUB_DRIVERS, VFIO_PCI
 from pcipassd.value import frozen
 
@@ -234,7 +234,10 @@ def _console(reasons: Sequence[Reason]) -> list[Reason]:
 
 def _framebuffer_finding(device: Device, target: str | None, claims: tuple[Claim, ...] | None,
                          console: list[Reason], kernel: str) -> Finding:
-    where = ", ".join(f"{c.name} in BAR {c.bar}" for c in claims or ())
+    bars: dict[int, list[str]] = {}
+    for c in claims or ():
+        bars.setdefault(c.bar, []).append(c.name)
+    where = "; ".join(f"{', '.join(names)} in BAR {bar}" for bar, names in bars.items())
     if console:
         kinds = {r.kind for r in console}
         force = ", ".join(k for k in (BOOT_VGA, CONSOLE) if k in kinds)
@@ -274,7 +277,8 @@ def _framebuffer_finding(device: Device, target: str | None, claims: tuple[Claim
                      "video=efifb:off does not (cost: every early console: nothing on any "
                      "screen until a GPU driver loads, a disk unlock prompt included)")
     return Finding("framebuffer", WARN, f"{where}: the firmware's memory stays claimed ({why}): "
-                   "the guest's driver cannot have the BAR", "; ".join(fixes) + f" ({modules.GRUB})")
+                   "the guest's driver cannot have the BAR",
+                   "; ".join(fixes) + f"; add it to {modules.GRUB}")
 
 
 def _host_drivers(host: Host, device: Device) -> tuple[str, ...]:
@@ -314,7 +318,8 @@ def _vfio_finding(availability: str | None, image: initramfs.Contents | None) ->
              "; in the initramfs" if "vfio_pci" in image.modules else
              "; not in the initramfs: a held device waits unbound (its driver_override keeps "
              "host drivers off) until vfio-pci loads, so the early hold still wins")
-    return Finding("vfio-pci", OK, f"a module ({availability}){where}")
+    return Finding("vfio-pci", OK, f"a module{', loaded' if availability == 'loaded' else ''}"
+                   f"{where}")
 
 
 def preflight(host: Host, wanted: Sequence[tuple[Device, str | None]],
@@ -343,7 +348,8 @@ def preflight(host: Host, wanted: Sequence[tuple[Device, str | None]],
                     in_initramfs]
         reports.append(Report(device, target, reset, claims, drivers, inside, tuple(findings)))
     host_findings = []
-    vfio = modules.availability(host, VFIO_PCI)
+    vfio = ("built in" if "vfio_pci" in listed_modules(host, "modules.builtin")
+            else modules.availability(host, VFIO_PCI))
     if any(r.target == VFIO_PCI for r in reports):
         host_findings.append(_vfio_finding(vfio, image))
     return Preflight(kernel, lockdown, vendor_reset, vfio,
