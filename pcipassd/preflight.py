@@ -248,7 +248,7 @@ def _framebuffer_finding(device: Device, target: str | None, claims: tuple[Claim
                        f"takes it anyway: {cost(kinds)}")
     if claims is None:
         return Finding("framebuffer", UNKNOWN, f"boot framebuffer: {AS_ROOT}",
-                       "/proc/iomem shows addresses only to root")
+                       "run it as root: /proc/iomem shows addresses only to root")
     if not claims:
         return Finding("framebuffer", OK, "no boot framebuffer in its BARs")
     names = {c.name for c in claims}

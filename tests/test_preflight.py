@@ -22,7 +22,7 @@ def card(sim: SimKernel, *, gpu_id: tuple[int, int] = (0x10DE, 0x1C82), cls: int
     """A two-function card behind no bridge: a GPU (function 0, with its host driver) and its
     HDMI audio (snd_hda_intel), one IOMMU group; vfio-pci loadable."""
     sim.enable_iommu("intel")
-    sim.add_driver("gpudrv", [gpu_id])
+    sim.add_driver("nouveau", [gpu_id])
     sim.add_driver("snd_hda_intel", [(0x10DE, 0x0FB9)])
     sim.add_driver("vfio-pci", loaded=False, needs_iommu=True)
     sim.add_driver("pci-stub", loaded=False)
@@ -65,7 +65,7 @@ def test_check_reports_reset_from_config_space(gpu: Machine) -> None:
     r = gpu.run("check")
     assert "    OK      reset: reset_method flr bus; FLR yes; d3cold_allowed 1" in of(r.out, GPU)
     assert "    OK      reset: reset_method flr; FLR yes; d3cold_allowed 1" in of(r.out, AUDIO)
-    assert "  0000:03:00.0 [10de:1c82] VGA, on gpudrv, target vfio-pci" in r.out
+    assert "  0000:03:00.0 [10de:1c82] VGA, on nouveau, target vfio-pci" in r.out
     assert "  0000:03:00.1 [10de:0fb9] audio, on snd_hda_intel, target vfio-pci" in r.out
 
 
@@ -191,16 +191,16 @@ def lister(m: Machine, listing: list[str]) -> None:
     (m.root / IMAGE.lstrip("/")).write_bytes(b"image")
 
 
-DRIVERS = ["usr/lib/modules/6.1.0-sim/kernel/drivers/gpu/gpudrv.ko.xz"]
+DRIVERS = ["usr/lib/modules/6.1.0-sim/kernel/drivers/gpu/nouveau.ko.xz"]
 HOLD = ["usr/lib/pcipassd/pcipassd-early", "etc/pcipass.early"]
 
 
 @pytest.mark.parametrize(("listing", "expected"), [
     ([], "    OK      initramfs: no host driver of it in " + IMAGE),
-    (DRIVERS + HOLD, f"    OK      initramfs: gpudrv in {IMAGE}: the early hold still wins "
+    (DRIVERS + HOLD, f"    OK      initramfs: nouveau in {IMAGE}: the early hold still wins "
                      "(pcipassd's stage in it sets driver_override first)"),
-    (DRIVERS, f"    WARN    initramfs: gpudrv in {IMAGE} without pcipassd's early hold: "
-              "gpudrv can bind it before pcipassd holds it"),
+    (DRIVERS, f"    WARN    initramfs: nouveau in {IMAGE} without pcipassd's early hold: "
+              "nouveau can bind it before pcipassd holds it"),
 ])
 def test_a_host_driver_in_the_initramfs_and_whether_the_early_hold_wins(
         gpu: Machine, listing: list[str], expected: str) -> None:
@@ -224,7 +224,7 @@ def test_list_verbose_and_status_json(gpu: Machine) -> None:
     plain = gpu.run("list").out
     assert "Preflight" not in plain
     verbose = gpu.run("list", "--verbose").out
-    assert preflight_lines(verbose)[1] == "  0000:03:00.0 [10de:1c82] VGA, on gpudrv, target " \
+    assert preflight_lines(verbose)[1] == "  0000:03:00.0 [10de:1c82] VGA, on nouveau, target " \
                                           "vfio-pci"
     listed: dict[str, Any] = json.loads(gpu.run("list", "--json").out)
     assert listed["preflight"] is None
@@ -236,7 +236,7 @@ def test_list_verbose_and_status_json(gpu: Machine) -> None:
     assert doc["devices"][0]["reset"] == {
         "methods": "flr bus", "flr": True, "d3cold_allowed": True, "reset_bug": None,
         "reset_bug_source": None}
-    assert doc["devices"][0]["host_drivers"] == ["gpudrv"]
+    assert doc["devices"][0]["host_drivers"] == ["nouveau"]
 
 
 def test_only_display_and_audio_functions(m: Machine) -> None:
