@@ -139,6 +139,9 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
             sp.add_argument("--id", metavar="VENDOR[:DEVICE]", type=_id_arg,
                             help="only devices with this ID (hex: 8086:10d3, or 10de:)")
             sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
+            sp.add_argument("--verbose", action="store_true",
+                            help="also the preflight of each display and audio function listed: "
+                            "reset, boot framebuffer, initramfs drivers (README: Preflight)")
         if name == "status":
             to.add_argument("--qemu", action="store_true",
                             help="print the QEMU arguments for the devices held on vfio-pci")

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pcipassd.context import planned, readable_state
 from pcipassd.exits import EXIT_FAIL, EXIT_OK
-from pcipassd.output import groups_json, groups_text, message, problem_lines, table
+from pcipassd.output import (
+    groups_json,
+    groups_text,
+    message,
+    preflight_json,
+    problem_lines,
+    table,
+)
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -54,6 +61,10 @@ def run(ctx: Context) -> int:
                         "warnings": [message(w, h) for w, h in warnings]})
         for d in ctx.out["devices"]:
             d["in_use_by"] = users.get(d["device"], [])
+        if ctx.inventory is not None:  # what will go wrong at the first VM start
+            from pcipassd.context import preflight  # noqa: PLC0415
+
+            ctx.out["preflight"] = preflight_json(preflight(ctx, ctx.inventory))
     else:
         rows = [[s.bdf, s.id, s.driver or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
