@@ -201,7 +201,7 @@ def restore(ctx: Context, state: State, verb: str = "restore", *, keep: str | No
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
     early.arm(ctx.host, bool(only) and bool(state.records))
     inventory = scan(ctx.host)  # what is left held (a device a VM has open), for the document
-    publish(ctx, verb, state, (restore_plan(inventory, state.records), inventory),
+    publish(ctx, verb, state, (restore_plan(inventory, state.records, keep=keep), inventory),
             converged=False, error=None, labels=None if only else False)
     log().info("%s", outcome.line("restore", *(("keep",) if outcome.counts["keep"] else ()),
                                   "fail"))

@@ -71,6 +71,9 @@ def test_the_units_stop_leaves_a_kept_device_on_its_target_and_says_so(
     assert line["MESSAGE_ID"] == MESSAGE_IDS["kept"]
     assert not [e for e in journal.device(NIC_B) if "PCIPASS_ON_STOP" in e]
     assert journal.entries[-1]["MESSAGE"] == "1 restored, 1 kept, 0 failed"
+    node = json.loads((m.root / "run/pcipass/node.json").read_text())
+    assert [(d["device"], d["action"], d["on_stop"]) for d in node["devices"]] == [
+        (NIC_A, "keep", "keep")], "what an agent reads: the device still held, and why"
     status = m.run("status")
     assert f"kept: {NIC_A} stays on vfio-pci when pcipassd stops (on_stop: keep): {RELEASE}" \
         in status.out
