@@ -541,14 +541,21 @@ def _conflicts(entries: list[Entry]) -> list[Problem]:
     problems = []
     for i, entry in enumerate(entries):
         for other in entries[:i]:
-            if entry.address is None or other.address is None or entry.driver == other.driver:
+            if entry.address is None or other.address is None or (
+                    entry.driver == other.driver and entry.on_stop == other.on_stop):
                 continue
             shared = _overlap(entry.address, other.address)
-            if shared is not None:
+            if shared is not None and entry.driver != other.driver:
                 problems.append(entry.problem(
                     f"{shared} is also selected by {other.source} with driver {other.driver}, "
                     f"here with {entry.driver}",
                     "give both entries the same driver, or remove one"))
+                break
+            if shared is not None:
+                problems.append(entry.problem(
+                    f"{shared} is also selected by {other.source} with on_stop: "
+                    f"{other.on_stop}, here with on_stop: {entry.on_stop}",
+                    "give both entries the same on_stop, or remove one"))
                 break
     return problems
 

@@ -275,3 +275,33 @@ def test_the_schema_knows_both_values() -> None:
 
     schema = json.loads(schema_text())
     assert tuple(schema["$defs"]["device"]["properties"]["on_stop"]["enum"]) == ON_STOP
+
+
+def test_two_entries_that_disagree_on_on_stop_for_a_device_are_refused(m: Machine) -> None:
+    m.config(f"""\
+        version: 1
+        devices:
+          - id: "8086:10d3"
+          - address: "{NIC_A}"
+            on_stop: keep
+        """)
+    r = m.run("apply")
+    assert r.rc == 1
+    assert (f"/etc/pcipass.yaml:4:5: devices[1]: {NIC_A} is also selected by "
+            "/etc/pcipass.yaml:3 with on_stop: restore, here with on_stop: keep") in r.err
+    assert "give both entries the same on_stop, or remove one" in r.err
+    assert (m.driver(NIC_A), m.driver(NIC_B)) == ("e1000e", "e1000e")
+
+
+def test_two_address_entries_that_disagree_on_on_stop_are_invalid_offline(m: Machine) -> None:
+    m.config(f"""\
+        version: 1
+        devices:
+          - address: "00:02.*"
+          - address: "{NIC_A}"
+            on_stop: keep
+        """)
+    r = m.run("validate", "--offline")
+    assert r.rc == 2
+    assert (f"/etc/pcipass.yaml:4:5: devices[1]: {NIC_A} is also selected by "
+            "/etc/pcipass.yaml:3 with on_stop: restore, here with on_stop: keep") in r.out
