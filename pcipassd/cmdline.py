@@ -131,6 +131,13 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
                                help="files to validate (default: the configuration)")
             sp.add_argument("--offline", action="store_true",
                             help="check the files only, not against this host's devices")
+        if name == "restore":
+            sp.add_argument("devices", nargs="*", metavar="ADDRESS", default=[],
+                            help="give back only the devices at these addresses (0000:41:00.0; "
+                            "F may be *), a device kept by on_stop: keep too")
+            sp.add_argument("--on-stop", action="store_true",
+                            help="as the unit's stop runs it (systemctl stop, poweroff): leave "
+                            "the devices whose entry says on_stop: keep held")
         if name == "list":
             sp.add_argument("--class", dest="cls", metavar="CLASS", type=_class_arg,
                             help="only devices of this class: a hex prefix (02, 0300), a word "

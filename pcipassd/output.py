@@ -144,8 +144,7 @@ def step_dict(step: Step) -> dict[str, Any]:
             "entry": step.entry, "selects": step.selects, "name": step.name, "via": step.via,
             "note": step.reason, "forced": step.forced or None,
             "reset_method": step.reset_method, "reset_method_now": step.reset_now,
-            "reset_method_original": step.reset_original}
-
+            "reset_method_original": step.reset_original, "on_stop": step.on_stop}
 
 
 # -- preflight (check, list --verbose, status --json) ------------------------------------------

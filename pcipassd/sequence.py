@@ -12,6 +12,7 @@ TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the n
 if TYPE_CHECKING:
     from pcipassd.context import Context
     from pcipassd.inventory import Inventory
+    from pcipassd.model import Record
     from pcipassd.plan import Plan
     from pcipassd.state import State
 
@@ -34,9 +35,11 @@ def apply(ctx: Context) -> int:
                 require_iommu(ctx, config.iommu)
             except NothingConfigured as e:  # installed and enabled, not configured yet
                 log().warning("%s: holding nothing (hint: %s)", e.message, e.hint)
-                early.sync(ctx.host, "")
-                rc = restore(ctx, state, verb="apply")
-                notify_status("holding nothing: no devices are configured")
+                early.sync(ctx.host, "")  # the next boot holds nothing, kept devices neither
+                rc = restore(ctx, state, verb="apply", keep="no longer configured, but ")
+                notify_status(f"holding {len(state.records)} device(s) no longer configured "
+                              "(on_stop: keep)" if state.records
+                              else "holding nothing: no devices are configured")
                 return rc
             except PcipassError as e:
                 release(ctx, state)
@@ -57,7 +60,7 @@ def apply(ctx: Context) -> int:
             _say_reboot(ctx, plan, state)
             if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
                 log().info("stopping before apply finished: giving every device back")
-                restore(ctx, state)
+                restore(ctx, state, keep="")  # as the unit's stop: on_stop: keep stays held
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
@@ -180,27 +183,58 @@ def _remember(ctx: Context, inventory: Inventory) -> None:
 
 
 
-def restore(ctx: Context, state: State, verb: str = "restore") -> int:
+def restore(ctx: Context, state: State, verb: str = "restore", *, keep: str | None = None,
+            only: tuple[str, ...] = ()) -> int:
+    """Give back every device pcipassd holds; with `keep` (the unit's stop: how the line about
+    each starts), but those whose record says `on_stop: keep`; `only`: just the devices at
+    these addresses."""
     from pcipassd import early  # noqa: PLC0415
     from pcipassd.apply import Applier  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.plan import restore_plan  # noqa: PLC0415
 
     early.adopt(ctx.host, state)
-    plan = restore_plan(scan(ctx.host), state.records)
+    records = state.records
+    if only:
+        records = _addressed(ctx, records, only)
+    plan = restore_plan(scan(ctx.host), records, keep=keep)
     outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
-    early.arm(ctx.host, False)
+    early.arm(ctx.host, bool(only) and bool(state.records))
     inventory = scan(ctx.host)  # what is left held (a device a VM has open), for the document
-    publish(ctx, verb, state, (restore_plan(inventory, state.records), inventory),
-            converged=False, error=None, labels=False)
-    log().info("%s", outcome.line("restore", "fail"))
+    publish(ctx, verb, state, (restore_plan(inventory, state.records, keep=keep), inventory),
+            converged=False, error=None, labels=None if only else False)
+    log().info("%s", outcome.line("restore", *(("keep",) if outcome.counts["keep"] else ()),
+                                  "fail"))
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
+
+def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, ...]
+               ) -> dict[str, Record]:
+    """The records of the devices at `addresses` (`0000:41:00.0`, `41:00.*`); PcipassError,
+    nothing touched, when one is not an address or pcipassd holds nothing there."""
+    from pcipassd.address import Address, AddressError  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+
+    chosen: dict[str, Record] = {}
+    for text in addresses:
+        try:
+            address = Address.parse(text)
+        except AddressError as e:
+            raise PcipassError(str(e), "write it like 0000:41:00.0") from None
+        found = {bdf: r for bdf, r in records.items() if address.matches(bdf)}
+        if not found:
+            raise PcipassError(f"pcipassd holds no device at {address}: nothing was given back",
+                               "`pcipassd status` shows the devices it holds")
+        chosen.update(found)
+    return chosen
 
 
 def restore_all(ctx: Context) -> int:
     # Restore needs no config: a broken config must never keep devices from coming back.
+    # `restore --on-stop` is the unit's stop (ExecStop: systemctl stop, poweroff): it leaves the
+    # devices whose entry said `on_stop: keep` held; `restore` by hand gives back those too.
     from pcipassd.state import State  # noqa: PLC0415
 
     with State(ctx.host).locked() as state:
-        return restore(ctx, state)
+        return restore(ctx, state, keep="" if getattr(ctx.args, "on_stop", False) else None,
+                       only=tuple(getattr(ctx.args, "devices", None) or ()))

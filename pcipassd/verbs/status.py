@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context) -> int:
-    from pcipassd.model import Action  # noqa: PLC0415
+    from pcipassd.model import KEEP_ON_STOP, Action  # noqa: PLC0415
     from pcipassd.printable import printable  # noqa: PLC0415
 
     config = ctx.load_config()
@@ -81,6 +81,12 @@ def run(ctx: Context) -> int:
         if users:
             print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
                                     for bdf, who in users.items())]))
+        if kept := [s for s in plan.steps if s.on_stop == KEEP_ON_STOP and s.target
+                    and s.action is not Action.RESTORE]:
+            print("\n".join(["", *(f"kept: {s.bdf} stays on {s.target} when pcipassd stops "
+                                    f"(on_stop: keep{'' if s.selects else '; no longer configured'}"
+                                    f"): `pcipassd restore {s.bdf}` gives it back"
+                                    for s in kept)]))
         if plan.problems:
             print("\n".join(["", *problem_lines(plan.problems)]))
         if warnings:
