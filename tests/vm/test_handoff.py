@@ -15,7 +15,8 @@ the initramfs. A third device, an e1000e behind a root port of its own (02:00.0)
    card functions held before bochs-drm or snd_hda_intel could probe them, the boot VGA probed
    by bochs-drm and still the console; a selection of part of the card refused; the q35 lines of
    `status --qemu-q35` accepted by a nested QEMU with both functions at their function numbers;
-   the card given back in reverse, function 0 last.
+   `systemctl stop` leaves the card (`on_stop: keep`) held and says so, `pcipassd restore` gives
+   it back, in reverse, function 0 last.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ devices:
   - address: "0000:01:00.*"
     driver: vfio-pci
     name: card
+    on_stop: keep
   - address: "{RESET_NIC}"
     driver: vfio-pci
     name: reset-nic
@@ -159,9 +161,13 @@ case $PCIPASS_BOOT in
     qemu_start card $(pcipassd status --qemu-q35 10 | grep -v '^#' | grep 01:00)
     capture card.qtree monitor card 'info qtree'
     qemu_end card
-    pcipassd restore; result restore.rc "$?"
+    systemctl stop pcipassd; result stop.rc "$?"
+    pci_inventory stopped
+    capture journal.stop journalctl -b -u pcipassd -o cat --no-pager
+    cursor=$(journalctl -n 0 --show-cursor -o cat | sed -n 's/^-- cursor: //p')
+    capture restore pcipassd restore
     pci_inventory after
-    capture journal.restore journalctl -b -u pcipassd -o cat --no-pager
+    capture journal.restore journalctl -b -o cat --no-pager --after-cursor="$cursor"
     ;;
 esac
 """
@@ -302,9 +308,21 @@ def test_a_nested_qemu_takes_the_card_with_its_function_layout(
     assert devices[AUDIO] == (port, "00.1", "false"), devices
 
 
+def test_stop_leaves_a_kept_card_held_and_says_so(handoff: list[BootResult]) -> None:
+    res = handoff[1]
+    assert res["stop.rc"] == "0", res.where()
+    assert res.driver(DISPLAY, "stopped") == res.driver(AUDIO, "stopped") == "vfio-pci"
+    assert res.driver(GUEST_NIC, "stopped") == res.driver(RESET_NIC, "stopped") == "e1000e"
+    journal = res["journal.stop"]
+    for bdf in (DISPLAY, AUDIO):
+        assert f"on_stop: keep: left on vfio-pci; `pcipassd restore {bdf}` gives it back" in (
+            journal), journal
+    assert "2 restored, 2 kept, 0 failed" in journal, journal
+
+
 def test_the_card_is_given_back_in_reverse_function_0_last(handoff: list[BootResult]) -> None:
     res = handoff[1]
-    assert res["restore.rc"] == "0", res.where()
+    assert res.rc("restore") == 0, res["restore"]
     assert res.driver(DISPLAY, "after") == "bochs-drm"
     assert res.driver(AUDIO, "after") == "snd_hda_intel"
     journal = res["journal.restore"]
