@@ -192,14 +192,19 @@ def _yes(flag: bool | None, unknown: str = "-") -> str:
 
 
 def _reset_findings(reset: Reset, device: Device, vendor_reset: bool,
-                    lockdown: str | None) -> list[Finding]:
+                    lockdown: str | None, with_card: str | None) -> list[Finding]:
+    """`with_card`: the function of its card, all held on the same target, that the kernel can
+    reset (a bus reset resets every function of the card), else None."""
     methods = "(none: disabled)" if reset.methods == "" else reset.methods or "(no reset_method)"
     d3cold = "-" if reset.d3cold_allowed is None else str(int(reset.d3cold_allowed))
     text = (f"reset_method {methods}; FLR {_yes(reset.flr, AS_ROOT)}; "
             f"d3cold_allowed {d3cold}")
     resettable = bool(reset.methods) or reset.flr is True
     level, hint = OK, ""
-    if not resettable:
+    if not resettable and with_card:
+        text += (f"; reset with its card: the whole card is held, and QEMU resets "
+                 f"{with_card} (every function behind the bridge) when one VM has them all")
+    elif not resettable:
         level = UNKNOWN if reset.flr is None and reset.methods is None else WARN
         hint = ("" if level == UNKNOWN else
                 "the kernel has no way to reset it between two VM runs: a guest may find it as "
@@ -226,6 +231,21 @@ def _reset_findings(reset: Reset, device: Device, vendor_reset: bool,
                          "with mokutil)")
             found.append(Finding("reset bug", WARN, listed, hint))
     return found
+
+
+def _card_reset(host: Host, bdf: str, target: str | None,
+                targets: Mapping[str, str | None]) -> str | None:
+    """The function of `bdf`'s card that offers a bus reset, when every function of the card
+    (the functions of its slot) is held on `target`; else None."""
+    slot = bdf.rsplit(".", 1)[0] + "."
+    functions = [b for b in hostfiles.names(host, "/sys/bus/pci/devices") if b.startswith(slot)]
+    if target is None or len(functions) < 2 or any(targets.get(b) != target for b in functions):
+        return None
+    for function in sorted(functions):
+        methods = hostfiles.read(host, _dev(function, "reset_method"), optional=True) or ""
+        if "bus" in methods.split():
+            return function
+    return None
 
 
 def _console(reasons: Sequence[Reason]) -> list[Reason]:
@@ -333,6 +353,7 @@ def preflight(host: Host, wanted: Sequence[tuple[Device, str | None]],
     regions = framebuffer_regions(host)
     image = initramfs.contents(host) if look_inside else None
     reports = []
+    targets = {device.bdf: target for device, target in wanted}
     for device, target in wanted:
         if not in_scope(device):
             continue
@@ -342,7 +363,8 @@ def preflight(host: Host, wanted: Sequence[tuple[Device, str | None]],
             for name, s, e in regions if s <= end and e >= start)
         drivers = _host_drivers(host, device)
         inside, in_initramfs = _initramfs_finding(host, drivers, image)
-        findings = [*_reset_findings(reset, device, vendor_reset, lockdown),
+        findings = [*_reset_findings(reset, device, vendor_reset, lockdown,
+                                     _card_reset(host, device.bdf, target, targets)),
                     _framebuffer_finding(device, target, claims,
                                          _console(list(critical.get(device.bdf, ()))), kernel),
                     in_initramfs]

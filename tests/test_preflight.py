@@ -18,7 +18,7 @@ IMAGE = f"/boot/initrd.img-{RELEASE}"
 
 
 def card(sim: SimKernel, *, gpu_id: tuple[int, int] = (0x10DE, 0x1C82), cls: int = 0x030000,
-         flr: bool | None = True, d3cold: bool = True) -> None:
+         flr: bool | None = True, d3cold: bool = True, bus: bool = True) -> None:
     """A two-function card behind no bridge: a GPU (function 0, with its host driver) and its
     HDMI audio (snd_hda_intel), one IOMMU group; vfio-pci loadable."""
     sim.enable_iommu("intel")
@@ -26,8 +26,9 @@ def card(sim: SimKernel, *, gpu_id: tuple[int, int] = (0x10DE, 0x1C82), cls: int
     sim.add_driver("snd_hda_intel", [(0x10DE, 0x0FB9)])
     sim.add_driver("vfio-pci", loaded=False, needs_iommu=True)
     sim.add_driver("pci-stub", loaded=False)
+    methods = [name for name, on in (("flr", flr), ("bus", bus)) if on]
     sim.add_device(GPU, *gpu_id, cls=cls, iommu_group=7, multifunction=True, flr=flr,
-                   d3cold_allowed=d3cold, reset_methods=["flr", "bus"] if flr else ["bus"],
+                   d3cold_allowed=d3cold, reset_methods=methods or None,
                    bars=[(FB, 0x1000_0000), (0xB000_0000, 0x200_0000)])
     sim.add_device(AUDIO, 0x10DE, 0x0FB9, cls=0x040300, iommu_group=7, flr=flr,
                    d3cold_allowed=d3cold, reset_methods=["flr"] if flr else None)
@@ -77,6 +78,17 @@ def test_no_flr_in_the_pcie_capability_is_said(sim: SimKernel,
     out = m.run("check").out
     assert "    OK      reset: reset_method bus; FLR no; d3cold_allowed 0" in of(out, GPU)
     audio = of(out, AUDIO)
+    assert ("    OK      reset: reset_method (no reset_method); FLR no; d3cold_allowed 0; reset "
+            f"with its card: the whole card is held, and QEMU resets {GPU} (every function "
+            "behind the bridge) when one VM has them all") in audio
+
+
+def test_a_function_no_reset_reaches_is_warned_about(
+        sim: SimKernel, capsys: pytest.CaptureFixture[str]) -> None:
+    card(sim, flr=False, d3cold=False, bus=False)
+    m = Machine(sim, capsys)
+    config(m)
+    audio = of(m.run("check").out, AUDIO)
     assert "    WARN    reset: reset_method (no reset_method); FLR no; d3cold_allowed 0" in audio
     assert "fix: the kernel has no way to reset it between two VM runs" in audio
 

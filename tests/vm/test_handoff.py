@@ -149,6 +149,8 @@ case $PCIPASS_BOOT in
     result boot_vga "$(cat /sys/bus/pci/devices/{BOOT_VGA}/boot_vga)"
     result fb0 "$(basename "$(readlink -f /sys/class/graphics/fb0/device)")"
     capture status pcipassd status
+    capture check pcipassd check
+    capture preflight pcipassd list --verbose
     capture journal.boot journalctl -b -u pcipassd -o cat --no-pager
     for part in display audio; do
         case $part in
@@ -201,7 +203,11 @@ def test_list_names_every_device_and_marks_the_root_disk(handoff: list[BootResul
     assert "82574L Gigabit Network Connection" in out, out
     assert f"  {DISK_BDF}  1af4:1001  virtio-pci  host-critical: carries / (vda)\n" in out
     assert "    SCSI storage controller [0100]: Red Hat, Inc. Virtio block device\n" in out
-    assert f"IOMMU group 1: blocked: {DISK_BDF} carries / (vda)" in out
+    disk = res.iommu_group(DISK_BDF, "boot")
+    assert f"IOMMU group {disk}: blocked: {DISK_BDF} carries / (vda)" in out
+    vga = res.iommu_group(BOOT_VGA, "boot")
+    assert (f"IOMMU group {vga}: blocked: {BOOT_VGA} is the boot VGA device; drives the "
+            "framebuffer console (fb0)") in out, out
     assert "held (late)" in out
     group = res.iommu_group(GUEST_NIC, "during")
     assert f"IOMMU group {group}: can be passed through as a whole (1 endpoint)" in out
@@ -329,3 +335,22 @@ def test_the_card_is_given_back_in_reverse_function_0_last(handoff: list[BootRes
     audio = journal.rfind(f"{AUDIO}")
     display = journal.rfind(f"{DISPLAY}")
     assert -1 < audio < display, journal
+
+
+def test_preflight_says_what_the_real_kernel_offers_the_card(handoff: list[BootResult]) -> None:
+    """`check` on the real kernel: the card's host drivers are in the initramfs and the early
+    hold still wins; the audio function has no reset of its own, but its card is reset as one;
+    `list --verbose` refuses the console's card with its reason."""
+    res = handoff[1]
+    check = res["check"]
+    assert res.rc("check") == 0, check
+    assert f"  {DISPLAY} [{BOCHS_ID}] display, on vfio-pci, target vfio-pci" in check, check
+    assert f"  {AUDIO} [{HDA_ID}] audio, on vfio-pci, target vfio-pci" in check, check
+    for driver in ("bochs", "snd_hda_intel"):
+        assert re.search(rf"OK +initramfs: {driver} in /boot/initrd.img-\S+: the early hold "
+                         "still wins", check), check
+    assert f"reset with its card: the whole card is held, and QEMU resets {DISPLAY}" in check
+    listed = res["preflight"]
+    assert f"  {BOOT_VGA} [{BOCHS_ID}] VGA, on bochs-drm, target (not configured)" in listed
+    assert ("REFUSED framebuffer: the console's card: it is the boot VGA device; drives the "
+            "framebuffer console (fb0)") in listed, listed
