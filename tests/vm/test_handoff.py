@@ -354,3 +354,20 @@ def test_preflight_says_what_the_real_kernel_offers_the_card(handoff: list[BootR
     assert f"  {BOOT_VGA} [{BOCHS_ID}] VGA, on bochs-drm, target (not configured)" in listed
     assert ("REFUSED framebuffer: the console's card: it is the boot VGA device; drives the "
             "framebuffer console (fb0)") in listed, listed
+
+
+def _readme_block(after: str) -> list[str]:
+    """The lines of the README's "GPUs" console block that starts with `after`, unindented."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text[text.index("\n## GPUs\n"):text.index("\n## Many hosts\n")]
+    block = section[section.index(after) + len(after):]
+    return [line.strip() for line in block[:block.index("```")].splitlines() if line.strip()]
+
+
+def test_the_readme_shows_what_the_card_gave(handoff: list[BootResult]) -> None:
+    res = handoff[1]
+    check = [line.strip() for line in res["check"].splitlines()]
+    shown = [line for line in _readme_block("# pcipassd check\n") if line != "..."]
+    assert shown and all(line in check for line in shown), (shown, check)
+    q35 = [line.strip() for line in res["q35"].splitlines() if line.strip()]
+    assert _readme_block("# pcipassd status --qemu-q35 10\n") == q35, q35
