@@ -125,12 +125,37 @@ def select(config: Config, inventory: Inventory) -> Selection:
                     "give both entries the same on_stop, or remove one",
                 ))
                 refused.update((i, j))
+    problems += _split_cards(config, matches, refused)
     for i, entry in enumerate(config.entries):
         if i in refused:
             continue
         for dev in matches[i]:
             chosen.setdefault(dev.bdf, Selected(dev, entry))
     return Selection(chosen, tuple(problems), frozenset(kept))
+
+
+def _split_cards(config: Config, matches: list[list[Device]], refused: set[int]) -> list[Problem]:
+    """Refuse (adding them to `refused`) the entries that take the functions of one slot (a
+    card) with different `on_stop:`: the unit's stop would give back part of the card."""
+    takers: dict[str, dict[int, list[str]]] = {}
+    for i, devices in enumerate(matches):
+        if i not in refused:
+            for dev in devices:
+                takers.setdefault(dev.bdf.rsplit(".", 1)[0], {}).setdefault(i, []).append(dev.bdf)
+    problems = []
+    for slot, entries in takers.items():
+        if len({config.entries[i].on_stop for i in entries}) < 2:
+            continue
+        for i, bdfs in entries.items():
+            others = ", ".join(f"{config.entries[j].source} (on_stop: {config.entries[j].on_stop})"
+                               for j in entries if j != i)
+            problems.append(config.entries[i].problem(
+                f"{', '.join(bdfs)}: card {slot} is given back as one unit, and {others} takes "
+                f"its other functions with another on_stop than this entry's "
+                f"({config.entries[i].on_stop})",
+                "give every entry that takes the card the same on_stop"))
+            refused.add(i)
+    return problems
 
 
 def check_resets(selection: Selection, now: Mapping[str, str | None],

@@ -443,3 +443,15 @@ def test_status_libvirt_card_as_the_readme_shows_it(m: Machine, tmp_path: Path,
     out = m.run("status", "--libvirt", "--entry", "guest-gpu").out
     assert (f"   # pcipassd status --libvirt --entry guest-gpu\n"
             f"{textwrap.indent(out, '   ')}   ```") in readme
+
+
+def test_a_card_taken_with_two_on_stops_is_refused(m: Machine) -> None:
+    """`on_stop: keep` for the GPU, the default for its audio: the unit's stop would split it."""
+    config(m, f'  - address: "{GPU}"\n    on_stop: keep\n  - address: "{AUDIO}"\n')
+    r = m.run("apply")
+    assert r.rc != 0
+    assert (f"{GPU}: card 0000:41:00 is given back as one unit, and /etc/pcipass.yaml:6 "
+            "(on_stop: restore) takes its other functions with another on_stop than this "
+            "entry's (keep)") in r.err, r.err
+    assert "hint: give every entry that takes the card the same on_stop" in r.err
+    assert (m.driver(GPU), m.driver(AUDIO)) == ("nouveau", "snd_hda_intel")
