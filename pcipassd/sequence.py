@@ -226,7 +226,13 @@ def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, .
             raise PcipassError(f"pcipassd holds no device at {address}: nothing was given back",
                                "`pcipassd status` shows the devices it holds")
         chosen.update(found)
-    return chosen
+    # A card goes back whole: the other functions pcipassd holds in a chosen device's slot too.
+    slots = {bdf.rsplit(".", 1)[0] for bdf in chosen}
+    with_card = {bdf: r for bdf, r in records.items() if bdf.rsplit(".", 1)[0] in slots}
+    for bdf in sorted(with_card.keys() - chosen.keys()):
+        log().info("%s: given back with its card %s, which goes back as one unit", bdf,
+                   bdf.rsplit(".", 1)[0])
+    return with_card
 
 
 def restore_all(ctx: Context) -> int:

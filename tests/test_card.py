@@ -455,3 +455,19 @@ def test_a_card_taken_with_two_on_stops_is_refused(m: Machine) -> None:
             "entry's (keep)") in r.err, r.err
     assert "hint: give every entry that takes the card the same on_stop" in r.err
     assert (m.driver(GPU), m.driver(AUDIO)) == ("nouveau", "snd_hda_intel")
+
+
+def test_restore_of_one_function_gives_back_the_whole_card_function_0_last(
+        m: Machine, journal: FakeJournal) -> None:
+    config(m, '  - address: "0000:41:00.*"\n    on_stop: keep\n')
+    assert m.run("apply").rc == 0
+    assert m.run("restore", "--on-stop").rc == 0
+    assert (m.driver(GPU), m.driver(AUDIO)) == ("vfio-pci", "vfio-pci")  # kept
+    r = m.run("restore", GPU)
+    assert r.rc == 0, r.err
+    assert (m.driver(GPU), m.driver(AUDIO)) == ("nouveau", "snd_hda_intel")
+    said = [e["MESSAGE"] for e in journal.entries]
+    assert f"{AUDIO}: given back with its card 0000:41:00, which goes back as one unit" in said
+    order = [e["PCIPASS_DEVICE"] for e in journal.entries
+             if e.get("PCIPASS_ACTION") == "restore"]
+    assert order[-2:] == [AUDIO, GPU], order
