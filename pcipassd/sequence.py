@@ -10,7 +10,10 @@ from pcipassd.output import log, log_problems
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from pcipassd.apply import Applier
+    from pcipassd.config import Config
     from pcipassd.context import Context
+    from pcipassd.selection import Selection
     from pcipassd.inventory import Inventory
     from pcipassd.plan import Plan
     from pcipassd.state import State
@@ -47,11 +50,17 @@ def apply(ctx: Context) -> int:
                         converged=False, error=(e.message, e.hint), labels=None)
                 raise
             inventory, selection = ctx.selection(config, settle=True, records=state.records)
+            if ctx.vfs_due:
+                inventory, selection = _create_vfs(ctx, config, applier, state, inventory)
             _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
-            if early.sync(ctx.host, early.render(plan, selection)) and (
+            held = plan
+            if any(e.vfs is not None for e in config.entries) or (
+                    ctx.host.state_dir / "sriov.json").exists():
+                held = _vfs_given_back(ctx, applier, plan, selection)
+            if early.sync(ctx.host, early.render(held, selection)) and (
                     stale := initramfs.stale(ctx.host)):
                 log().warning("%s", stale)
             _say_reboot(ctx, plan, state)
@@ -80,6 +89,44 @@ def apply(ctx: Context) -> int:
         return EXIT_OK
     return EXIT_PARTIAL if held else EXIT_FAIL
 
+
+
+def _create_vfs(ctx: Context, config: Config, applier: Applier, state: State,
+                inventory: Inventory) -> tuple[Inventory, Selection]:
+    """Create the VFs of the `vfs:` entries that have none yet (sriov.py), then select again.
+    On a host-critical PF (the uplink) creating VFs drops its link: only at boot, before the
+    network is up (the guard's run is not live), or with the entry's `force:` of that kind."""
+    from pcipassd.guard import describe  # noqa: PLC0415
+    from pcipassd.model import KINDS  # noqa: PLC0415
+    from pcipassd.value import replace  # noqa: PLC0415
+
+    judgment = ctx.judgment(inventory)
+    for due in list(ctx.vfs_due):
+        reasons = [r for r in judgment.critical.get(due.pf, ()) if r.kind not in due.entry.force]
+        if reasons and judgment.live:
+            kinds = ", ".join(k for k in KINDS if k in {r.kind for r in reasons})
+            due = replace(due, refusal=(
+                f"it {describe(reasons)}: creating VFs re-initialises it and drops its link; "
+                f"pcipassd does it only at boot, before the network is up, or with "
+                f"`force: [{kinds}]` in the entry"))
+        elif reasons:
+            log().warning("%s: creating VFs on it before the network is up (it %s): its link "
+                          "is re-initialised now, not later", due.pf, describe(reasons))
+        applier.create_vfs(due, lambda: ctx.selection(config, records=state.records)[1])
+    return ctx.selection(config, records=state.records)
+
+
+def _vfs_given_back(ctx: Context, applier: Applier, plan: Plan, selection: Selection) -> Plan:
+    """Remove the VFs pcipassd created on PFs no entry asks VFs of any more (their VFs were
+    given back by the plan); and the plan without VFs, for the hold list (the early stages
+    cannot hold a device that does not exist before its PF's driver creates it)."""
+    from pcipassd import sriov  # noqa: PLC0415
+    from pcipassd.value import replace  # noqa: PLC0415
+
+    wanted = set(selection.chosen) | selection.kept
+    applier.remove_vfs([pf for pf, made in sriov.load(ctx.host).items()
+                        if not any(vf in wanted for vf in made.vfs)])
+    return replace(plan, steps=tuple(s for s in plan.steps if not sriov.is_vf(ctx.host, s.bdf)))
 
 
 def release(ctx: Context, state: State) -> None:
@@ -188,7 +235,12 @@ def restore(ctx: Context, state: State, verb: str = "restore") -> int:
 
     early.adopt(ctx.host, state)
     plan = restore_plan(scan(ctx.host), state.records)
-    outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+    applier = Applier(ctx.host, ctx.kernel, state)
+    outcome = applier.run(plan)
+    if (ctx.host.state_dir / "sriov.json").exists():
+        from pcipassd import sriov  # noqa: PLC0415
+
+        applier.remove_vfs(list(sriov.load(ctx.host)))
     early.arm(ctx.host, False)
     inventory = scan(ctx.host)  # what is left held (a device a VM has open), for the document
     publish(ctx, verb, state, (restore_plan(inventory, state.records), inventory),
