@@ -56,6 +56,12 @@ def apply(ctx: Context) -> int:
             plan = make_plan(selection, inventory, state.records)
             log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
+            if any(d.entry.vfs and d.entry.vfs.move_pf for d in ctx.vfs_due):
+                # the PF is on the entry's driver now: its VFs can be created
+                inventory, selection = ctx.selection(config, records=state.records)
+                if ctx.vfs_due:
+                    inventory, selection = _create_vfs(ctx, config, applier, state, inventory)
+                    plan = make_plan(selection, inventory, state.records)
             held = plan
             if any(e.vfs is not None for e in config.entries) or (
                     ctx.host.state_dir / "sriov.json").exists():
@@ -102,6 +108,9 @@ def _create_vfs(ctx: Context, config: Config, applier: Applier, state: State,
 
     judgment = ctx.judgment(inventory)
     for due in list(ctx.vfs_due):
+        vfs = due.entry.vfs
+        if vfs is not None and vfs.move_pf and due.driver != due.entry.driver:
+            continue  # its entry moves the PF first (the plan): then its VFs are created
         reasons = [r for r in judgment.critical.get(due.pf, ()) if r.kind not in due.entry.force]
         if reasons and judgment.live:
             kinds = ", ".join(k for k in KINDS if k in {r.kind for r in reasons})

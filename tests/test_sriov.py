@@ -112,3 +112,147 @@ def test_apply_creates_and_holds_vfs_no_host_vf_driver_probes(sr: Machine) -> No
     again = sr.run("apply")  # converged: nothing recreated
     assert again.rc == 0 and "0 bound, 4 unchanged" in again.err
     assert not [w for w in sr.sim.writes[len(writes):] if "sriov" in w[0]]
+
+
+def vm_opens(m: Machine, group: int, pid: int = 359, comm: str = "qemu-system-x86") -> None:
+    """A VM (a fake /proc/PID) holding /dev/vfio/GROUP open."""
+    proc = m.root / "proc" / str(pid)
+    (proc / "fd").mkdir(parents=True)
+    (proc / "comm").write_text(comm + "\n")
+    (proc / "fd" / "17").symlink_to(f"/dev/vfio/{group}")
+
+
+# -- give-back -----------------------------------------------------------------------------------
+
+def test_restore_releases_then_removes_the_vfs_it_created(sr: Machine) -> None:
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    start = len(sr.sim.writes)
+    r = sr.run("restore")
+    assert r.rc == 0, r.err
+    assert sr.sim.numvfs(PF) == 0 and sr.driver(PF) == "igb"
+    assert not (sr.root / "run/pcipass/sriov.json").exists() and sr.state == {}
+    writes = sr.sim.writes[start:]
+    unbinds = [i for i, w in enumerate(writes) if w[0].endswith("vfio-pci/unbind")]
+    assert len(unbinds) == 4 and writes[-1] == (f"sys/bus/pci/devices/{PF}/sriov_numvfs", "0")
+    assert max(unbinds) < len(writes) - 1
+    assert "removed the 4 VFs pcipassd created" in r.err
+
+
+def test_restore_leaves_a_vf_a_vm_holds_and_then_the_count(sr: Machine) -> None:
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    vm_opens(sr, 21)  # VF 1 is in group 21
+    r = sr.run("restore")
+    assert r.rc == 1
+    assert f"qemu-system-x86 (pid 359) has {VFS[1]} open" in r.err
+    assert sr.driver(VFS[1]) == "vfio-pci" and set(sr.state) == {VFS[1]}
+    assert sr.sim.numvfs(PF) == 4  # the PF's VF count left alone too
+    assert f"{PF}: its 4 VFs stay: {VFS[1]} still held" in r.err
+    assert [sr.driver(v) for v in (VFS[0], VFS[2], VFS[3])] == [None] * 3
+    (sr.root / "proc/359/fd/17").unlink()  # the VM exits
+    assert sr.run("restore").rc == 0
+    assert sr.sim.numvfs(PF) == 0 and sr.state == {}
+
+
+def test_reload_without_the_entry_removes_the_vfs(sr: Machine) -> None:
+    vfs_config(sr, extra=f'  - address: "0000:00:02.0"\n')
+    assert sr.run("apply").rc == 0
+    sr.with_guest_nic()
+    r = sr.run("apply")
+    assert r.rc == 0, r.err
+    assert sr.sim.numvfs(PF) == 0 and set(sr.state) == {"0000:00:02.0"}
+
+
+def test_vfs_present_with_the_same_count_are_adopted_and_left(sr: Machine) -> None:
+    sr.sim.write(sr.sim.device_dir(PF) / "sriov_numvfs", "4")  # sysfsutils at boot
+    assert [sr.driver(v) for v in VFS] == ["igbvf"] * 4
+    vfs_config(sr)
+    r = sr.run("apply")
+    assert r.rc == 0, r.err
+    assert not [w for w in sr.sim.writes if w[0].endswith("sriov_numvfs") and w[1] != "4"]
+    assert [sr.driver(v) for v in VFS] == ["vfio-pci"] * 4
+    assert "created outside pcipassd: igbvf probed it" in r.err
+    assert not (sr.root / "run/pcipass/sriov.json").exists()
+    r = sr.run("restore")
+    assert r.rc == 0 and sr.sim.numvfs(PF) == 4  # not pcipassd's to remove
+    assert [sr.driver(v) for v in VFS] == ["igbvf"] * 4
+
+
+def test_vfs_created_later_for_a_configured_id_move_late_with_a_warning(sr: Machine) -> None:
+    sr.config("""\
+        version: 1
+        devices:
+          - id: "8086:10ca"
+            count: 2
+        """)
+    sr.sim.write(sr.sim.device_dir(PF) / "sriov_numvfs", "2")
+    r = sr.run("apply")
+    assert r.rc == 0, r.err
+    assert [sr.driver(v) for v in VFS[:2]] == ["pci-stub"] * 2
+    assert f"{VFS[0]} [8086:10ca] is an SR-IOV VF created outside pcipassd" in r.err
+    assert sr.state[VFS[0]]["original_driver"] == "igbvf"
+
+
+# -- bad input: one line, the device left as it was -----------------------------------------------
+
+def _one_error(r: object, text: str) -> None:
+    lines = [line for line in getattr(r, "err").splitlines() if text in line]
+    assert len(lines) == 1, getattr(r, "err")
+    assert "/etc/pcipass.yaml:3" in lines[0]
+
+
+def _untouched(m: Machine, numvfs: int = 0) -> None:
+    assert m.sim.numvfs(PF) == numvfs and m.driver(PF) == "igb"
+    assert m.sim.autoprobe(PF) == "1"
+    assert not [w for w in m.sim.writes if "sriov" in w[0] or "driver_override" in w[0]
+                and w[1].strip()]
+
+
+def test_a_pf_without_sriov_is_refused(sr: Machine) -> None:
+    sr.config("""\
+        version: 1
+        devices:
+          - address: "0000:00:02.0"
+            vfs: {count: 2}
+        """)
+    r = sr.run("apply")
+    assert r.rc != 0
+    _one_error(r, "0000:00:02.0 [8086:10d3] has no SR-IOV")
+    assert sr.driver("0000:00:02.0") == "e1000e" and sr.state == {}
+
+
+def test_a_count_above_totalvfs_is_refused(sr: Machine) -> None:
+    vfs_config(sr, "{count: 8}")
+    r = sr.run("apply")
+    assert r.rc != 0
+    _one_error(r, f"{PF} [8086:10c9] offers at most 7 VFs (sriov_totalvfs), not 8")
+    _untouched(sr)
+
+
+def test_vfs_of_another_count_by_someone_else_are_refused(sr: Machine) -> None:
+    sr.sim.write(sr.sim.device_dir(PF) / "sriov_numvfs", "2")
+    start = len(sr.sim.writes)
+    vfs_config(sr)
+    r = sr.run("apply")
+    assert r.rc != 0
+    _one_error(r, f"{PF} [8086:10c9] has 2 VFs already (created by someone else), not 4")
+    assert sr.sim.numvfs(PF) == 2 and sr.sim.writes[start:] == []
+    assert [sr.driver(v) for v in VFS[:2]] == ["igbvf"] * 2
+
+
+def test_a_driver_that_refuses_to_create_vfs(sr: Machine) -> None:
+    """The entry's own driver moves the PF: pci-stub has no sriov_configure (ENOENT)."""
+    sr.config(f"""\
+        version: 1
+        devices:
+          - address: "{PF}"
+            driver: pci-stub
+            vfs: {{count: 2}}
+        """)
+    r = sr.run("apply")
+    assert r.rc != 0
+    _one_error(r, f"{PF} [8086:10c9] pci-stub: cannot create 2 VFs")
+    assert "ENOENT" in r.err and "enable_sriov" in r.err
+    assert sr.sim.numvfs(PF) == 0 and sr.sim.autoprobe(PF) == "1"
+    assert not (sr.root / "run/pcipass/sriov.json").exists()
