@@ -362,7 +362,8 @@ class Applier:
         steps = [Step(vf, str(selection.chosen[vf].device.id), Action.BIND, None, vfs.driver,
                       selection.chosen[vf].device.group, entry.source,
                       selection.chosen[vf].entry.name, selects=entry.selects,
-                      forced=selection.chosen[vf].forced) for vf in held]
+                      forced=selection.chosen[vf].forced,
+                      warning=selection.chosen[vf].warning) for vf in held]
         try:
             sriov.save(self.host, {**records, due.pf: made})
             self.state.put(*(Record(bdf=s.bdf, id=s.id, original_driver=None,

@@ -32,7 +32,7 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
     "check": {"passthrough_possible": None, "findings": []},
     "plan": {"steps": [], "groups": []},
     "status": {"converged": None, "last_error": None, "actions": [], "reboot_required": None,
-               "devices": [], "groups": []},
+               "devices": [], "sriov": [], "groups": []},
     "list": {"names": None, "groups": []},
 }
 

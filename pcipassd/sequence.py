@@ -209,10 +209,13 @@ def publish(ctx: Context, verb: str, state: State, planned: tuple[Plan, Inventor
 
     devices = node.describe(ctx.host, planned[0].steps, state.records,
                             planned[1].devices) if planned else []
+    from pcipassd.sriov import pfs  # noqa: PLC0415
+
     doc = {"format": JSON_FORMAT, "verb": verb,
            **node.document(converged=converged, error=error,
                            actions=node.needed_actions(ctx.host, state.records),
-                           devices=devices)}
+                           devices=devices,
+                           sriov=pfs(ctx.host, planned[1]) if planned else [])}
     if why := node.write(ctx.host, doc):
         log().warning("%s", why)
     if labels is None:

@@ -7,8 +7,10 @@ import errno
 import json
 
 import pytest
+from hosttree import FakeHost
 from machine import Machine
 from simkernel import SimKernel
+from workstation import rel
 
 PF = "0000:05:00.0"  # 8086:10c9 82576 (igb), 7 VFs (8086:10ca, igbvf) at 05:10.0 + 2n
 VFS = ["0000:05:10.0", "0000:05:10.2", "0000:05:10.4", "0000:05:10.6"]
@@ -256,3 +258,124 @@ def test_a_driver_that_refuses_to_create_vfs(sr: Machine) -> None:
     assert "ENOENT" in r.err and "enable_sriov" in r.err
     assert sr.sim.numvfs(PF) == 0 and sr.sim.autoprobe(PF) == "1"
     assert not (sr.root / "run/pcipass/sriov.json").exists()
+
+
+# -- the guard: creating VFs drops the PF's link ---------------------------------------------------
+
+ROUTES = ("eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0",
+          "eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0")
+
+
+def uplink(m: Machine, routes: bool = True) -> None:
+    """The PF is eth0, with the default route (network up) or without (boot, before it)."""
+    fake = FakeHost(m.root)
+    fake.netdev("eth0", rel(m.sim, PF), flags="0x1003" if routes else "0x1002")
+    fake.routes(*(ROUTES if routes else ()))
+
+
+def test_vfs_on_the_uplink_are_refused_while_the_network_is_up(sr: Machine) -> None:
+    uplink(sr)
+    vfs_config(sr)
+    r = sr.run("apply")
+    assert r.rc != 0
+    _one_error(r, f"{PF} [8086:10c9] igb: refusing to create 4 VFs: it carries the default "
+               "route via eth0: creating VFs re-initialises it and drops its link")
+    assert "force: [network]" in r.err
+    _untouched(sr)
+
+
+def test_force_network_creates_vfs_on_the_uplink(sr: Machine) -> None:
+    uplink(sr)
+    vfs_config(sr, extra="    force: [network]\n")
+    r = sr.run("apply")
+    assert r.rc == 0, r.err
+    assert [sr.driver(v) for v in VFS] == ["vfio-pci"] * 4 and sr.driver(PF) == "igb"
+
+
+def test_at_boot_before_the_network_vfs_on_the_uplink_are_created(sr: Machine) -> None:
+    uplink(sr)
+    sr.with_guest_nic()
+    assert sr.run("apply").rc == 0  # live: the guard remembers eth0's PF
+    uplink_down = sr.root / "proc/net/route"
+    uplink_down.write_text(uplink_down.read_text().splitlines(keepends=True)[0])
+    (sr.root / "sys/class/net/eth0").resolve().joinpath("flags").write_text("0x1002\n")
+    vfs_config(sr)
+    r = sr.run("apply")
+    assert r.rc == 0, r.err
+    assert f"{PF}: creating VFs on it before the network is up" in r.err
+    assert [sr.driver(v) for v in VFS] == ["vfio-pci"] * 4
+
+
+# -- IOMMU groups: without ACS the VFs share the PF's group ------------------------------------------
+
+def test_vfs_in_the_pfs_group_are_refused_and_removed(m: Machine) -> None:
+    add_igb(m.sim, own_groups=None)
+    vfs_config(m)
+    r = m.run("apply")
+    assert r.rc != 0
+    _one_error(r, f"VFs not held, so not kept: IOMMU group 9 of {VFS[0]} also contains "
+               f"{PF} [8086:10c9] on igb")
+    assert m.sim.numvfs(PF) == 0 and m.sim.autoprobe(PF) == "1" and m.state == {}
+    assert not (m.root / "run/pcipass/sriov.json").exists()
+
+
+def test_vfs_in_the_pfs_group_with_group_ignore_are_held_with_a_warning(m: Machine) -> None:
+    add_igb(m.sim, own_groups=None)
+    vfs_config(m, extra="    group: ignore\n")
+    r = m.run("apply")
+    assert r.rc == 0, r.err
+    assert [m.driver(v) for v in VFS] == ["vfio-pci"] * 4
+    assert "IOMMU group 9 is not viable for VFIO" in r.err
+
+
+# -- a subset, by index ----------------------------------------------------------------------------
+
+def test_hold_only_the_vfs_named_by_index(sr: Machine) -> None:
+    vfs_config(sr, "{count: 4, driver: vfio-pci, hold: [0, 2]}")
+    r = sr.run("apply")
+    assert r.rc == 0, r.err
+    assert [sr.driver(v) for v in VFS] == ["vfio-pci", "igbvf", "vfio-pci", "igbvf"]
+    assert set(sr.state) == {VFS[0], VFS[2]}
+    s = sr.run("status")
+    assert s.rc == 0
+    assert f"{VFS[2]}  8086:10ca  vfio-pci  vfio-pci" in s.out and "guest-vfs vf2" in s.out
+    assert f"  {PF} [8086:10c9] igb: 4 of 7 VFs, created by pcipassd" in s.out
+    assert f"    vf1 {VFS[1]} igbvf" in s.out
+    assert sr.run("restore").rc == 0 and sr.sim.numvfs(PF) == 0
+
+
+def test_a_hold_index_not_below_count_is_a_config_problem(sr: Machine) -> None:
+    vfs_config(sr, "{count: 2, hold: [2]}")
+    r = sr.run("validate")
+    assert r.rc == 2
+    assert "devices[0].vfs.hold[0]: VF index 2 is not below count 2" in r.out
+
+
+# -- status, list and the node document show each PF with its VFs ------------------------------------
+
+def test_list_and_the_node_document_show_the_pf_with_its_vfs(sr: Machine) -> None:
+    vfs_config(sr, "{count: 2, driver: vfio-pci}")
+    assert sr.run("apply").rc == 0
+    doc = json.loads((sr.root / "run/pcipass/node.json").read_text())
+    assert doc["sriov"] == [{"device": PF, "id": "8086:10c9", "driver": "igb", "totalvfs": 7,
+                             "numvfs": 2, "created_by_pcipassd": True, "vfs": [
+                                 {"index": 0, "device": VFS[0], "driver": "vfio-pci"},
+                                 {"index": 1, "device": VFS[1], "driver": "vfio-pci"}]}]
+    status = json.loads(sr.run("status", "--json").out)
+    assert status["sriov"] == doc["sriov"]
+    assert {d["device"]: d["name"] for d in status["devices"]}[VFS[1]] == "guest-vfs vf1"
+    out = sr.run("list").out
+    assert f"SR-IOV:\n  {PF} [8086:10c9] igb: 2 of 7 VFs, created by pcipassd\n" \
+           f"    vf0 {VFS[0]} vfio-pci\n    vf1 {VFS[1]} vfio-pci" in out
+    assert sr.run("restore").rc == 0
+    assert json.loads((sr.root / "run/pcipass/node.json").read_text())["sriov"] == []
+
+
+# -- the early hold cannot hold VFs: they do not exist before their PF's driver creates them --------
+
+def test_the_hold_list_has_no_vfs(sr: Machine) -> None:
+    vfs_config(sr, extra='  - address: "0000:00:02.0"\n')
+    assert sr.run("apply").rc == 0
+    hold = (sr.root / "etc/pcipass.early").read_text()
+    assert "dev 0000:00:02.0 8086:10d3 pci-stub" in hold
+    assert not any(vf in hold for vf in VFS) and PF not in hold
