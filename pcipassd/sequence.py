@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from pcipassd.apply import Applier
     from pcipassd.config import Config
     from pcipassd.context import Context
-    from pcipassd.selection import Selection
     from pcipassd.inventory import Inventory
     from pcipassd.plan import Plan
+    from pcipassd.selection import Selection
     from pcipassd.state import State
 
 
@@ -62,11 +62,11 @@ def apply(ctx: Context) -> int:
                 if ctx.vfs_due:
                     inventory, selection = _create_vfs(ctx, config, applier, state, inventory)
                     plan = make_plan(selection, inventory, state.records)
-            held = plan
+            hold_plan = plan
             if any(e.vfs is not None for e in config.entries) or (
                     ctx.host.state_dir / "sriov.json").exists():
-                held = _vfs_given_back(ctx, applier, plan, selection)
-            if early.sync(ctx.host, early.render(held, selection)) and (
+                hold_plan = _vfs_given_back(ctx, applier, plan, selection)
+            if early.sync(ctx.host, early.render(hold_plan, selection)) and (
                     stale := initramfs.stale(ctx.host)):
                 log().warning("%s", stale)
             _say_reboot(ctx, plan, state)
@@ -107,8 +107,8 @@ def _create_vfs(ctx: Context, config: Config, applier: Applier, state: State,
     from pcipassd.value import replace  # noqa: PLC0415
 
     judgment = ctx.judgment(inventory)
-    for due in list(ctx.vfs_due):
-        vfs = due.entry.vfs
+    for todo in list(ctx.vfs_due):
+        due, vfs = todo, todo.entry.vfs
         if vfs is not None and vfs.move_pf and due.driver != due.entry.driver:
             continue  # its entry moves the PF first (the plan): then its VFs are created
         reasons = [r for r in judgment.critical.get(due.pf, ()) if r.kind not in due.entry.force]

@@ -18,7 +18,8 @@ OWN = {
     "validate": ["valid"],
     "check": ["passthrough_possible", "findings"],
     "plan": ["steps", "groups"],
-    "status": ["converged", "last_error", "actions", "reboot_required", "devices", "groups"],
+    "status": ["converged", "last_error", "actions", "reboot_required", "devices", "sriov",
+               "groups"],
     "list": ["names", "groups"],
 }
 PROBLEM = ["file", "line", "column", "path", "message", "hint"]

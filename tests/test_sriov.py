@@ -8,7 +8,7 @@ import json
 
 import pytest
 from hosttree import FakeHost
-from machine import Machine
+from machine import Machine, Result
 from simkernel import SimKernel
 from workstation import rel
 
@@ -40,7 +40,7 @@ def vfs_config(m: Machine, vfs: str = "{count: 4, driver: vfio-pci}", extra: str
         {extra}""")
 
 
-# -- the simulated kernel -----------------------------------------------------------------------
+# -- the simulated kernel ---------------------------------------------------------------------
 
 def test_sim_numvfs_errors_as_linux(sim: SimKernel) -> None:
     add_igb(sim)
@@ -48,7 +48,7 @@ def test_sim_numvfs_errors_as_linux(sim: SimKernel) -> None:
     numvfs = sim.device_dir(PF) / "sriov_numvfs"
 
     def err(value: str) -> str:
-        with pytest.raises(OSError) as e:
+        with pytest.raises(OSError, match=r"\[Errno") as e:
             sim.write(numvfs, value)
         return errno.errorcode[e.value.errno or 0]
 
@@ -59,7 +59,7 @@ def test_sim_numvfs_errors_as_linux(sim: SimKernel) -> None:
     sim.write(numvfs, "2")  # the same value: nothing
     sim.write(numvfs, "0")
     assert sim.vfs_of(PF) == [] and not (sim.pci / "devices" / VFS[0]).exists()
-    with pytest.raises(OSError):
+    with pytest.raises(PermissionError):  # read-only: EACCES
         sim.write(sim.device_dir(PF) / "sriov_totalvfs", "3")
     sim.write(sim.driver_dir("igb") / "unbind", PF)
     assert err("1") == "ENOENT"  # no driver
@@ -90,7 +90,7 @@ def test_sim_autoprobe_0_keeps_vfs_unbound_until_override(sim: SimKernel) -> Non
     assert sim.numvfs(PF) == 0 and not (sim.pci / "devices" / VFS[0]).exists()
 
 
-# -- apply ---------------------------------------------------------------------------------------
+# -- apply ------------------------------------------------------------------------------------
 
 def test_apply_creates_and_holds_vfs_no_host_vf_driver_probes(sr: Machine) -> None:
     vfs_config(sr)
@@ -124,7 +124,7 @@ def vm_opens(m: Machine, group: int, pid: int = 359, comm: str = "qemu-system-x8
     (proc / "fd" / "17").symlink_to(f"/dev/vfio/{group}")
 
 
-# -- give-back -----------------------------------------------------------------------------------
+# -- give-back --------------------------------------------------------------------------------
 
 def test_restore_releases_then_removes_the_vfs_it_created(sr: Machine) -> None:
     vfs_config(sr)
@@ -158,7 +158,7 @@ def test_restore_leaves_a_vf_a_vm_holds_and_then_the_count(sr: Machine) -> None:
 
 
 def test_reload_without_the_entry_removes_the_vfs(sr: Machine) -> None:
-    vfs_config(sr, extra=f'  - address: "0000:00:02.0"\n')
+    vfs_config(sr, extra='  - address: "0000:00:02.0"\n')
     assert sr.run("apply").rc == 0
     sr.with_guest_nic()
     r = sr.run("apply")
@@ -196,19 +196,19 @@ def test_vfs_created_later_for_a_configured_id_move_late_with_a_warning(sr: Mach
     assert sr.state[VFS[0]]["original_driver"] == "igbvf"
 
 
-# -- bad input: one line, the device left as it was -----------------------------------------------
+# -- bad input: one line, the device left as it was -------------------------------------------
 
-def _one_error(r: object, text: str) -> None:
-    lines = [line for line in getattr(r, "err").splitlines() if text in line]
-    assert len(lines) == 1, getattr(r, "err")
+def _one_error(r: Result, text: str) -> None:
+    lines = [line for line in r.err.splitlines() if text in line]
+    assert len(lines) == 1, r.err
     assert "/etc/pcipass.yaml:3" in lines[0]
 
 
 def _untouched(m: Machine, numvfs: int = 0) -> None:
     assert m.sim.numvfs(PF) == numvfs and m.driver(PF) == "igb"
     assert m.sim.autoprobe(PF) == "1"
-    assert not [w for w in m.sim.writes if "sriov" in w[0] or "driver_override" in w[0]
-                and w[1].strip()]
+    assert not [w for w in m.sim.writes if "sriov" in w[0] or ("driver_override" in w[0]
+                and w[1].strip())]
 
 
 def test_a_pf_without_sriov_is_refused(sr: Machine) -> None:
@@ -260,7 +260,7 @@ def test_a_driver_that_refuses_to_create_vfs(sr: Machine) -> None:
     assert not (sr.root / "run/pcipass/sriov.json").exists()
 
 
-# -- the guard: creating VFs drops the PF's link ---------------------------------------------------
+# -- the guard: creating VFs drops the PF's link ----------------------------------------------
 
 ROUTES = ("eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0",
           "eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0")
@@ -306,7 +306,7 @@ def test_at_boot_before_the_network_vfs_on_the_uplink_are_created(sr: Machine) -
     assert [sr.driver(v) for v in VFS] == ["vfio-pci"] * 4
 
 
-# -- IOMMU groups: without ACS the VFs share the PF's group ------------------------------------------
+# -- IOMMU groups: without ACS the VFs share the PF's group -----------------------------------
 
 def test_vfs_in_the_pfs_group_are_refused_and_removed(m: Machine) -> None:
     add_igb(m.sim, own_groups=None)
@@ -328,7 +328,7 @@ def test_vfs_in_the_pfs_group_with_group_ignore_are_held_with_a_warning(m: Machi
     assert "IOMMU group 9 is not viable for VFIO" in r.err
 
 
-# -- a subset, by index ----------------------------------------------------------------------------
+# -- a subset, by index -----------------------------------------------------------------------
 
 def test_hold_only_the_vfs_named_by_index(sr: Machine) -> None:
     vfs_config(sr, "{count: 4, driver: vfio-pci, hold: [0, 2]}")
@@ -351,7 +351,7 @@ def test_a_hold_index_not_below_count_is_a_config_problem(sr: Machine) -> None:
     assert "devices[0].vfs.hold[0]: VF index 2 is not below count 2" in r.out
 
 
-# -- status, list and the node document show each PF with its VFs ------------------------------------
+# -- status, list and the node document show each PF with its VFs -----------------------------
 
 def test_list_and_the_node_document_show_the_pf_with_its_vfs(sr: Machine) -> None:
     vfs_config(sr, "{count: 2, driver: vfio-pci}")
@@ -371,7 +371,7 @@ def test_list_and_the_node_document_show_the_pf_with_its_vfs(sr: Machine) -> Non
     assert json.loads((sr.root / "run/pcipass/node.json").read_text())["sriov"] == []
 
 
-# -- the early hold cannot hold VFs: they do not exist before their PF's driver creates them --------
+# -- the early hold cannot hold VFs: they do not exist before their PF's driver creates them --
 
 def test_the_hold_list_has_no_vfs(sr: Machine) -> None:
     vfs_config(sr, extra='  - address: "0000:00:02.0"\n')
