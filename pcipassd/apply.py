@@ -40,7 +40,7 @@ from pcipassd.inventory import (
 )
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
-from pcipassd.model import VFIO_PCI, Action, Record
+from pcipassd.model import KEEP_ON_STOP, VFIO_PCI, Action, Record
 from pcipassd.plan import Plan, Step
 from pcipassd.state import State
 from pcipassd.value import replace
@@ -102,7 +102,8 @@ def _reset_done(step: Step) -> str:
     return f"; reset_method: {to}{was}"
 
 
-_DONE = {"bind": "bound", "restore": "restored", "fail": "failed"}  # for Outcome.line
+# for Outcome.line
+_DONE = {"bind": "bound", "restore": "restored", "keep": "kept", "fail": "failed"}
 
 
 class Applier:
@@ -234,7 +235,7 @@ class Applier:
         if step.reset_method is not None and original_reset is None:  # before the first write
             original_reset = read_reset_method(self.host, step.bdf)
         return replace(record, target=step.target, entry=step.entry or "", forced=step.forced,
-                       original_reset_method=original_reset)
+                       original_reset_method=original_reset, on_stop=step.on_stop)
 
     def _record(self, steps: list[Step]) -> None:
         """Record the devices to bind in one save, before any of them is touched (one save per
@@ -368,7 +369,8 @@ class Applier:
             sriov.save(self.host, {**records, due.pf: made})
             self.state.put(*(Record(bdf=s.bdf, id=s.id, original_driver=None,
                                     original_override=None, original_module=None,
-                                    target=vfs.driver, entry=entry.source, forced=s.forced)
+                                    target=vfs.driver, entry=entry.source, forced=s.forced,
+                                    on_stop=entry.on_stop)
                              for s in steps))
             self.ensure_driver(vfs.driver)
             for s in steps:
@@ -432,6 +434,14 @@ class Applier:
             if made is None:
                 continue
             left = [vf for vf in made.vfs if vf in self.state.records]
+            kept = [vf for vf in left if self.state.records[vf].on_stop == KEEP_ON_STOP]
+            if kept:  # on_stop: keep: its VFs stay, so does the PF's VF count
+                log.info("%s: its %d VFs stay (on_stop: keep: %s held); the VF count is left "
+                         "alone; `pcipassd restore %s` gives them back and removes them", pf,
+                         len(made.vfs), " ".join(kept), pf,
+                         extra={"journal": {"PCIPASS_DEVICE": pf,
+                                            "PCIPASS_ON_STOP": KEEP_ON_STOP}})
+                continue
             if left:
                 log.warning("%s: its %d VFs stay: %s still held (see above); the VF count is "
                             "left alone until it is given back", pf, len(made.vfs),
@@ -597,6 +607,8 @@ class Applier:
         fields = replace(step, action=action).journal_fields
         if kind in MESSAGE_IDS:
             fields.update(event(kind))
+        elif action is Action.KEEP and step.kept:
+            fields.update(event("kept"))
         log.log(level, message, extra={"journal": fields})
         if step.warning and action in (Action.BIND, Action.UNCHANGED):
             log.warning("%s: %s", step.bdf, step.warning, extra={"journal": fields})
@@ -654,6 +666,10 @@ class Applier:
                          logging.ERROR)
             if step.forget:
                 self._forget(step)
+        elif step.action is Action.KEEP and step.kept:  # on_stop: keep
+            # the unit's stop: as asked, said once; apply, its entry gone: a warning to act on
+            self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}{step.source}",
+                         logging.WARNING if step.reason.startswith("no longer") else logging.INFO)
         elif step.action is Action.KEEP:
             self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
                          logging.WARNING)
@@ -663,6 +679,19 @@ class Applier:
             self._report(step, Action.UNCHANGED,
                          f"{step.bdf} [{step.id}] already on {step.target}{step.source}")
             self._remember_forced(step)
+            self._remember_on_stop(step)
+
+    def _remember_on_stop(self, step: Step) -> None:
+        """A device on its target whose entry's `on_stop:` changed: its record says so now (the
+        unit's stop reads it there)."""
+        record = self.state.records.get(step.bdf)
+        if record is None or record.on_stop == step.on_stop:
+            return
+        try:
+            self.state.put(replace(record, on_stop=step.on_stop))
+        except StateError as e:
+            self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] on_stop: {step.on_stop} not "
+                         f"recorded: {e.message} (hint: {e.hint}){step.source}", logging.ERROR)
 
     def _remember_forced(self, step: Step) -> None:
         """A device held by a record that does not say it was forced (written before the field

@@ -35,7 +35,8 @@ VERBS: dict[str, tuple[str, str, bool]] = {
     "apply": ("pcipassd.sequence:apply",
               "bind the configured devices; restore those no longer configured", False),
     "restore": ("pcipassd.sequence:restore_all",
-                "give every device pcipassd bound back to its original driver", False),
+                "give every device pcipassd bound (or those at ADDRESS) back to its original "
+                "driver", False),
     "status": ("pcipassd.verbs.status:run",
                "show each configured device and whether it is where it should be", True),
     "publish": ("pcipassd.verbs.publish:run",
@@ -66,12 +67,16 @@ def _verb(argv: Sequence[str]) -> str | None:
 
 
 def _plain(argv: Sequence[str]) -> SimpleNamespace | None:
-    """The command line as argparse would read it, when it is one the units run: `apply` or
-    `restore` last, before it only --root DIR, --config FILE, --debug, each at most once and
-    spelt out, and no value that starts with "-". None for any other: argparse reads that."""
+    """The command line as argparse would read it, when it is one the units run: `apply`,
+    `restore` or `restore --on-stop` (ExecStop) last, before it only --root DIR, --config FILE,
+    --debug, each at most once and spelt out, and no value that starts with "-". None for any
+    other: argparse reads that."""
     from types import SimpleNamespace  # noqa: PLC0415
 
     given: dict[str, object] = {}
+    if list(argv[-2:]) == ["restore", "--on-stop"]:
+        given["on_stop"] = True
+        argv = argv[:-1]
     i = 0
     while i < len(argv) - 1:
         word = argv[i]
@@ -87,6 +92,11 @@ def _plain(argv: Sequence[str]) -> SimpleNamespace | None:
         else:
             return None
     if i != len(argv) - 1 or argv[i] not in ("apply", "restore"):
+        return None
+    if argv[i] == "restore":  # as argparse has them: no ADDRESS
+        given.setdefault("on_stop", False)
+        given["devices"] = []
+    elif "on_stop" in given:
         return None
     return SimpleNamespace(**given, verb=argv[i])
 

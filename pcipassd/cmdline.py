@@ -75,6 +75,18 @@ def _chassis_arg(text: str) -> int:
     return int(text)
 
 
+def _guest_slot_arg(text: str) -> int:
+    """A guest PCI slot on bus 0, in hex as libvirt writes it: 0x10 or 10 (0x01-0x1f)."""
+    digits = text[2:] if text[:2].lower() == "0x" else text
+    try:
+        slot = int(digits, 16) if digits.isalnum() else -1
+    except ValueError:
+        slot = -1
+    if not 0x01 <= slot <= 0x1F:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a guest slot (hex, 0x01-0x1f)")
+    return slot
+
+
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `verb`, only that verb's parser (see _verb)."""
     common = _Parser(add_help=False)
@@ -119,6 +131,13 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
                                help="files to validate (default: the configuration)")
             sp.add_argument("--offline", action="store_true",
                             help="check the files only, not against this host's devices")
+        if name == "restore":
+            sp.add_argument("devices", nargs="*", metavar="ADDRESS", default=[],
+                            help="give back only the devices at these addresses (0000:41:00.0; "
+                            "F may be *), a device kept by on_stop: keep too")
+            sp.add_argument("--on-stop", action="store_true",
+                            help="as the unit's stop runs it (systemctl stop, poweroff): leave "
+                            "the devices whose entry says on_stop: keep held")
         if name == "list":
             sp.add_argument("--class", dest="cls", metavar="CLASS", type=_class_arg,
                             help="only devices of this class: a hex prefix (02, 0300), a word "
@@ -127,6 +146,9 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
             sp.add_argument("--id", metavar="VENDOR[:DEVICE]", type=_id_arg,
                             help="only devices with this ID (hex: 8086:10d3, or 10de:)")
             sp.add_argument("--address", metavar="BDF", help="only this address (F may be *)")
+            sp.add_argument("--verbose", action="store_true",
+                            help="also the preflight of each display and audio function listed: "
+                            "reset, boot framebuffer, initramfs drivers (README: Preflight)")
         if name == "status":
             to.add_argument("--qemu", action="store_true",
                             help="print the QEMU arguments for the devices held on vfio-pci")
@@ -135,7 +157,20 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
                             "card behind a pcie-root-port with its function layout, the root "
                             "ports numbered from BASE (1-255), so as not to clash with yours")
             to.add_argument("--libvirt", action="store_true",
-                            help="print libvirt <hostdev> XML for the devices held on vfio-pci")
+                            help="print libvirt <hostdev> XML for the devices held on vfio-pci: "
+                            "a card's functions in one guest slot, function 0 "
+                            "multifunction='on'")
+            sp.add_argument("--guest-slot", metavar="SLOT", type=_guest_slot_arg,
+                            help="with --libvirt: the guest slot (hex, on bus 0) of the first "
+                            "card, the next card in the next slot (default: 0x10)")
+            sp.add_argument("--entry", metavar="NAME",
+                            help="with --libvirt: write one <hostdev> file per function of the "
+                            "entry named NAME, and print the `virsh attach-device DOMAIN FILE "
+                            "--config` commands in order (libvirt cannot hot-plug a "
+                            "multi-function card)")
+            sp.add_argument("--xml-dir", metavar="DIR",
+                            help="with --entry: write the files in DIR (default: the current "
+                            "directory)")
             to.add_argument("--kubevirt", action="store_true",
                             help="print KubeVirt's permittedHostDevices entries for the devices "
                             "held on vfio-pci")

@@ -22,7 +22,7 @@ from pathlib import Path
 from pcipassd.address import Address, AddressError, PciId
 from pcipassd.errors import InvalidConfig, NothingConfigured, Problem
 from pcipassd.host import Host
-from pcipassd.model import FORCE_TRUE, KINDS, RESET_METHODS, STUB_DRIVERS
+from pcipassd.model import FORCE_TRUE, KINDS, ON_STOP, RESET_METHODS, RESTORE_ON_STOP, STUB_DRIVERS
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
 from pcipassd.value import frozen, replace
@@ -62,6 +62,8 @@ class Entry:
     # order; None: leave it as the kernel has it
     reset_method: tuple[str, ...] | None = None
     vfs: Vfs | None = None  # `vfs:`: SR-IOV VFs to create on the one PF it selects
+    # what the unit's stop does to the devices it selects: restore (give back) or keep (ON_STOP)
+    on_stop: str = RESTORE_ON_STOP
 
     @property
     def source(self) -> str:
@@ -323,6 +325,8 @@ def _explain(doc: Document, schema: dict[str, Any], error: Any) -> list[Problem]
         return _explain_force(doc, path, error.instance)
     if kind == "anyOf" and path and path[-1] == "reset_method":
         return _explain_reset_method(doc, path, error.instance)
+    if kind == "enum" and path and path[-1] == "on_stop":
+        return [_explain_on_stop(doc, path, error.instance)]
     if kind == "anyOf" and path and path[0] == "devices":
         return [doc.problem(path, "an entry needs `address` or `id`",
                             'e.g. - address: "0000:02:00.0"  or  - id: "8086:10d3"')]
@@ -410,7 +414,7 @@ def _is_vfs(value: object) -> bool:
 
 
 _ENTRY_CHECKS = (("force", _is_force), ("count", _is_count), ("vfs", _is_vfs),
-                 ("reset_method", _is_reset_method),
+                 ("reset_method", _is_reset_method), ("on_stop", ON_STOP.__contains__),
                  ("driver", STUB_DRIVERS.__contains__), ("group", GROUPS.__contains__),
                  ("name", lambda v: isinstance(v, str) and v != ""),
                  *((k, lambda v: isinstance(v, str)) for k in ("address", "id", "expect")))
@@ -476,6 +480,15 @@ def _explain_reset_method(doc: Document, path: JsonPath, value: object) -> list[
         elif item in value[:i]:
             out.append(doc.problem((*path, i), f"{item!r} is listed twice", "name it once"))
     return out
+
+
+def _explain_on_stop(doc: Document, path: JsonPath, value: object) -> Problem:
+    """`on_stop:` is restore or keep: what each does, with the word it is closest to."""
+    hint = _did_you_mean(value, list(ON_STOP))
+    if isinstance(value, bool):
+        hint = "yes/no/on/off are true/false in YAML; write restore or keep"
+    return doc.problem(path, f"{_show(value)} is not restore or keep (restore: give the "
+                       "device back when pcipassd stops, the default; keep: leave it held)", hint)
 
 
 def _force_kinds(value: bool | list[str]) -> frozenset[str]:
@@ -574,16 +587,23 @@ def _conflicts(entries: list[Entry]) -> list[Problem]:
     problems = []
     for i, entry in enumerate(entries):
         for other in entries[:i]:
-            if entry.address is None or other.address is None or entry.driver == other.driver:
+            if entry.address is None or other.address is None or (
+                    entry.driver == other.driver and entry.on_stop == other.on_stop):
                 continue
             if any(e.vfs is not None and not e.vfs.move_pf for e in (entry, other)):
                 continue  # it leaves the PF on its driver
             shared = _overlap(entry.address, other.address)
-            if shared is not None:
+            if shared is not None and entry.driver != other.driver:
                 problems.append(entry.problem(
                     f"{shared} is also selected by {other.source} with driver {other.driver}, "
                     f"here with {entry.driver}",
                     "give both entries the same driver, or remove one"))
+                break
+            if shared is not None:
+                problems.append(entry.problem(
+                    f"{shared} is also selected by {other.source} with on_stop: "
+                    f"{other.on_stop}, here with on_stop: {entry.on_stop}",
+                    "give both entries the same on_stop, or remove one"))
                 break
     return problems
 
@@ -622,5 +642,6 @@ def _entry(
         force=_force_kinds(item.get("force", False)),
         name=item.get("name"),
         reset_method=_reset_methods(item.get("reset_method")),
+        on_stop=item.get("on_stop", RESTORE_ON_STOP),
     )
     return (None if problems else entry), problems

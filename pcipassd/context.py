@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pcipassd.memory import Judgment
     from pcipassd.model import Record
     from pcipassd.plan import Plan
+    from pcipassd.preflight import Preflight
     from pcipassd.selection import Selection
     from pcipassd.sriov import Due
     from pcipassd.state import State
@@ -172,3 +173,19 @@ def survey_groups(ctx: Context, inventory: Inventory, records: dict[str, Record]
     groups = survey.survey(inventory, names, records, configured, critical, only=only)
     ctx.out["names"] = names.source
     return groups
+
+
+
+def preflight(ctx: Context, inventory: Inventory, only: frozenset[str] | None = None
+              ) -> Preflight:
+    """Preflight (preflight.py) of the display and audio functions the configuration selects
+    (`ctx.selected`, before the guard: the console's card is shown refused), or of those in
+    `only` (list --verbose), each with its entry's target. Read-only verbs only: never apply."""
+    from pcipassd.preflight import in_scope  # noqa: PLC0415
+    from pcipassd.preflight import preflight as run  # noqa: PLC0415
+
+    targets = ({bdf: s.target for bdf, s in ctx.selected.chosen.items()}
+               if ctx.selected is not None else {})
+    wanted = [(d, targets.get(d.bdf)) for d in inventory.devices.values()
+              if in_scope(d) and d.bdf in (targets if only is None else only)]
+    return run(ctx.host, wanted, ctx.judgment(inventory).critical)

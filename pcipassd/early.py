@@ -25,7 +25,7 @@ from pcipassd.log import event
 from pcipassd.model import STUB_DRIVERS, Action, Record
 from pcipassd.safefile import Refused, read_host, read_untrusted, remove_temps, write_atomic
 from pcipassd.state import DRIVER_RE, State
-from pcipassd.value import frozen
+from pcipassd.value import frozen, replace
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -172,8 +172,8 @@ def adopt(host: Host, state: State) -> None:
             log.info("%s [%s] held for %s since the %s stage", hold.bdf, dev.id, hold.target,
                      hold.stage, extra={"journal": _fields(record)})
         else:  # bound again by its original driver on the way back: restore to that driver
-            record = Record(old.bdf, old.id, original, None, module, old.target, old.entry,
-                            hold.stage, old.forced)
+            record = replace(old, original_driver=original, original_override=None,
+                             original_module=module, stage=hold.stage)
         state.put(record)
         why = first_probe(host, record)
         if why:

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 RESOURCE_PREFIX = "pcipassd.io"
 
 
+def on_vfio(step: Step) -> bool:
+    """A configured device on vfio-pci: ready for a VM."""
+    return step.action is Action.UNCHANGED and step.target == vfio.DRIVER
+
+
 def held_on_vfio(plan: Plan, to: str) -> list[Step]:
     """The configured devices on vfio-pci, ready for `to` (QEMU, libvirt, KubeVirt, Proxmox);
     for each other configured device, a `#` line says what to change. None ready: an error
@@ -35,10 +40,10 @@ def held_on_vfio(plan: Plan, to: str) -> list[Step]:
             print(f"# {label} is held on {s.target}, which {to} cannot use (it needs vfio-pci): "
                   f"set `driver: vfio-pci` in its entry ({s.entry}) and run "
                   "`systemctl reload pcipassd`")
-        elif s.action is Action.BIND:
-            print(f"# {label} is not on vfio-pci yet: run `systemctl reload pcipassd`")
-        else:
+        elif on_vfio(s):
             ready.append(s)
+        else:
+            print(f"# {label} is not on vfio-pci yet: run `systemctl reload pcipassd`")
     if not ready:
         if plan.steps:
             raise PcipassError(f"nothing to give {to}: no configured device is on vfio-pci",

@@ -22,6 +22,13 @@ class ConfigError(PcipassError):
     exit_code = 2
 
 
+class UsageError(PcipassError):
+    """A command line argparse accepts but that names what is not there (`status --entry` of
+    no entry) or combines options that do not go together: exit 64, as a wrong command line."""
+
+    exit_code = 64  # exits.EXIT_USAGE
+
+
 class StateError(PcipassError):
     """The state file under /run/pcipass cannot be read or written safely."""
 

@@ -112,6 +112,23 @@ def read(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -
         return None
 
 
+def data(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> bytes | None:
+    """A host file's bytes (a device's `config` space), or None, as read() reads text. What
+    the kernel lets this user read: 64 bytes of `config` without CAP_SYS_ADMIN."""
+    path = host_path(host, absolute)
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        if not optional:
+            log.debug("%s does not exist", absolute)
+        return None
+    except OSError as err:
+        log.debug("cannot read %s: %s", absolute, err.strerror or err)
+        return None
+
+
 def value(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> str:
     """A sysfs attribute's value without its newline; "" when it cannot be read."""
     return (read(host, absolute, optional=optional) or "").strip()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOLD_LIST = "/etc/pcipass.early"  # early.HOLD_LIST: the list the image should carry
+EARLY_SCRIPT = "usr/lib/pcipassd/pcipassd-early"  # where both builders put the early hold
 INITRAMFS_TOOLS = "initramfs-tools"
 DRACUT = "dracut"
 #: pcipassd's initramfs stage for each builder, as the packages and `make install` install it
@@ -106,9 +107,9 @@ def has_stage(host: Host) -> bool:
     return found is not None and host.path(STAGE[found.name]).exists()
 
 
-def _carries(host: Host, found: Builder) -> bool | None:
-    """Whether the image lists the hold list (lsinitramfs, lsinitrd); None when it cannot be
-    told (no such tool, or it failed). Takes seconds: never on the boot path."""
+def _listing(host: Host, found: Builder) -> list[str] | None:
+    """The paths in the image (lsinitramfs, lsinitrd), without a leading "./"; None when it
+    cannot be told (no such tool, or it failed). Takes seconds: never on the boot path."""
     lister = _tool(host, _LISTER[found.name])
     if lister is None:
         return None
@@ -122,9 +123,40 @@ def _carries(host: Host, found: Builder) -> bool | None:
         return None
     if proc.returncode != 0:
         return None
-    name = HOLD_LIST.lstrip("/")
-    return any(line.split()[-1].lstrip("./") == name
-               for line in proc.stdout.splitlines() if line.split())
+    # lsinitramfs prints paths alone, lsinitrd `ls -l` lines: the path is the last field
+    return [line.split()[-1].lstrip("./") for line in proc.stdout.splitlines() if line.split()]
+
+
+def _carries(host: Host, found: Builder) -> bool | None:
+    """Whether the image lists the hold list; None when it cannot be told."""
+    paths = _listing(host, found)
+    return None if paths is None else HOLD_LIST.lstrip("/") in paths
+
+
+@frozen
+class Contents:
+    """What the image that boots next carries: its builder, whether it has pcipassd's stage
+    (the early hold), and the kernel modules in it (names, dashes as underscores)."""
+
+    builder: Builder
+    early_hold: bool  # the early hold's script and the hold list are in it
+    modules: frozenset[str]
+
+
+def contents(host: Host) -> Contents | None:
+    """The modules and pcipassd's stage in the image that boots next; None without a builder,
+    an image or a tool that lists it. Takes seconds (preflight, never on the boot path)."""
+    found = builder(host)
+    if found is None or not host.path(found.image).exists():
+        return None
+    paths = _listing(host, found)
+    if paths is None:
+        return None
+    modules = frozenset(p.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+                        for p in paths if ".ko" in p.rsplit("/", 1)[-1])
+    # the early hold is in the image when it carries both builders' script and the hold list
+    stage = {EARLY_SCRIPT, HOLD_LIST.lstrip("/")} <= set(paths)
+    return Contents(found, stage, modules)
 
 
 def stale(host: Host, *, look_inside: bool = False) -> str | None:

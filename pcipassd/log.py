@@ -31,6 +31,7 @@ MESSAGE_IDS = {
     "in use": "b1dd98260ef24d2da1ca14bea53b1fb1",
     "forced": "bc3a566ee4ed43a2ba44ae4513d200c1",
     "reboot needed": "31a47ba3e0b74b16b5968b1139c37f9a",
+    "kept": "81ee3e79e07a4cd0861e528cc2a84a23",
 }
 
 

@@ -7,6 +7,7 @@ the import graph (tests/test_layers.py).
 
 - the kinds of host-critical device the guard knows, which `force:` may name;
 - the drivers a device can be held by (``driver:`` and ``target``);
+- what `on_stop:` may say;
 - a Record, what the state file keeps about each device pcipassd moved;
 - an Action, what a plan does to a device.
 """
@@ -35,6 +36,14 @@ STUB_DRIVERS = ("pci-stub", VFIO_PCI)  # the targets the schema allows
 # What `reset_method:` may name (schema.json lists the same names).
 RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 
+# -- what the unit's stop (`systemctl stop`, reload's give-back, poweroff) does to a device -------
+# An entry's `on_stop:`, kept in the device's record: restore (the default) gives it back; keep
+# leaves it on its target, with its record, until `pcipassd restore` (by hand, or the package's
+# removal) or a reboot. For cards that hang on unbind or die on reset.
+RESTORE_ON_STOP = "restore"
+KEEP_ON_STOP = "keep"
+ON_STOP = (RESTORE_ON_STOP, KEEP_ON_STOP)  # what `on_stop:` may say (schema.json lists the same)
+
 
 # -- the state file: one record per device pcipassd moved ---------------------------------
 @frozen
@@ -57,6 +66,9 @@ class Record:
     # ("flr bus"; "" when reset was disabled), written back on give-back; None: pcipassd has
     # not changed it. Saved before the first write (tuned's rule).
     original_reset_method: str | None = None
+    # Its entry's `on_stop:` when pcipassd last applied it (ON_STOP): kept here, so that a device
+    # whose entry is edited away still stays held until `pcipassd restore` gives it back.
+    on_stop: str = RESTORE_ON_STOP
 
     @property
     def original_unknown(self) -> bool:

@@ -9,7 +9,7 @@ missing, and no fix then says `modprobe`.
 from __future__ import annotations
 
 from pcipassd.host import Host
-from pcipassd.inventory import driver_loaded, listed_modules
+from pcipassd.inventory import driver_loaded, kernel_release, listed_modules
 from pcipassd.safefile import read_host
 from pcipassd.value import frozen
 
@@ -76,3 +76,20 @@ def missing(host: Host, driver: str, kconfig: dict[str, str] | None) -> Missing 
                        f"{blocked.message}", blocked.hint)
     return Missing(f"this kernel has no {driver} driver (neither built in nor installed as "
                    "a module)", "install the kernel's modules package")
+
+
+def aliased(host: Host, modalias: str) -> tuple[str, ...]:
+    """The modules (dashes as underscores) whose `alias` in the running kernel's
+    modules.alias matches a device's `modalias`, as udev loads them: the host drivers of a
+    device that is held. Read only by preflight, never on the boot path."""
+    from fnmatch import fnmatchcase  # noqa: PLC0415
+
+    release = kernel_release(host)
+    text = read_host(host.path(f"/lib/modules/{release}/modules.alias")) if release else None
+    found: dict[str, None] = {}
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if (len(fields) == 3 and fields[0] == "alias" and fields[1].startswith("pci:")
+                and fnmatchcase(modalias, fields[1])):
+            found[fields[2].replace("-", "_")] = None
+    return tuple(found)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from pcipassd.errors import Problem
     from pcipassd.plan import Step
+    from pcipassd.preflight import Finding, Preflight
     from pcipassd.survey import Group
 
 
@@ -25,15 +26,17 @@ if TYPE_CHECKING:
 # the node document (node.py, node.schema.json): `last_error`, `actions`, `reboot_required`,
 # and each device's IDs, class, model, NUMA node, group members, `device_warnings`; a device's
 # `original` is also the original driver of a held device (it was only a restore's).
+# `preflight` (check, list --verbose, status; null where not filled) is a key added in version
+# 4, which no existing key changed for.
 JSON_FORMAT = 4
 # Each verb's own keys, as they are when it could not run (an error): the same shape always.
 JSON_KEYS: dict[str, dict[str, Any]] = {
     "validate": {"valid": None},
-    "check": {"passthrough_possible": None, "findings": []},
+    "check": {"passthrough_possible": None, "findings": [], "preflight": None},
     "plan": {"steps": [], "groups": []},
     "status": {"converged": None, "last_error": None, "actions": [], "reboot_required": None,
-               "devices": [], "sriov": [], "groups": []},
-    "list": {"names": None, "groups": []},
+               "devices": [], "sriov": [], "groups": [], "preflight": None},
+    "list": {"names": None, "groups": [], "preflight": None},
 }
 
 
@@ -141,4 +144,62 @@ def step_dict(step: Step) -> dict[str, Any]:
             "entry": step.entry, "selects": step.selects, "name": step.name, "via": step.via,
             "note": step.reason, "forced": step.forced or None,
             "reset_method": step.reset_method, "reset_method_now": step.reset_now,
-            "reset_method_original": step.reset_original}
+            "reset_method_original": step.reset_original, "on_stop": step.on_stop}
+
+
+# -- preflight (check, list --verbose, status --json) ------------------------------------------
+
+_CLASS_WORDS = {0x0300: "VGA", 0x0301: "XGA", 0x0302: "3D", 0x0380: "display", 0x0403: "audio"}
+
+
+def _finding_lines(f: Finding, indent: str) -> list[str]:
+    out = [f"{indent}{f.level:<7} {f.topic}: {f.message}"]
+    if f.hint:
+        out.append(f"{indent}{'':<7} fix: {f.hint}")
+    return out
+
+
+def preflight_text(p: Preflight) -> list[str]:
+    """Each display and audio function's findings under its address; empty when there is
+    none."""
+    if not p.reports:
+        return []
+    out = ["", "Preflight (display and audio functions):"]
+    for f in p.findings:
+        out.extend(_finding_lines(f, "  "))
+    for r in p.reports:
+        d = r.device
+        word = _CLASS_WORDS.get(d.cls >> 8, f"class {d.cls >> 8:04x}")
+        out.append(f"  {d.bdf} [{d.id}] {word}, on {d.driver_label}, target "
+                   f"{r.target or '(not configured)'}")
+        for f in r.findings:
+            out.extend(_finding_lines(f, "    "))
+    return out
+
+
+def _finding_dict(f: Finding) -> dict[str, str]:
+    return {"topic": f.topic, "level": f.level, **message(f.message, f.hint)}
+
+
+def preflight_json(p: Preflight) -> dict[str, Any]:
+    """`preflight` in check's, list's (--verbose) and status's JSON."""
+    from pcipassd.resetbugs import SOURCE  # noqa: PLC0415
+
+    return {
+        "kernel": p.kernel, "lockdown": p.lockdown, "vendor_reset_loaded": p.vendor_reset,
+        "vfio_pci": p.vfio_pci, "initramfs": p.image, "early_hold_in_initramfs": p.early_hold,
+        "findings": [_finding_dict(f) for f in p.findings],
+        "devices": [{
+            "device": r.device.bdf, "id": str(r.device.id), "class": f"{r.device.cls:06x}",
+            "target": r.target,
+            "reset": {"methods": r.reset.methods, "flr": r.reset.flr,
+                      "d3cold_allowed": r.reset.d3cold_allowed, "reset_bug": r.reset.bug,
+                      "reset_bug_source": SOURCE if r.reset.bug else None},
+            "framebuffer": None if r.claims is None else [
+                {"name": c.name, "bar": c.bar, "start": f"{c.start:#x}", "end": f"{c.end:#x}"}
+                for c in r.claims],
+            "host_drivers": list(r.host_drivers),
+            "host_drivers_in_initramfs": None if r.in_image is None else list(r.in_image),
+            "findings": [_finding_dict(f) for f in r.findings]}
+            for r in p.reports],
+    }

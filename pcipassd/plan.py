@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pcipassd.card import give_back_order
 from pcipassd.errors import Problem
 from pcipassd.inventory import Device, Inventory
-from pcipassd.model import Action, Record
+from pcipassd.model import KEEP_ON_STOP, RESTORE_ON_STOP, Action, Record
 from pcipassd.selection import Selection
 from pcipassd.value import frozen, replace
 
@@ -39,6 +39,15 @@ class Step:
     reset_method: str | None = None
     reset_now: str | None = None
     reset_original: str | None = None
+    # what the unit's stop does to it: its entry's `on_stop:`, else its record's (restore, keep)
+    on_stop: str = RESTORE_ON_STOP
+    entry_kept: bool = False  # a KEEP because its entry has a problem (refused), whatever on_stop
+
+    @property
+    def kept(self) -> bool:
+        """Left on its target, held, because its record says `on_stop: keep`: by the unit's stop,
+        or by apply once its entry is gone (a KEEP that is no problem)."""
+        return self.action is Action.KEEP and self.on_stop == KEEP_ON_STOP and not self.entry_kept
 
     @property
     def forced_note(self) -> str:
@@ -96,6 +105,8 @@ class Step:
             fields["PCIPASS_FORCED"] = self.forced
         if self.reset_to is not None:
             fields["PCIPASS_RESET_METHOD"] = self.reset_to or "none"
+        if self.on_stop == KEEP_ON_STOP:
+            fields["PCIPASS_ON_STOP"] = self.on_stop
         return fields
 
     @property
@@ -120,8 +131,8 @@ class Plan:
 
     @property
     def converged(self) -> bool:
-        return not self.problems and all(s.action is Action.UNCHANGED and not s.reset_due
-                                         for s in self.steps)
+        return not self.problems and all(
+            (s.action is Action.UNCHANGED and not s.reset_due) or s.kept for s in self.steps)
 
 
 def _hardware_changed(device: Device, record: Record) -> str:
@@ -165,7 +176,8 @@ def make_plan(
                           sel.entry.source, sel.entry.name, sel.via, reason,
                           warning=sel.warning, selects=sel.entry.selects, forced=forced,
                           reset_method=sel.reset_method, reset_now=sel.reset_now,
-                          reset_original=record.original_reset_method if record else None))
+                          reset_original=record.original_reset_method if record else None,
+                          on_stop=sel.entry.on_stop))
     for bdf, record in records.items():
         if bdf in selection.chosen:
             continue
@@ -177,7 +189,11 @@ def make_plan(
             steps.append(Step(bdf, record.id, Action.KEEP, device.driver, record.target,
                               device.group, record.entry,
                               reason="its entry has a problem; left as it is",
-                              forced=record.forced, original=record.original_driver))
+                              forced=record.forced, original=record.original_driver,
+                              on_stop=record.on_stop, entry_kept=True))
+            continue
+        if (kept := _kept_step(record, device, "no longer configured, but ")) is not None:
+            steps.append(kept)
             continue
         steps.append(_restore_step(record, device, "no longer configured"))
     return Plan(tuple(sorted(steps, key=lambda s: _order(s, inventory))), selection.problems)
@@ -188,9 +204,26 @@ def _order(step: Step, inventory: Inventory) -> tuple[str, int]:
     return give_back_order(step.bdf, step.action is Action.RESTORE, inventory)
 
 
-def restore_plan(inventory: Inventory, records: dict[str, Record]) -> Plan:
-    """Everything pcipassd changed, back to where it was."""
-    steps = [_restore_step(r, inventory.devices.get(bdf)) for bdf, r in sorted(records.items())]
+def _kept_step(record: Record, device: Device | None, why: str) -> Step | None:
+    """A KEEP for a device whose record says `on_stop: keep` and that is on its target, as
+    pcipassd left it; None for any other (given back as usual, or failed when it is gone or
+    changed). The reason says how to give it back."""
+    if (record.on_stop != KEEP_ON_STOP or device is None or str(device.id) != record.id
+            or device.driver != record.target):
+        return None
+    return Step(record.bdf, record.id, Action.KEEP, device.driver, record.target, device.group,
+                record.entry, forced=record.forced, original=record.original_driver,
+                on_stop=record.on_stop,
+                reason=f"{why}on_stop: keep: left on {record.target}; `pcipassd restore "
+                f"{record.bdf}` gives it back")
+
+
+def restore_plan(inventory: Inventory, records: dict[str, Record], *,
+                 keep: str | None = None) -> Plan:
+    """Everything pcipassd changed, back to where it was; with `keep` (the unit's stop: the
+    start of each such step's reason), but the devices whose record says `on_stop: keep`."""
+    steps = [(keep is not None and _kept_step(r, inventory.devices.get(bdf), keep))
+             or _restore_step(r, inventory.devices.get(bdf)) for bdf, r in sorted(records.items())]
     return Plan(tuple(sorted(steps, key=lambda s: _order(s, inventory))), ())
 
 

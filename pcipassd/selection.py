@@ -118,6 +118,13 @@ def select(config: Config, inventory: Inventory) -> Selection:
                     "give both entries the same driver, or remove one",
                 ))
                 refused.update((i, j))
+            elif j != i and other.on_stop != entry.on_stop:  # kept by one, given back by other
+                problems.append(entry.problem(
+                    f"{dev.bdf} is also selected by {other.source} with on_stop: "
+                    f"{other.on_stop}, here with on_stop: {entry.on_stop}",
+                    "give both entries the same on_stop, or remove one",
+                ))
+                refused.update((i, j))
     for i, entry in enumerate(config.entries):
         if i in refused:
             continue

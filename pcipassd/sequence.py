@@ -10,13 +10,27 @@ from pcipassd.output import log, log_problems
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pcipassd.address import Address
     from pcipassd.apply import Applier
     from pcipassd.config import Config
     from pcipassd.context import Context
     from pcipassd.inventory import Inventory
+    from pcipassd.model import Record
     from pcipassd.plan import Plan
     from pcipassd.selection import Selection
+    from pcipassd.sriov import Created
     from pcipassd.state import State
+
+
+def sriov_records(ctx: Context) -> dict[str, Created]:
+    """The VFs pcipassd created (sriov.json), read first: a damaged or unreadable file is a
+    StateError before any device is touched, as state.json is (else the VFs it created would
+    be left with nothing to remove them)."""
+    from pcipassd import sriov  # noqa: PLC0415
+
+    return sriov.load(ctx.host)
 
 
 def apply(ctx: Context) -> int:
@@ -31,15 +45,18 @@ def apply(ctx: Context) -> int:
     with State(ctx.host).locked() as state:
         applier = Applier(ctx.host, ctx.kernel, state)
         with on_sigterm(applier.stop):
+            created = sriov_records(ctx)  # before any device is touched, as state.json
             early.adopt(ctx.host, state)
             try:
                 config = ctx.load_config()
                 require_iommu(ctx, config.iommu)
             except NothingConfigured as e:  # installed and enabled, not configured yet
                 log().warning("%s: holding nothing (hint: %s)", e.message, e.hint)
-                early.sync(ctx.host, "")
-                rc = restore(ctx, state, verb="apply")
-                notify_status("holding nothing: no devices are configured")
+                early.sync(ctx.host, "")  # the next boot holds nothing, kept devices neither
+                rc = restore(ctx, state, verb="apply", keep="no longer configured, but ")
+                notify_status(f"holding {len(state.records)} device(s) no longer configured "
+                              "(on_stop: keep)" if state.records
+                              else "holding nothing: no devices are configured")
                 return rc
             except PcipassError as e:
                 release(ctx, state)
@@ -63,8 +80,7 @@ def apply(ctx: Context) -> int:
                     inventory, selection = _create_vfs(ctx, config, applier, state, inventory)
                     plan = make_plan(selection, inventory, state.records)
             hold_plan = plan
-            if any(e.vfs is not None for e in config.entries) or (
-                    ctx.host.state_dir / "sriov.json").exists():
+            if created or any(e.vfs is not None for e in config.entries):
                 hold_plan = _vfs_given_back(ctx, applier, plan, selection)
             if early.sync(ctx.host, early.render(hold_plan, selection)) and (
                     stale := initramfs.stale(ctx.host)):
@@ -72,7 +88,7 @@ def apply(ctx: Context) -> int:
             _say_reboot(ctx, plan, state)
             if applier.stopping:  # SIGTERM (`systemctl stop` while starting): give all back
                 log().info("stopping before apply finished: giving every device back")
-                restore(ctx, state)
+                restore(ctx, state, keep="")  # as the unit's stop: on_stop: keep stays held
                 return EXIT_STOPPED
         held = len(state.records)
         early.arm(ctx.host, held > 0)
@@ -239,32 +255,72 @@ def _remember(ctx: Context, inventory: Inventory) -> None:
 
 
 
-def restore(ctx: Context, state: State, verb: str = "restore") -> int:
+def restore(ctx: Context, state: State, verb: str = "restore", *, keep: str | None = None,
+            only: tuple[str, ...] = ()) -> int:
+    """Give back every device pcipassd holds; with `keep` (the unit's stop: how the line about
+    each starts), but those whose record says `on_stop: keep`; `only`: just the devices at
+    these addresses."""
     from pcipassd import early  # noqa: PLC0415
     from pcipassd.apply import Applier  # noqa: PLC0415
     from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.plan import restore_plan  # noqa: PLC0415
 
     early.adopt(ctx.host, state)
-    plan = restore_plan(scan(ctx.host), state.records)
+    created = sriov_records(ctx)  # read before any device is touched (damaged: StateError)
+    early.adopt(ctx.host, state)
+    records = state.records
+    if only:
+        records = _addressed(ctx, records, only, created)
+    plan = restore_plan(scan(ctx.host), records, keep=keep)
     applier = Applier(ctx.host, ctx.kernel, state)
     outcome = applier.run(plan)
-    if (ctx.host.state_dir / "sriov.json").exists():
-        from pcipassd import sriov  # noqa: PLC0415
-
-        applier.remove_vfs(list(sriov.load(ctx.host)))
-    early.arm(ctx.host, False)
+    if created:  # the VFs pcipassd created, once none is held (kept, or open in a VM)
+        applier.remove_vfs([pf for pf, made in created.items() if not only
+                            or any(a.matches(b) for a in _parsed(only) for b in (pf, *made.vfs))])
+    early.arm(ctx.host, bool(only) and bool(state.records))
     inventory = scan(ctx.host)  # what is left held (a device a VM has open), for the document
-    publish(ctx, verb, state, (restore_plan(inventory, state.records), inventory),
-            converged=False, error=None, labels=False)
-    log().info("%s", outcome.line("restore", "fail"))
+    publish(ctx, verb, state, (restore_plan(inventory, state.records, keep=keep), inventory),
+            converged=False, error=None, labels=None if only else False)
+    log().info("%s", outcome.line("restore", *(("keep",) if outcome.counts["keep"] else ()),
+                                  "fail"))
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
+
+def _parsed(addresses: tuple[str, ...]) -> list[Address]:
+    """The addresses `restore ADDRESS` was given; PcipassError when one is not an address."""
+    from pcipassd.address import Address, AddressError  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+
+    try:
+        return [Address.parse(text) for text in addresses]
+    except AddressError as e:
+        raise PcipassError(str(e), "write it like 0000:41:00.0") from None
+
+
+def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, ...],
+               created: Mapping[str, Created]) -> dict[str, Record]:
+    """The records of the devices at `addresses` (`0000:41:00.0`, `41:00.*`); the address of a
+    PF pcipassd created VFs on stands for its VFs too. PcipassError, nothing touched, when one
+    is not an address or pcipassd holds nothing there."""
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+
+    chosen: dict[str, Record] = {}
+    for address in _parsed(addresses):
+        vfs = {vf for pf, made in created.items() if address.matches(pf) for vf in made.vfs}
+        found = {bdf: r for bdf, r in records.items() if address.matches(bdf) or bdf in vfs}
+        if not found and not any(address.matches(pf) for pf in created):
+            raise PcipassError(f"pcipassd holds no device at {address}: nothing was given back",
+                               "`pcipassd status` shows the devices it holds")
+        chosen.update(found)
+    return chosen
 
 
 def restore_all(ctx: Context) -> int:
     # Restore needs no config: a broken config must never keep devices from coming back.
+    # `restore --on-stop` is the unit's stop (ExecStop: systemctl stop, poweroff): it leaves the
+    # devices whose entry said `on_stop: keep` held; `restore` by hand gives back those too.
     from pcipassd.state import State  # noqa: PLC0415
 
     with State(ctx.host).locked() as state:
-        return restore(ctx, state)
+        return restore(ctx, state, keep="" if getattr(ctx.args, "on_stop", False) else None,
+                       only=tuple(getattr(ctx.args, "devices", None) or ()))

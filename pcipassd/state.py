@@ -29,7 +29,7 @@ from pathlib import Path
 from pcipassd.address import BDF_RE
 from pcipassd.errors import StateError
 from pcipassd.host import Host
-from pcipassd.model import STUB_DRIVERS, Record
+from pcipassd.model import ON_STOP, RESTORE_ON_STOP, STUB_DRIVERS, Record
 from pcipassd.safefile import Refused, file_kind, read_untrusted, remove_temps, write_atomic
 from pcipassd.value import asdict, fields, frozen
 
@@ -37,7 +37,11 @@ TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the n
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 2  # 2: a record's `held` is now `stage`
+# 2: a record's `held` is now `stage`. Fields added since are optional and written only when
+# they say something (`forced`, `original_reset_method`, `on_stop: keep`): a file without them is
+# what an older pcipassd wrote and reads, so the format stays 2. A pcipassd older than a field
+# finds it unknown, and leaves that device as it is (a bad record), never gives it back wrongly.
+FORMAT = 2
 READS = (1, FORMAT)  # format 1 (before an upgrade reloaded the service) is read too
 LIMIT = 1 << 20  # bytes: a record is about 300, so room for thousands of devices
 MAX_DEPTH = 8  # a valid file nests 3 deep (object, list, record)
@@ -97,7 +101,7 @@ def _entry(value: Any) -> str:
     return value
 
 
-_OPTIONAL = ("stage", "forced", "original_reset_method")  # absent from older files
+_OPTIONAL = ("stage", "forced", "original_reset_method", "on_stop")  # absent from older files
 def _forced(value: Any) -> str:
     """What `force:` overrode: printable, one line, bounded (it is logged and shown)."""
     if (not isinstance(value, str) or len(value) > 4096
@@ -130,6 +134,8 @@ def _saved(record: Record) -> dict[str, Any]:
         del data["forced"]
     if record.original_reset_method is None:  # likewise
         del data["original_reset_method"]
+    if record.on_stop == RESTORE_ON_STOP:  # likewise: absent, it reads as restore
+        del data["on_stop"]
     return data
 
 
@@ -169,6 +175,7 @@ def parse_record(raw: Any, fmt: int = FORMAT) -> Record:
         stage=_one_of("stage", raw.get("stage", "late"), STAGES),
         forced=_forced(raw.get("forced", "")),
         original_reset_method=_reset_method(raw.get("original_reset_method")),
+        on_stop=_one_of("on_stop", raw.get("on_stop", RESTORE_ON_STOP), ON_STOP),
     )
 
 

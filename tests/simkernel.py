@@ -44,15 +44,28 @@ def _hexfile(value: int, width: int = 4) -> str:
     return f"0x{value:0{width}x}\n"
 
 
-def _config_space(vendor: int, device: int, cls: int, multifunction: bool) -> bytes:
-    """A device's 256 bytes of config space: in the first 64 (what a user who is not root can
-    read), the IDs, the class and the header type (1 for a PCI-to-PCI bridge; bit 7 =
-    multi-function); no capabilities (the rest reads as zero)."""
-    space = bytearray(256)
+def _config_space(vendor: int, device: int, cls: int, multifunction: bool,
+                  flr: bool | None = None) -> bytes:
+    """A device's config space: in the first 64 bytes (what a user who is not root can read),
+    the IDs, the class and the header type (1 for a PCI-to-PCI bridge; bit 7 =
+    multi-function). `flr` None: 256 bytes, no capabilities (the rest reads as zero). Else a
+    PCIe device's 4096 bytes: the capability list (status bit 4, pointer at 0x34) holds a power
+    management capability (0x01) at 0x40, then the PCIe capability (0x10) at 0x50, whose
+    Device Capabilities (0x54) has FLR (bit 28) when `flr`."""
+    space = bytearray(256 if flr is None else 4096)
     space[0:4] = vendor.to_bytes(2, "little") + device.to_bytes(2, "little")
     space[9:12] = cls.to_bytes(3, "little")  # prog-if, subclass, base class
     space[0x0E] = (0x01 if cls >> 8 == 0x0604 else 0x00) | (0x80 if multifunction else 0)
+    if flr is not None:
+        space[0x06] = 0x10  # status: capabilities list
+        space[0x34] = 0x40
+        space[0x40:0x42] = bytes([0x01, 0x50])  # PM, next 0x50
+        space[0x50:0x52] = bytes([0x10, 0x00])  # PCIe, last
+        space[0x54:0x58] = ((1 << 28) if flr else 0).to_bytes(4, "little")
     return bytes(space)
+
+
+CONFIG_AS_USER = 64  # what pci_read_config lets a user without CAP_SYS_ADMIN read
 
 
 @dataclass
@@ -119,6 +132,12 @@ class SimKernel:
         self.settles = 0  # how many times pcipassd waited for udev
         self._sriov: dict[str, _Sriov] = {}  # PFs with an SR-IOV capability, by BDF
         self.vfio_enable_sriov = False  # vfio-pci's module parameter enable_sriov
+        # Who reads: root (True) sees all of `config` and /proc/iomem's addresses; a user
+        # (as_user()) the first 64 bytes of `config` and every iomem address as zero.
+        self.privileged = True
+        self._config: dict[str, bytes] = {}  # each device's whole config space, by BDF
+        # /proc/iomem's entries: (start, end, name, depth), in the file's order
+        self.iomem: list[tuple[int, int, str, int]] = [(0x1000, 0x9FBFF, "System RAM", 0)]
         for d in ("devices", "drivers"):
             (self.pci / d).mkdir(parents=True, exist_ok=True)
         for d in ("devices", "kernel/iommu_groups", "module", "class/iommu"):
@@ -131,6 +150,8 @@ class SimKernel:
         (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
         (root / "proc/sys/kernel/osrelease").write_text(RELEASE + "\n")
         (root / "proc/modules").write_text("")  # a kernel with module support (CONFIG_MODULES)
+        (self.modules_dir / "modules.alias").write_text("")
+        self._write_iomem()
         self._real_root = Path(os.path.realpath(root))
 
     # ---- building the machine ------------------------------------------------------------
@@ -155,6 +176,9 @@ class SimKernel:
         mod = (module or name).replace("-", "_")
         drv = _Driver(name, mod, list(ids), builtin, probe_error, needs_iommu, sriov=sriov)
         self._drivers[name] = drv
+        for vendor, device in drv.ids:  # as depmod writes it from the MODULE_DEVICE_TABLE
+            self._list_module("modules.alias",
+                              f"alias pci:v0000{vendor:04X}d0000{device:04X}sv*sd*bc*sc*i* {mod}\n")
         if builtin:
             self._list_module("modules.builtin", f"{_MODULE_DIR}/{mod}.ko\n")
         else:
@@ -188,6 +212,9 @@ class SimKernel:
         physfn: str | None = None,
         reset_methods: Iterable[str] | None = None,
         _base: Path | None = None,
+        flr: bool | None = None,
+        d3cold_allowed: bool | None = None,
+        bars: Iterable[tuple[int, int]] = (),
     ) -> Path:
         """Hot-plug a device and return its dir. driver="auto" probes it like hotplug does,
         None leaves it unbound, a name binds it to that (registered) driver whatever its ids.
@@ -196,7 +223,12 @@ class SimKernel:
         device is an SR-IOV VF of that PF (the `physfn` link, and the PF's `virtfnN`).
         `reset_methods`: the reset methods the device supports (what the kernel's probe of each
         finds); they give it a `reset_method` file listing them in the kernel's order, as Linux
-        5.15+ does. None, or none supported: no such file (an older kernel, or no reset)."""
+        5.15+ does. None, or none supported: no such file (an older kernel, or no reset).
+        `flr`: a PCIe device (4096 bytes of config space) whose Device Capabilities has FLR
+        or not (None: 256 bytes, no capabilities). `d3cold_allowed`: that file (CONFIG_PM and
+        CONFIG_ACPI), None: none. `bars`: its memory BARs, (start, size) each, 64-bit
+        prefetchable, in `resource` (lines 0, 2, ...: a 64-bit BAR takes two) and /proc/iomem
+        (named by the BDF)."""
         if not BDF_RE.fullmatch(bdf) or bdf in self._devices:
             raise ValueError(f"bad or duplicate BDF {bdf!r}")
         if boot_vga is not None and cls >> 8 != 0x0300:
@@ -220,9 +252,18 @@ class SimKernel:
         }
         if boot_vga is not None:
             files["boot_vga"] = f"{int(boot_vga)}\n"
+        if d3cold_allowed is not None:
+            files["d3cold_allowed"] = f"{int(d3cold_allowed)}\n"
+        resources = [(0, 0, 0)] * 13  # pci-sysfs resource_show: BARs 0-5, ROM, VF BARs 7-12
+        for n, (start, size) in enumerate(bars):
+            resources[2 * n] = (start, start + size - 1, 0x0014220C)  # MEM|PREFETCH|MEM_64
+            self.iomem.append((start, start + size - 1, bdf, 1))
+        files["resource"] = "".join(f"0x{a:016x} 0x{b:016x} 0x{c:016x}\n"
+                                    for a, b, c in resources)
         for fname, text in files.items():
             (path / fname).write_text(text)
-        (path / "config").write_bytes(_config_space(vendor, device, cls, multifunction))
+        self._config[bdf] = _config_space(vendor, device, cls, multifunction, flr)
+        self._write_config(path, bdf)
         if physfn is not None:
             pf = self.device_dir(physfn)
             self._link(path / "physfn", pf)
@@ -239,6 +280,8 @@ class SimKernel:
             (path / "reset_method").write_text(" ".join(supported) + "\n")
             self._reset_supported[bdf] = supported
         self._devices[bdf] = _Device(bdf, vendor, device, path, iommu_group)
+        if bars:
+            self._write_iomem()
         if driver == "auto":
             self._device_attach(bdf)
         elif driver is not None:
@@ -278,6 +321,45 @@ class SimKernel:
         bus, devfn = int(pf[5:7], 16), int(pf[8:10], 16) << 3 | int(pf[11])
         rid = (bus << 8 | devfn) + cap.offset + n * cap.stride
         return f"{pf[:4]}:{rid >> 8:02x}:{(rid & 0xFF) >> 3:02x}.{rid & 7}"
+
+    def add_framebuffer(self, start: int, size: int, *claims: str) -> None:
+        """A boot framebuffer in /proc/iomem, nested as Linux nests it under the BAR that holds
+        it: sysfb's `BOOTFB` (claims: "BOOTFB", then "simpledrm" or "simplefb" below it), or
+        `efifb`/`vesafb` alone."""
+        depth = 1 + max((d for s, e, _, d in self.iomem if s <= start and e >= start), default=-1)
+        for claim in claims:
+            self.iomem.append((start, start + size - 1, claim, depth))
+            depth += 1
+        self._write_iomem()
+
+    def set_lockdown(self, level: str | None) -> None:
+        """/sys/kernel/security/lockdown with `level` active (None: no lockdown LSM)."""
+        path = self.sys / "kernel/security/lockdown"
+        if level is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(" ".join(f"[{w}]" if w == level else w
+                                 for w in ("none", "integrity", "confidentiality")) + "\n")
+
+    def as_user(self) -> None:
+        """From now on pcipassd reads as a user without CAP_SYS_ADMIN: 64 bytes of each
+        `config`, /proc/iomem with every address zero (since Linux 4.6)."""
+        self.privileged = False
+        for bdf, dev in self._devices.items():
+            self._write_config(dev.path, bdf)
+        self._write_iomem()
+
+    def _write_config(self, path: Path, bdf: str) -> None:
+        space = self._config[bdf]
+        (path / "config").write_bytes(space if self.privileged else space[:CONFIG_AS_USER])
+
+    def _write_iomem(self) -> None:
+        lines = []
+        for start, end, name, depth in sorted(self.iomem, key=lambda e: (e[0], e[3])):
+            a, b = (start, end) if self.privileged else (0, 0)
+            lines.append(f"{'  ' * depth}{a:08x}-{b:08x} : {name}\n")
+        (self.root / "proc/iomem").write_text("".join(lines))
 
     def enable_iommu(self, kind: str = "intel") -> None:
         """What an active IOMMU shows besides groups: /sys/class/iommu/<unit> and the ACPI table."""

@@ -6,6 +6,7 @@ the order of the give-back)."""
 from __future__ import annotations
 
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,162 @@ def test_status_qemu_q35_one_card_as_the_readme_shows_it(m: Machine) -> None:
     out = m.run("status", "--qemu-q35", "20").out
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert f"   # pcipassd status --qemu-q35 20\n{textwrap.indent(out, '   ')}   ```" in readme
+
+
+# ---- status --libvirt: a card in one guest slot, and one file per function (--entry) ---------
+def _hostdevs(xml: str) -> dict[str, dict[str, str] | None]:
+    """Each <hostdev> of `status --libvirt`'s output (or of one file): its host address ->
+    the attributes of its guest <address>, None when it has none."""
+    root = ET.fromstring(f"<out>{xml}</out>")
+    out: dict[str, dict[str, str] | None] = {}
+    for hostdev in root.iter("hostdev"):
+        source = hostdev.find("source/address")
+        assert source is not None
+        a = {k: int(v, 16) for k, v in source.attrib.items()}
+        guest = hostdev.find("address")
+        out[f"{a['domain']:04x}:{a['bus']:02x}:{a['slot']:02x}.{a['function']:x}"] = (
+            None if guest is None else dict(guest.attrib))
+    return out
+
+
+def _guest(slot: str, function: str, multi: bool = False) -> dict[str, str]:
+    return {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": slot,
+            "function": function, **({"multifunction": "on"} if multi else {})}
+
+
+def test_status_libvirt_puts_a_cards_functions_in_one_guest_slot(m: Machine) -> None:
+    config(m, '  - address: "0000:41:00.*"\n  - address: "0000:42:00.*"\n'
+              f'  - address: "{PLAIN}"\n')
+    assert m.run("apply").rc == 0
+    r = m.run("status", "--libvirt")
+    assert r.rc == 0, r.err
+    assert _hostdevs(r.out) == {
+        GPU: _guest("0x10", "0x0", multi=True), AUDIO: _guest("0x10", "0x1"),
+        GPU2: _guest("0x11", "0x0", multi=True), AUDIO2: _guest("0x11", "0x1"),
+        PLAIN: None}, "a card per guest slot from 0x10; a single function: libvirt picks"
+    assert ("<!-- a card: its functions in guest slot 0x10 of bus 0x00, function 0 "
+            "multifunction='on'; libvirt cannot hot-plug a multi-function card: add it with the "
+            "VM shut off (virsh edit) -->") in r.out.splitlines()
+    moved = m.run("status", "--libvirt", "--guest-slot", "0x1a")
+    assert [(g or {}).get("slot") for g in _hostdevs(moved.out).values()] == [
+        "0x1a", "0x1a", "0x1b", "0x1b", None]
+
+
+def test_status_libvirt_numbers_a_card_held_without_function_0_from_0(m: Machine) -> None:
+    config(m, f'  - address: "{PF1}"\n  - address: "{VF}"\n  - address: "0000:41:00.*"\n')
+    assert m.run("apply").rc == 0
+    assert _hostdevs(m.run("status", "--libvirt").out) == {
+        GPU: _guest("0x10", "0x0", multi=True), AUDIO: _guest("0x10", "0x1"),
+        PF1: _guest("0x11", "0x0", multi=True), VF: _guest("0x11", "0x1")}, (
+        "guests look for functions 1-7 only where function 0 is")
+
+
+def test_status_libvirt_leaves_a_single_function_as_it_was(m: Machine) -> None:
+    config(m, f'  - address: "{PLAIN}"\n    name: guest-gpu\n')
+    assert m.run("apply").rc == 0
+    r = m.run("status", "--libvirt", "--guest-slot", "12")
+    assert (r.rc, r.out) == (0, (
+        f"<!-- {PLAIN} [10de:1f82] guest-gpu -->\n"
+        "<hostdev mode='subsystem' type='pci' managed='no'>\n"
+        "  <source>\n"
+        "    <address domain='0x0000' bus='0x43' slot='0x00' function='0x0'/>\n"
+        "  </source>\n"
+        "</hostdev>\n")), "no guest <address>: libvirt picks a slot, as before"
+
+
+@pytest.mark.parametrize("slot", ["0", "0x20", "x", "0x"])
+def test_status_libvirt_guest_slot_is_a_slot_of_bus_0(m: Machine, slot: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        m.run("status", "--libvirt", "--guest-slot", slot)
+    assert e.value.code == 64
+    err = m.capsys.readouterr().err
+    assert f"--guest-slot: {slot!r} is not a guest slot (hex, 0x01-0x1f)" in err
+
+
+def test_status_libvirt_cards_must_fit_in_bus_0(m: Machine) -> None:
+    config(m, '  - address: "0000:41:00.*"\n  - address: "0000:42:00.*"\n')
+    assert m.run("apply").rc == 0
+    r = m.run("status", "--libvirt", "--guest-slot", "1f")
+    assert (r.rc, r.out) == (1, "")
+    assert r.err == ("pcipassd: error: 2 cards from guest slot 0x1f go past slot 0x1f (hint: "
+                     "give a lower slot: --guest-slot 0x1e)\n")
+
+
+CARD_AND_NIC = ('  - address: "0000:41:00.*"\n    name: guest-gpu\n'
+                f'  - address: "{PLAIN}"\n    name: guest-nic\n')
+
+
+def test_status_libvirt_entry_writes_one_file_per_function(
+        m: Machine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config(m, '  - address: "0000:42:00.*"\n    name: guest-gpu\n  - address: "0000:41:00.*"\n')
+    assert m.run("apply").rc == 0
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    r = m.run("status", "--libvirt", "--entry", "guest-gpu")
+    assert r.rc == 0, r.err
+    first, second = "guest-gpu-1-0000-42-00.0.xml", "guest-gpu-2-0000-42-00.1.xml"
+    assert r.out.splitlines() == [
+        "# wrote 2 files in .: one <hostdev> per function, as `virsh attach-device` takes one "
+        "device at a time",
+        "# libvirt cannot hot-plug a multi-function card: shut the VM off, run these in order "
+        "(function 0 first), then start it",
+        f"virsh attach-device DOMAIN ./{first} --config",
+        f"virsh attach-device DOMAIN ./{second} --config"]
+    assert sorted(p.name for p in here.iterdir()) == [first, second]
+    # the guest slot `status --libvirt` gives the card: 42:00 is the second card, in slot 0x11
+    assert _hostdevs((here / first).read_text()) == {GPU2: _guest("0x11", "0x0", multi=True)}
+    assert _hostdevs((here / second).read_text()) == {AUDIO2: _guest("0x11", "0x1")}
+    assert (here / first).read_text().startswith(f"<!-- {GPU2} [10de:1f08] guest-gpu -->\n")
+    ET.parse(here / second)  # each file one XML document, as virsh reads it
+    assert (here / first).stat().st_mode & 0o777 == 0o644
+
+
+def test_status_libvirt_entry_of_a_single_function_into_xml_dir(m: Machine,
+                                                                tmp_path: Path) -> None:
+    config(m, CARD_AND_NIC)
+    assert m.run("apply").rc == 0
+    out = tmp_path / "vm xml"
+    out.mkdir()
+    r = m.run("status", "--libvirt", "--entry", "guest-nic", "--xml-dir", str(out))
+    assert r.rc == 0, r.err
+    assert r.out.splitlines()[1:] == [
+        "# add --live to give it to the running VM as well",
+        f"virsh attach-device DOMAIN '{out}/guest-nic-1-0000-43-00.0.xml' --config"]
+    assert _hostdevs((out / "guest-nic-1-0000-43-00.0.xml").read_text()) == {PLAIN: None}
+
+
+def test_status_libvirt_entry_refuses_a_name_no_entry_has(
+        m: Machine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config(m, CARD_AND_NIC)
+    assert m.run("apply").rc == 0
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    r = m.run("status", "--libvirt", "--entry", "guest-gpus")
+    assert (r.rc, r.out) == (64, "")
+    assert r.err == ("pcipassd: error: --entry 'guest-gpus': no entry has that name (hint: the "
+                     "entries' names: guest-gpu, guest-nic)\n")
+    assert sorted(tmp_path.iterdir()) == before, "no file written"
+
+
+@pytest.mark.parametrize("argv", [["--entry", "guest-gpu"], ["--qemu", "--guest-slot", "10"],
+                                  ["--libvirt", "--xml-dir", "."]])
+def test_status_libvirt_options_go_together(m: Machine, argv: list[str]) -> None:
+    config(m, CARD_AND_NIC)
+    assert m.run("apply").rc == 0
+    r = m.run("status", *argv)
+    assert (r.rc, r.out) == (64, "")
+    assert r.err.startswith(f"pcipassd: error: {argv[-2]} goes with --")
+
+
+def test_status_libvirt_card_as_the_readme_shows_it(m: Machine, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    config(m, '  - address: "0000:41:00.*"\n    name: guest-gpu\n')
+    assert m.run("apply").rc == 0
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    out = m.run("status", "--libvirt").out
+    assert f"   # pcipassd status --libvirt\n{textwrap.indent(out, '   ')}   ```" in readme
+    monkeypatch.chdir(tmp_path)
+    out = m.run("status", "--libvirt", "--entry", "guest-gpu").out
+    assert (f"   # pcipassd status --libvirt --entry guest-gpu\n"
+            f"{textwrap.indent(out, '   ')}   ```") in readme

@@ -38,7 +38,7 @@ def test_plan_json(m: Machine) -> None:
         "target": "pci-stub", "original": None, "group": "2", "entry": "/etc/pcipass.yaml:3",
         "selects": "address 0000:00:02.0", "name": "guest-nic", "via": None, "note": "",
         "forced": None, "reset_method": None, "reset_method_now": None,
-        "reset_method_original": None,
+        "reset_method_original": None, "on_stop": "restore",
     }]
 
 

@@ -16,11 +16,11 @@ from pcipassd.cli import main
 COMMON = ["format", "verb", "ok", "exit", "error", "problems", "warnings"]
 OWN = {
     "validate": ["valid"],
-    "check": ["passthrough_possible", "findings"],
+    "check": ["passthrough_possible", "findings", "preflight"],
     "plan": ["steps", "groups"],
     "status": ["converged", "last_error", "actions", "reboot_required", "devices", "sriov",
-               "groups"],
-    "list": ["names", "groups"],
+               "groups", "preflight"],
+    "list": ["names", "groups", "preflight"],
 }
 PROBLEM = ["file", "line", "column", "path", "message", "hint"]
 VERBS = list(OWN)

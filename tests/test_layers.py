@@ -23,13 +23,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "address", "printable", "strictmodes")),
     # reading the host: the kernel's devices, drivers, modules, IOMMU, mounts, network, names
     ("host", ("kernel", "inventory", "hostfiles", "storage", "netconfig", "iommu", "modules",
-              "names", "vfio", "survey", "initramfs")),
+              "names", "vfio", "survey", "initramfs", "resetbugs")),
     # reading the configuration
     ("config", ("yamldoc", "config")),
     # deciding what may be held: the selection, the guard, the policy that joins them
     ("decide", ("selection", "settle", "guard", "card", "policy")),
     # what apply would do, decided without touching anything
-    ("plan", ("plan",)),
+    # and what will go wrong at a VM's first start (preflight: check, list, status only)
+    ("plan", ("plan", "preflight")),
     # acting and recording: apply (the only writer of /sys), the state file, the guard's
     # memory, the early hold list and what a reboot would change
     ("act", ("apply", "state", "memory", "early", "reboot", "sriov")),

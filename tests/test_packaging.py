@@ -199,7 +199,7 @@ class Stubs:
     """A PATH of stand-ins for the commands maintainer scripts call; each records its argv."""
 
     COMMANDS = ("deb-systemd-helper", "deb-systemd-invoke", "systemctl", "py3compile",
-                "py3clean", "dpkg-trigger", "update-initramfs", "dracut")
+                "py3clean", "dpkg-trigger", "update-initramfs", "dracut", "pcipassd")
 
     def __init__(self, root: Path) -> None:
         self.bin = root / "bin"
@@ -211,6 +211,9 @@ class Stubs:
         self.features = root / "features.d"  # for NFD's features.d
         self.features.mkdir()
         self.labels = self.features / "pcipassd"
+        self.run_pcipass = root / "run-pcipass"  # stands in for /run/pcipass
+        self.run_pcipass.mkdir()
+        self.state = self.run_pcipass / "state.json"
         for name in self.COMMANDS:
             stub = self.bin / name
             stub.write_text(f'#!/bin/sh\necho "{name} $*" >>"{self.log}"\nexit 0\n')
@@ -219,7 +222,8 @@ class Stubs:
     def run(self, script: Path, *args: str) -> list[str]:
         """Run a maintainer script as dpkg or rpm would; the calls it made, in order."""
         text = script.read_text().replace("/run/systemd/system", str(self.systemd)).replace(
-            "/etc/kubernetes/node-feature-discovery/features.d", str(self.features))
+            "/etc/kubernetes/node-feature-discovery/features.d", str(self.features)).replace(
+            "/run/pcipass/", f"{self.run_pcipass}/")
         local = script.with_name(script.name + ".local")
         local.write_text(text)
         self.log.write_text("")
@@ -266,17 +270,25 @@ def test_deb_upgrade_reloads_and_never_stops(deb_scripts: Path, tmp_path: Path) 
 
 
 def test_deb_removal_stops_pcipassd(deb: Path, deb_scripts: Path, tmp_path: Path) -> None:
-    """Stopping pcipassd.service is what gives every device back (ExecStop=pcipassd restore)."""
+    """Stopping pcipassd.service gives every device back (ExecStop=pcipassd restore --on-stop)
+    but those an entry keeps (`on_stop: keep`); then `pcipassd restore` gives those back too,
+    since nothing would once pcipassd is gone. Nothing held (no records): only the stop."""
     stubs = Stubs(tmp_path)
     calls = stubs.run(deb_scripts / "prerm", "remove")
     assert _service_actions(calls) == ["deb-systemd-invoke stop pcipassd.service "
                                        "pcipassd-early.service"]
+    assert "pcipassd restore" not in calls
+    stubs.state.write_text('{"format": 2, "devices": [...]}\n')  # the unit's stop kept some
+    calls = stubs.run(deb_scripts / "prerm", "remove")
+    stop = calls.index("deb-systemd-invoke stop pcipassd.service pcipassd-early.service")
+    assert calls.index("pcipassd restore") > stop
+    assert "pcipassd restore" not in stubs.run(deb_scripts / "prerm", "upgrade", "0.1.0-2")
     unit = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
                           check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(unit)) as tar:
         f = tar.extractfile("./lib/systemd/system/pcipassd.service")
         assert f is not None
-        assert "ExecStop=/usr/sbin/pcipassd restore" in f.read().decode().splitlines()
+        assert "ExecStop=/usr/sbin/pcipassd restore --on-stop" in f.read().decode().splitlines()
 
 
 # ---- the RPM -----------------------------------------------------------------------------------
@@ -349,9 +361,15 @@ def test_rpm_scriptlets(rpm_scripts: Path, tmp_path: Path) -> None:
     # install and upgrade: every kernel's image gets this version's dracut module
     assert stubs.run(rpm_scripts / "posttrans") == ["dracut -f --regenerate-all"]
     assert stubs.labels.exists(), "an upgrade keeps them"
-    # erase: stop (gives every device back)
-    assert _service_actions(stubs.run(rpm_scripts / "preun", "0")) == [
+    # erase: stop (gives every device back but those kept by on_stop: keep), then those too
+    calls = stubs.run(rpm_scripts / "preun", "0")
+    assert _service_actions(calls) == [
         "systemctl --no-reload disable --now pcipassd.service pcipassd-early.service"]
+    assert "pcipassd restore" not in calls, "nothing held"
+    stubs.state.write_text('{"format": 2, "devices": [...]}\n')
+    calls = stubs.run(rpm_scripts / "preun", "0")
+    assert calls[-1] == "pcipassd restore"
+    assert "pcipassd restore" not in stubs.run(rpm_scripts / "preun", "1"), "not on upgrade"
     stubs.labels.write_text("pcipassd.ready=true\n")
     calls = stubs.run(rpm_scripts / "postun", "0")
     assert _service_actions(calls) == []

@@ -379,3 +379,34 @@ def test_the_hold_list_has_no_vfs(sr: Machine) -> None:
     hold = (sr.root / "etc/pcipass.early").read_text()
     assert "dev 0000:00:02.0 8086:10d3 pci-stub" in hold
     assert not any(vf in hold for vf in VFS) and PF not in hold
+
+
+# -- on_stop: keep (the merge with main)
+
+def test_on_stop_keep_leaves_the_vfs_and_the_count_until_restore(sr: Machine) -> None:
+    sr.config(f"""\
+        version: 1
+        devices:
+          - address: "{PF}"
+            on_stop: keep
+            vfs: {{count: 4, driver: vfio-pci}}
+        """)
+    assert sr.run("apply").rc == 0
+    assert {r["on_stop"] for r in sr.state.values()} == {"keep"}
+    r = sr.run("restore", "--on-stop")
+    assert r.rc == 0, r.err
+    assert sr.sim.numvfs(PF) == 4 and [sr.driver(v) for v in VFS] == ["vfio-pci"] * 4
+    assert f"{PF}: its 4 VFs stay (on_stop: keep" in r.err
+    assert f"`pcipassd restore {PF}` gives them back" in r.err
+    r = sr.run("restore", PF)
+    assert r.rc == 0, r.err
+    assert sr.sim.numvfs(PF) == 0 and sr.state == {}
+    assert not (sr.root / "run/pcipass/sriov.json").exists()
+
+
+def test_on_stop_restore_removes_the_vfs_on_stop(sr: Machine) -> None:
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    r = sr.run("restore", "--on-stop")
+    assert r.rc == 0, r.err
+    assert sr.sim.numvfs(PF) == 0 and sr.state == {}

@@ -144,7 +144,8 @@ def test_without_a_plain_verb_every_verb_is_built(argv: list[str]) -> None:
 # (bench/noop_apply.py). A behaviour test of imports, never of times.
 NOT_ON_BOOT = ("typing", "shutil", "argparse", "locale", "pcipassd.cmdline", "pcipassd.iommu",
                "pcipassd.modules", "pcipassd.vfio", "pcipassd.reboot", "pcipassd.survey",
-               "pcipassd.names", "jsonschema", "dataclasses", "inspect")
+               "pcipassd.names", "pcipassd.preflight", "pcipassd.resetbugs",
+               "jsonschema", "dataclasses", "inspect")
 
 
 def test_a_converged_apply_imports_nothing_it_does_not_need(m: Machine) -> None:
@@ -182,7 +183,8 @@ def test_printable_skips_its_pattern_only_for_text_it_would_leave_alone() -> Non
 @pytest.mark.parametrize("argv", [
     ["apply"], ["restore"], ["--root", "/x", "apply"], ["--debug", "apply"],
     ["--config", "/c.yaml", "--root", "/x", "--debug", "restore"], ["--root", "apply", "apply"],
-    ["--root", "/x y", "--config", "apply", "restore"],
+    ["--root", "/x y", "--config", "apply", "restore"], ["restore", "--on-stop"],
+    ["--root", "/x", "--debug", "restore", "--on-stop"],
 ])
 def test_the_units_command_lines_are_read_as_argparse_reads_them(argv: list[str]) -> None:
     """apply and restore as the units run them skip argparse (start-up); the same values."""
@@ -198,7 +200,8 @@ def test_the_units_command_lines_are_read_as_argparse_reads_them(argv: list[str]
     ["--root", "/x", "--root", "/y", "apply"], ["--debug", "--debug", "apply"],
     ["--root", "-x", "apply"], ["--root", "", "apply"], ["--root", "--", "apply"],
     ["--root"], ["apply", "restore"], ["--version", "apply"], ["-h", "apply"], ["--json", "apply"],
-    ["--root", "/x", "apply", "--config", "/c"],
+    ["--root", "/x", "apply", "--config", "/c"], ["apply", "--on-stop"],
+    ["restore", "--on-stop", "--debug"], ["restore", "0000:02:00.0"], ["--on-stop", "restore"],
 ])
 def test_every_other_command_line_is_left_to_argparse(argv: list[str]) -> None:
     from pcipassd.cli import _plain  # noqa: PLC0415

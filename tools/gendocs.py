@@ -171,10 +171,10 @@ _pcipassd() {{
         esac
     done
     case $prev in
-        --root) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --root|--xml-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --config|--main) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --class) COMPREPLY=($(compgen -W "{' '.join(CLASS_WORDS)}" -- "$cur")); return ;;
-        --id) return ;;
+        --id|--entry|--guest-slot) return ;;
         --address)  # the addresses the configuration names
             COMPREPLY=($(compgen -W "$(_pcipassd_addresses)" -- "$cur")); return ;;
     esac

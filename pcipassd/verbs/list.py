@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pcipassd.context import readable_state, survey_groups
 from pcipassd.exits import EXIT_FAIL, EXIT_OK
-from pcipassd.output import groups_json, message, table
+from pcipassd.output import groups_json, message, preflight_json, preflight_text, table
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -34,8 +34,14 @@ def run(ctx: Context) -> int:
     except AddressError as e:
         raise PcipassError(f"--address: {e}", "e.g. --address 0000:02:00.0 or 02:00.*") from e
     groups = survey_groups(ctx, inventory, readable_state(ctx).records, configured, only)
+    ahead = None
+    if getattr(ctx.args, "verbose", False):
+        from pcipassd.context import preflight  # noqa: PLC0415
+
+        ahead = preflight(ctx, inventory, frozenset(r.device.bdf for g in groups for r in g.rows))
     if ctx.args.json:
         ctx.out.update({"groups": groups_json(groups),
+                        "preflight": preflight_json(ahead) if ahead else None,
                         "problems": [p.as_dict() for p in problems],
                         "warnings": [message(note[1:-1], "")] if note else []})
         return EXIT_OK if groups else EXIT_FAIL
@@ -58,4 +64,6 @@ def run(ctx: Context) -> int:
         print("\n".join(pfs))
     if note:
         print(note)
+    if ahead is not None:
+        print("\n".join(preflight_text(ahead)))
     return EXIT_OK if groups else EXIT_FAIL

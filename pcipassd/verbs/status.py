@@ -5,25 +5,37 @@ from __future__ import annotations
 
 from pcipassd.context import planned, readable_state
 from pcipassd.exits import EXIT_FAIL, EXIT_OK
-from pcipassd.output import groups_json, groups_text, message, problem_lines, table
+from pcipassd.output import (
+    groups_json,
+    groups_text,
+    message,
+    preflight_json,
+    problem_lines,
+    table,
+)
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from pcipassd import vfio
+    from pcipassd.config import Config
     from pcipassd.context import Context
     from pcipassd.model import Record
     from pcipassd.plan import Plan, Step
 
 
 def run(ctx: Context) -> int:
-    from pcipassd.model import Action  # noqa: PLC0415
+    from pcipassd.model import KEEP_ON_STOP, Action  # noqa: PLC0415
     from pcipassd.printable import printable  # noqa: PLC0415
 
     config = ctx.load_config()
     state = readable_state(ctx)
     records = state.records
     plan, groups = planned(ctx, config, records)
+    _libvirt_options(ctx, config)
+    if ctx.args.libvirt and ctx.args.entry is not None:
+        return _libvirt_files(plan, ctx.args.entry, ctx.args.guest_slot, ctx.args.xml_dir)
     if ctx.args.qemu or ctx.args.libvirt or ctx.args.qemu_q35 is not None:
-        return _handoff(plan, ctx.args.libvirt, ctx.args.qemu_q35)
+        return _handoff(plan, ctx.args.libvirt, ctx.args.qemu_q35, ctx.args.guest_slot)
     if ctx.args.kubevirt or ctx.args.proxmox_mapping:
         return _engine(ctx, plan)
     warnings = [*((w, "") for w in state.problems()), *_warnings(ctx, records),
@@ -51,6 +63,10 @@ def run(ctx: Context) -> int:
                         "warnings": [message(w, h) for w, h in warnings]})
         for d in ctx.out["devices"]:
             d["in_use_by"] = users.get(d["device"], [])
+        if ctx.inventory is not None:  # what will go wrong at the first VM start
+            from pcipassd.context import preflight  # noqa: PLC0415
+
+            ctx.out["preflight"] = preflight_json(preflight(ctx, ctx.inventory))
     else:
         rows = [[s.bdf, s.id, s.driver or "-",
                  (s.target or "-") if s.action is not Action.RESTORE else "-",
@@ -69,6 +85,12 @@ def run(ctx: Context) -> int:
         if users:
             print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
                                     for bdf, who in users.items())]))
+        if kept := [s for s in plan.steps if s.on_stop == KEEP_ON_STOP and s.target
+                    and s.action is not Action.RESTORE]:
+            print("\n".join(["", *(f"kept: {s.bdf} stays on {s.target} when pcipassd stops "
+                                    f"(on_stop: keep{'' if s.selects else '; no longer configured'}"
+                                    f"): `pcipassd restore {s.bdf}` gives it back"
+                                    for s in kept)]))
         if plan.problems:
             print("\n".join(["", *problem_lines(plan.problems)]))
         if warnings:
@@ -117,24 +139,138 @@ def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]
 
 
 
-def _handoff(plan: Plan, libvirt: bool, q35: int | None = None) -> int:
-    """`status --qemu` / `--qemu-q35 BASE` / `--libvirt`: what to give QEMU or libvirt for each
-    device held on vfio-pci; for the others, why not and what to change. Notes are `#` lines."""
+def _handoff(plan: Plan, libvirt: bool, q35: int | None = None,
+             guest_slot: int | None = None) -> int:
+    """`status --qemu` / `--qemu-q35 BASE` / `--libvirt [--guest-slot SLOT]`: what to give QEMU
+    or libvirt for each device held on vfio-pci; for the others, why not and what to change.
+    Notes are `#` lines (XML comments in libvirt's XML)."""
     from pcipassd import vfio  # noqa: PLC0415
     from pcipassd.engines import held_on_vfio  # noqa: PLC0415
-    from pcipassd.printable import in_xml_comment  # noqa: PLC0415
 
     ready = held_on_vfio(plan, "libvirt" if libvirt else "QEMU")
     if libvirt:
+        layout = vfio.libvirt_layout([s.bdf for s in ready], _slot_or_default(guest_slot))
         for s in ready:
-            name = f" {in_xml_comment(s.name)}" if s.name else ""
-            print(f"<!-- {s.bdf} [{s.id}]{name} -->")
-            print(vfio.libvirt_hostdev(s.bdf))
+            guest = layout.get(s.bdf)
+            if guest is not None and guest.function == 0:
+                print(_card_note(guest))
+            print(_hostdev_xml(s, guest))
     elif q35 is not None:
         print("\n".join(vfio.qemu_q35_args([s.bdf for s in ready], q35)))
     else:
         print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
     return EXIT_OK if len(ready) == len(plan.steps) else EXIT_FAIL
+
+
+def _slot_or_default(guest_slot: int | None) -> int:
+    from pcipassd.vfio import GUEST_SLOT  # noqa: PLC0415
+
+    return GUEST_SLOT if guest_slot is None else guest_slot
+
+
+def _card_note(function0: vfio.GuestAddress) -> str:
+    """The XML comment before a card's functions (no `--` in it: it would end the comment)."""
+    return (f"<!-- a card: its functions in guest slot 0x{function0.slot:02x} of bus 0x00, "
+            "function 0 multifunction='on'; libvirt cannot hot-plug a multi-function card: "
+            "add it with the VM shut off (virsh edit) -->")
+
+
+def _hostdev_xml(step: Step, guest: vfio.GuestAddress | None) -> str:
+    """A function's <hostdev>, after an XML comment naming it (its address, ID and entry)."""
+    from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.printable import in_xml_comment  # noqa: PLC0415
+
+    name = f" {in_xml_comment(step.name)}" if step.name else ""
+    return f"<!-- {step.bdf} [{step.id}]{name} -->\n{vfio.libvirt_hostdev(step.bdf, guest)}"
+
+
+def _libvirt_options(ctx: Context, config: Config) -> None:
+    """--guest-slot, --entry and --xml-dir go with --libvirt only; --xml-dir with --entry; an
+    --entry names an entry of the configuration."""
+    from pcipassd.errors import UsageError  # noqa: PLC0415
+    from pcipassd.printable import short  # noqa: PLC0415
+
+    args = ctx.args
+    given = [option for option, value in (("--guest-slot", args.guest_slot),
+                                          ("--entry", args.entry), ("--xml-dir", args.xml_dir))
+             if value is not None]
+    if given and not args.libvirt:
+        raise UsageError(f"{given[0]} goes with --libvirt only",
+                         f"add --libvirt: pcipassd status --libvirt {given[0]} ...")
+    if args.xml_dir is not None and args.entry is None:
+        raise UsageError("--xml-dir goes with --entry NAME only",
+                         "pcipassd status --libvirt --entry NAME --xml-dir DIR")
+    if args.entry is None:
+        return
+    names = sorted({e.name for e in config.entries if e.name})
+    if args.entry not in names:
+        known = (f"the entries' names: {', '.join(short(n) for n in names)}" if names
+                 else "no entry has a `name:`: give the entry one")
+        raise UsageError(f"--entry {short(args.entry)!r}: no entry has that name", known)
+
+
+def _libvirt_files(plan: Plan, entry: str, guest_slot: int | None, xml_dir: str | None) -> int:
+    """`status --libvirt --entry NAME [--xml-dir DIR]`: one file per function of the entry's
+    devices held on vfio-pci, each one <hostdev> (`virsh attach-device` takes one device at a
+    time), and the `virsh attach-device DOMAIN FILE --config` commands in order, function 0 of
+    a card first: the persistent definition never has a function without its function 0. A
+    card's functions keep the guest slot `status --libvirt` gives them (numbered over every
+    card held), so entries given to one VM do not clash."""
+    import os  # noqa: PLC0415
+    import shlex  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from pcipassd import vfio  # noqa: PLC0415
+    from pcipassd.engines import held_on_vfio, on_vfio  # noqa: PLC0415
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+    from pcipassd.plan import Plan  # noqa: PLC0415
+    from pcipassd.printable import printable, short  # noqa: PLC0415
+    from pcipassd.safefile import write_atomic  # noqa: PLC0415
+
+    layout = vfio.libvirt_layout([s.bdf for s in plan.steps if on_vfio(s)],
+                                 _slot_or_default(guest_slot))
+    steps = tuple(s for s in plan.steps if s.name == entry)
+    if not steps:
+        raise PcipassError(f"entry {short(entry)!r} selects no device on this host",
+                           "`pcipassd status` shows why")
+    ready = sorted(held_on_vfio(Plan(steps, plan.problems), "libvirt"), key=lambda s: s.bdf)
+    directory = xml_dir or "."
+    if not os.path.isdir(directory):
+        raise PcipassError(f"--xml-dir {printable(directory)}: no such directory",
+                           "give a directory you can write, or create it")
+    stem = _file_stem(entry)
+    files = []
+    for n, s in enumerate(ready, 1):
+        path = os.path.join(directory, f"{stem}-{n}-{s.bdf.replace(':', '-')}.xml")
+        body = _hostdev_xml(s, layout.get(s.bdf)) + "\n"
+        try:
+            write_atomic(Path(path), body.encode(), ".pcipassd-xml.", durable=False,
+                         mode=0o644)
+        except OSError as e:
+            raise PcipassError(f"cannot write {printable(path)}: {e.strerror}",
+                               "give a directory you can write: --xml-dir DIR") from e
+        files.append(path)
+    cards = sum(1 for s in ready if (g := layout.get(s.bdf)) is not None and g.function == 0)
+    print(f"# wrote {len(files)} file{'s' if len(files) > 1 else ''} in "
+          f"{printable(directory)}: one <hostdev> per function, as `virsh attach-device` "
+          "takes one device at a time")
+    if cards:
+        print("# libvirt cannot hot-plug a multi-function card: shut the VM off, run these "
+              "in order (function 0 first), then start it")
+    else:
+        print("# add --live to give it to the running VM as well")
+    for path in files:
+        print(printable(f"virsh attach-device DOMAIN {shlex.quote(path)} --config"))
+    return EXIT_OK if len(ready) == len(steps) else EXIT_FAIL
+
+
+def _file_stem(name: str) -> str:
+    """An entry's name as the start of a file name: letters, digits, `.`, `_` and `-`, the
+    others `_`; never hidden, never a path."""
+    import re  # noqa: PLC0415
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64].lstrip(".")
+    return stem or "entry"
 
 
 def _engine(ctx: Context, plan: Plan) -> int:

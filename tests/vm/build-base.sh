@@ -40,16 +40,28 @@ echo "== kernel $kver"
 
 echo "== prune kernel modules not needed by a headless q35 guest"
 moddir="$root/lib/modules/$kver/kernel"
-keep_drivers=" base block char cpufreq crypto dca dma firmware hid input net pci pps ptp scsi tty uio vfio vhost virt virtio "
+keep_drivers=" base block char cpufreq crypto dca dma firmware gpu hid input net pci pps ptp scsi tty uio vfio vhost video virt virtio "
 for d in "$moddir"/drivers/*/; do
     d=${d%/}
     case "$keep_drivers" in *" ${d##*/} "*) ;; *) rm -rf "$d" ;; esac
 done
+# The GPU test card (tests/vm/test_handoff.py): bochs (bochs-drm, QEMU's VGA and bochs-display)
+# and snd_hda_intel (ich9-intel-hda), with what they load; no other display or sound driver.
+find "$moddir/drivers/gpu" -mindepth 1 -maxdepth 1 ! -name drm -exec rm -rf {} +
+find "$moddir/drivers/gpu/drm" -mindepth 1 -maxdepth 1 -type d ! -name tiny ! -name ttm \
+    -exec rm -rf {} +
+find "$moddir/drivers/gpu/drm/tiny" -type f ! -name 'bochs.ko*' -delete
+find "$moddir/drivers/video/fbdev" -mindepth 1 -maxdepth 1 ! -name core -exec rm -rf {} +
+if [ -d "$moddir/sound" ]; then
+    find "$moddir/sound" -mindepth 1 -maxdepth 1 ! -name core ! -name hda ! -name pci \
+        ! -name 'soundcore.ko*' -exec rm -rf {} +
+    find "$moddir/sound/pci" -mindepth 1 -maxdepth 1 ! -name hda -exec rm -rf {} +
+fi
 for d in "$moddir"/drivers/net/ethernet/*; do
     [ "${d##*/}" = intel ] || rm -rf "$d"
 done
 for d in "$moddir"/drivers/scsi/*/; do rm -rf "$d"; done
-for d in sound drivers/net/wireless drivers/net/can drivers/net/usb drivers/net/wwan \
+for d in drivers/net/wireless drivers/net/can drivers/net/usb drivers/net/wwan \
          drivers/net/ieee802154 drivers/net/hamradio drivers/net/arcnet drivers/net/fddi \
          net/wireless net/mac80211 net/bluetooth net/can net/ieee802154 net/nfc \
          fs/ocfs2 fs/xfs fs/btrfs fs/f2fs fs/nfs fs/nfsd fs/cifs fs/smb fs/ceph fs/gfs2 \

@@ -303,7 +303,7 @@ def qemu_command(
     qemu_args: Sequence[str] = (),
     kernel_args: Sequence[str] = (),
     memory_mb: int = DEFAULT_MEMORY_MB,
-    cpus: int = 2,
+    cpus: int | None = None,
 ) -> list[str]:
     acc = accel()
     machine = "q35,kernel-irqchip=split" if acc == "kvm" else "q35"
@@ -313,7 +313,7 @@ def qemu_command(
         ("-accel", acc),
         ("-cpu", cpu_model()),
         ("-m", str(memory_mb)),
-        ("-smp", str(cpus)),
+        ("-smp", str(cpus or int(os.environ.get("PCIPASSD_VM_CPUS", "2")))),
         ("-display", "none"),
         ("-serial", f"file:{console_path}"),  # guest ttyS0: console
         ("-serial", f"file:{results_path}"),  # guest ttyS1: result channel
