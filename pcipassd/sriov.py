@@ -21,16 +21,23 @@ import json
 import os
 from collections.abc import Mapping
 
+from pcipassd.address import BDF_RE, PciId
 from pcipassd.config import Config, Entry
 from pcipassd.errors import Problem, StateError
 from pcipassd.host import Host
-from pcipassd.inventory import Inventory, read_attr
-from pcipassd.safefile import read_host, write_atomic
+from pcipassd.inventory import Device, Inventory, read_attr
+from pcipassd.printable import short
+from pcipassd.safefile import write_atomic
 from pcipassd.selection import Selected, Selection
 from pcipassd.value import frozen, replace
 
 FILE = "sriov.json"  # in the state directory, next to state.json
 FORMAT = 1
+LIMIT = 1 << 20  # bytes, as state.json: a record is about 200
+# as state.json's (state.py): nothing is touched until the file is moved away
+_DAMAGED_HINT = ("pcipassd moves no device while it cannot read this file: move it away; "
+                 "`pcipassd list` then shows each PF's VFs (SR-IOV:), to remove by hand with "
+                 "echo 0 > /sys/bus/pci/devices/PF/sriov_numvfs")
 ENOENT_HINT = ("its driver cannot create VFs (no sriov_configure: pci-stub never can, vfio-pci "
                "only with its module parameter enable_sriov=1): leave the PF on its own driver "
                "(no `driver:` in the entry)")
@@ -123,6 +130,14 @@ def expand(host: Host, config: Config, selection: Selection, inventory: Inventor
             if info is not None:
                 kept.update(info.vfs)
             continue
+        if clash := _clash(host, config, entry, pf=pf, info=info, inventory=inventory):
+            problems.append(clash[0])
+            for bdf, sel in selection.chosen.items():
+                if sel.entry in (entry, clash[1]):
+                    chosen.pop(bdf, None)
+                    kept.add(bdf)
+            kept.update(info.vfs)
+            continue
         if not entry.vfs.move_pf:
             chosen.pop(pf.bdf, None)
         if info.numvfs == 0:
@@ -136,6 +151,55 @@ def expand(host: Host, config: Config, selection: Selection, inventory: Inventor
             chosen[vf.bdf] = Selected(vf, replace(entry, driver=entry.vfs.driver,
                                                   name=vf_name(entry, pf.bdf, index)))
     return Selection(dict(sorted(chosen.items())), tuple(problems), frozenset(kept)), due
+
+
+def _clash(host: Host, config: Config, entry: Entry, *, pf: Device, info: Pf,
+           inventory: Inventory) -> tuple[Problem, Entry] | None:
+    """A VF the entry holds that another entry selects too (its `id:`, its `address:`), and
+    that entry: both are refused, as two entries with different drivers are. VFs still to be
+    created are judged by the addresses and ID they will have (sriov_offset, sriov_stride,
+    sriov_vf_device), before any is created."""
+    vfs: dict[int, tuple[str, PciId | None]] = {}
+    for index in held_indexes(entry):
+        if index < len(info.vfs):
+            vf = inventory.devices.get(info.vfs[index])
+            vfs[index] = (info.vfs[index], vf.id if vf else None)
+        elif info.numvfs == 0 and (future := _future_vf(host, pf, index)) is not None:
+            vfs[index] = future
+    for other in config.entries:
+        if other == entry:
+            continue
+        for index, (bdf, pci_id) in vfs.items():
+            if (other.address.matches(bdf) if other.address is not None
+                    else other.id is not None and other.id == pci_id):
+                return entry.problem(
+                    f"{bdf} ({pf.bdf} vf{index}) is also selected by {other.source} "
+                    f"({other.selects}); a VF that `vfs:` holds is its entry's alone: both "
+                    f"entries refused, left as they are",
+                    f"remove the other entry, or leave vf{index} out of `hold:`"), other
+    return None
+
+
+def _future_vf(host: Host, pf: Device, index: int) -> tuple[str, PciId | None] | None:
+    """The address and ID VF `index` of `pf` will have (the kernel's pci_iov_virtfn_bus and
+    _devfn: the PF's routing ID + sriov_offset + index * sriov_stride; vendor: the PF's;
+    device: sriov_vf_device); None when the PF's files do not say."""
+    d = os.path.join(host.pci_devices, pf.bdf, "")
+    try:
+        offset = int(read_attr(d + "sriov_offset") or "")
+        stride = int(read_attr(d + "sriov_stride") or "")
+        domain, bus, devfn = pf.bdf[:4], int(pf.bdf[5:7], 16), (
+            int(pf.bdf[8:10], 16) << 3 | int(pf.bdf[11]))
+    except ValueError:
+        return None
+    rid = (bus << 8 | devfn) + offset + index * stride
+    if rid > 0xFFFF:
+        return None
+    try:
+        pci_id: PciId | None = PciId(pf.id.vendor, int(read_attr(d + "sriov_vf_device") or "", 16))
+    except ValueError:
+        pci_id = None
+    return f"{domain}:{rid >> 8:02x}:{(rid & 0xFF) >> 3:02x}.{rid & 7}", pci_id
 
 
 def _check(host: Host, entry: Entry, mine: list[Selected], created: Mapping[str, Created]
@@ -160,7 +224,9 @@ def _check(host: Host, entry: Entry, mine: list[Selected], created: Mapping[str,
     if info.numvfs not in (0, count):
         ours = pf.bdf in created
         who = "pcipassd created them for an earlier config" if ours else "created by someone else"
-        hint = ("`systemctl restart pcipassd` removes them and creates the new count" if ours
+        hint = (f"`pcipassd restore {pf.bdf} && systemctl reload pcipassd` removes them (the "
+                f"VFs pcipassd holds given back first; stop the VMs using them) and creates "
+                f"{count}" if ours
                 else f"set count: {info.numvfs}, or remove them first (echo 0 > "
                 f"/sys/bus/pci/devices/{pf.bdf}/sriov_numvfs)")
         return entry.problem(f"{pf.bdf} [{pf.id}] has {info.numvfs} VFs already ({who}), not "
@@ -176,21 +242,48 @@ def is_vf(host: Host, bdf: str) -> bool:
 
 # -- the records of the VFs pcipassd created --------------------------------------------------
 def load(host: Host) -> dict[str, Created]:
-    """The PFs pcipassd created VFs on, by BDF (an unreadable or damaged file: none)."""
-    text = read_host(host.state_dir / FILE)
-    if not text:
-        return {}
+    """The PFs pcipassd created VFs on, by BDF; none when there is no file. A file that cannot
+    be read, or is damaged, is a StateError (one line naming it, the hint to move it away), as
+    state.json is: read as "none", the VFs it created would be left with nothing to remove
+    them, and a later apply would take them for someone else's."""
+    from pcipassd.state import Unusable, read_document  # noqa: PLC0415
+
+    path = host.state_dir / FILE
+    name = host.display(path)
     try:
-        data = json.loads(text)
-        out = {}
-        for raw in data["pfs"]:
-            rec = Created(str(raw["pf"]), str(raw["id"]), str(raw["entry"]),
-                          int(raw["original_numvfs"]), str(raw["original_autoprobe"]),
-                          tuple(str(v) for v in raw["vfs"]))
-            out[rec.pf] = rec
-        return out
-    except (ValueError, KeyError, TypeError):
+        data = read_document(path, LIMIT, FORMAT, "pfs")
+    except Unusable as e:
+        raise StateError(e.line(name), _DAMAGED_HINT) from None
+    if data is None:
         return {}
+    out = {}
+    for n, raw in enumerate(data["pfs"]):
+        try:
+            rec = _created(raw)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"{name} is damaged: pfs[{n}]: {e}", _DAMAGED_HINT) from None
+        if rec.pf in out:
+            raise StateError(f"{name} is damaged: pfs[{n}]: {rec.pf} is listed twice",
+                             _DAMAGED_HINT)
+        out[rec.pf] = rec
+    return out
+
+
+def _created(raw: object) -> Created:
+    """One record of sriov.json, every field checked (the PF's and VFs' BDFs name sysfs paths
+    pcipassd writes to)."""
+    if not isinstance(raw, dict):
+        raise TypeError("not an object")
+    bdfs = [raw["pf"], *(raw["vfs"] if isinstance(raw["vfs"], list) else [None])]
+    for bdf in bdfs:
+        if not isinstance(bdf, str) or not BDF_RE.fullmatch(bdf):
+            raise ValueError(f"{short(str(bdf))} is not a PCI address")
+    numvfs, autoprobe = raw["original_numvfs"], raw["original_autoprobe"]
+    if type(numvfs) is not int or numvfs < 0 or autoprobe not in ("0", "1"):
+        raise ValueError("original_numvfs or original_autoprobe is not what pcipassd writes")
+    if not isinstance(raw["id"], str) or not isinstance(raw["entry"], str):
+        raise TypeError("id or entry is not a string")
+    return Created(raw["pf"], raw["id"], raw["entry"], numvfs, autoprobe, tuple(raw["vfs"]))
 
 
 def save(host: Host, records: Mapping[str, Created]) -> None:

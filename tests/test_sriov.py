@@ -381,7 +381,83 @@ def test_the_hold_list_has_no_vfs(sr: Machine) -> None:
     assert not any(vf in hold for vf in VFS) and PF not in hold
 
 
-# -- on_stop: keep (the merge with main)
+# -- hardening ------------------------------------------------------------------------------
+
+SRIOV_JSON = "run/pcipass/sriov.json"
+SRIOV_DAMAGED = {
+    "not JSON": (b'{"format": 1, "pfs": [', "it is not JSON"),
+    "format 2": (b'{"format": 2, "pfs": []}', "format is 2, not 1"),
+    "pfs an object": (b'{"format": 1, "pfs": {}}', "pfs is an object, not a list"),
+    "a record without vfs": (b'{"format": 1, "pfs": [{"pf": "0000:05:00.0", "id": "8086:10c9",'
+                             b' "entry": "", "original_numvfs": 0, "original_autoprobe": "1"}]}',
+                             "pfs[0]: 'vfs'"),
+    "a path for a PF": (b'{"format": 1, "pfs": [{"pf": "../../../../x", "id": "8086:10c9", '
+                        b'"entry": "", "original_numvfs": 0, "original_autoprobe": "1", '
+                        b'"vfs": []}]}', "pfs[0]: ../../../../x is not a PCI address"),
+    "binary": (bytes(range(256)), "it is not JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(SRIOV_DAMAGED))
+def test_a_damaged_sriov_json_is_one_line_and_no_device_is_touched(sr: Machine,
+                                                                   name: str) -> None:
+    """Read as "no records", the VFs pcipassd created would never be removed (restore) and
+    apply would refuse them as someone else's: it stops every verb as state.json does."""
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    body, why = SRIOV_DAMAGED[name]
+    path = sr.root / SRIOV_JSON
+    path.write_bytes(body)
+    before = len(sr.sim.writes)
+    for argv in (("restore",), ("restore", "--on-stop"), ("apply",), ("status",)):
+        r = sr.run(*argv)
+        assert r.rc == 1, argv
+        lines = [line for line in r.err.splitlines() if line]
+        assert len(lines) == 1, r.err
+        assert lines[0].startswith(f"pcipassd: error: /{SRIOV_JSON} is damaged: "), r.err
+        assert why in lines[0]
+        assert ("(hint: pcipassd moves no device while it cannot read this file: move it "
+                "away") in lines[0]
+        assert sr.sim.writes[before:] == [], argv
+        assert sr.sim.numvfs(PF) == 4 and [sr.driver(v) for v in VFS] == ["vfio-pci"] * 4
+        assert path.read_bytes() == body, "left for the admin to look at"
+
+
+def test_a_sriov_json_that_is_a_symlink_is_not_followed(sr: Machine) -> None:
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    path = sr.root / SRIOV_JSON
+    real = path.with_name("elsewhere.json")
+    path.rename(real)
+    path.symlink_to(real.name)
+    before = len(sr.sim.writes)
+    r = sr.run("restore")
+    assert r.rc == 1 and f"/{SRIOV_JSON} is a symlink, not a regular file" in r.err, r.err
+    assert sr.sim.writes[before:] == [] and sr.sim.numvfs(PF) == 4
+
+
+@pytest.mark.parametrize("other", ['id: "8086:10ca"', 'address: "05:10.2"'],
+                         ids=["id", "address"])
+@pytest.mark.parametrize("present", [False, True], ids=["to-create", "present"])
+def test_a_vf_selected_by_vfs_and_another_entry_is_one_line(sr: Machine, other: str,
+                                                            present: bool) -> None:
+    """Both entries refused in one line, before any VF is created (the VFs' addresses and ID
+    worked out from sriov_offset, sriov_stride, sriov_vf_device) or, when they are there,
+    before any is moved."""
+    if present:
+        sr.sim.write(sr.sim.device_dir(PF) / "sriov_numvfs", "4")  # sysfsutils at boot
+    start = len(sr.sim.writes)
+    vfs_config(sr, extra=f"  - {other}\n            driver: pci-stub\n")
+    r = sr.run("apply")
+    assert r.rc != 0
+    lines = [line for line in r.err.splitlines() if "is also selected by" in line]
+    assert len(lines) == 1, r.err
+    n = 0 if other.startswith("id") else 1  # the first VF it selects
+    assert f"{VFS[n]} ({PF} vf{n}) is also selected by /etc/pcipass.yaml:6" in lines[0], r.err
+    assert "/etc/pcipass.yaml:3" in lines[0] and "both entries refused" in lines[0]
+    assert sr.sim.writes[start:] == [] and sr.state == {}
+    assert sr.sim.numvfs(PF) == (4 if present else 0)
+
 
 def test_on_stop_keep_leaves_the_vfs_and_the_count_until_restore(sr: Machine) -> None:
     sr.config(f"""\
@@ -410,3 +486,15 @@ def test_on_stop_restore_removes_the_vfs_on_stop(sr: Machine) -> None:
     r = sr.run("restore", "--on-stop")
     assert r.rc == 0, r.err
     assert sr.sim.numvfs(PF) == 0 and sr.state == {}
+
+
+def test_another_count_for_vfs_pcipassd_created_says_the_command(sr: Machine) -> None:
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    vfs_config(sr, "{count: 2, driver: vfio-pci}")
+    r = sr.run("apply")
+    assert r.rc != 0
+    assert (f"hint: `pcipassd restore {PF} && systemctl reload pcipassd` removes them") in r.err
+    assert sr.sim.numvfs(PF) == 4
+    assert sr.run("restore", PF).rc == 0 and sr.sim.numvfs(PF) == 0
+    assert sr.run("apply").rc == 0 and sr.sim.numvfs(PF) == 2
