@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 from pcipassd.errors import KernelError, StateError
 from pcipassd.host import Host
@@ -39,10 +40,15 @@ from pcipassd.inventory import (
 )
 from pcipassd.kernel import Kernel
 from pcipassd.log import MESSAGE_IDS, event
-from pcipassd.model import VFIO_PCI, Action, Record
+from pcipassd.model import KEEP_ON_STOP, VFIO_PCI, Action, Record
 from pcipassd.plan import Plan, Step
 from pcipassd.state import State
 from pcipassd.value import replace
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipassd.selection import Selection
+    from pcipassd.sriov import Created, Due
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,7 @@ class Applier:
         self.stopping = False  # set on SIGTERM: finish the device in hand, start no other
         self._recorded: dict[str, tuple[Record, Device]] = {}  # saved by _record, untouched yet
         self._forgotten: list[Step] = []  # records to drop at the end of the run
+        self.done: set[str] = set()  # VFs create_vfs held this run: the plan's step is said
 
     def stop(self) -> None:
         """Finish the device in hand, then start no other (SIGTERM)."""
@@ -264,6 +271,8 @@ class Applier:
                 self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
                              f"(hint: {e.hint})", logging.ERROR)
                 return
+        if dev.driver is not None and dev.driver != step.target:
+            self._warn_vf(step, dev)
         try:
             if step.reset_due:  # recorded above; before it moves, so before any VM can have it
                 self._set_reset_method(step.bdf, step.reset_to or "")
@@ -288,6 +297,173 @@ class Applier:
             return
         self._reset_given_back(step, record)
         self._report(step, Action.BIND, step.summary + _reset_done(step))
+
+    def _warn_vf(self, step: Step, dev: Device) -> None:
+        """A VF someone else created, which its host driver probed first: moved late."""
+        from pcipassd import sriov  # noqa: PLC0415 - only for a device bound elsewhere
+
+        if sriov.is_vf(self.host, dev.bdf):
+            log.warning("%s [%s] is an SR-IOV VF created outside pcipassd: %s probed it before "
+                        "it could be held (the kernel probes a VF before udev hears of it); "
+                        "moving it late%s (hint: let pcipassd create the VFs: `vfs:` in the "
+                        "PF's entry)", dev.bdf, dev.id, dev.driver, step.source,
+                        extra={"journal": step.journal_fields})
+
+    # -- SR-IOV: the VFs of an entry's `vfs:` (sriov.py) ------------------------------------
+    def create_vfs(self, due: Due, recheck: Callable[[], Selection]) -> bool:
+        """Create the PF's VFs and hold them, the race-free way: record, autoprobe 0, write
+        the count, (the group and the guard judged again, the VFs now there), record the VFs,
+        driver_override and drivers_probe each VF held, autoprobe back to what it was, then
+        the others probed by the host's VF driver. Anything wrong: the PF is left as it was
+        (its VFs removed) and one line says why. True when VFs were created and kept."""
+        from pcipassd import sriov  # noqa: PLC0415
+
+        entry, vfs = due.entry, due.entry.vfs
+        assert vfs is not None
+        pf_step = Step(due.pf, due.id, Action.FAIL, due.driver, due.driver, None, entry.source,
+                       entry.name, selects=entry.selects)
+        what = f"{due.pf} [{due.id}] {due.driver or '(none)'}"
+        if due.refusal:
+            self._report(pf_step, Action.FAIL, f"{what}: refusing to create {vfs.count} VFs: "
+                         f"{due.refusal}{entry.source and f' ({entry.source})'}", logging.ERROR)
+            return False
+        records = sriov.load(self.host)
+        made = sriov.Created(due.pf, due.id, entry.source, 0, due.autoprobe)
+        try:  # on disk before the PF is touched
+            sriov.save(self.host, {**records, due.pf: made})
+        except StateError as e:
+            self._report(pf_step, Action.FAIL, f"{what}: no VFs created, not touched: "
+                         f"{e.message} (hint: {e.hint})", logging.ERROR)
+            return False
+        sysfs = f"/sys/bus/pci/devices/{due.pf}/"
+        try:
+            if due.autoprobe != "0":
+                self._write(sysfs + "sriov_drivers_autoprobe", "0")
+            self._write(sysfs + "sriov_numvfs", str(vfs.count))
+        except StepFailed as e:
+            self._undo_vfs(due, records, created=False)
+            hint = f" (hint: {sriov.ENOENT_HINT})" if "ENOENT" in str(e) else ""
+            self._report(pf_step, Action.FAIL, f"{what}: cannot create {vfs.count} VFs: {e}; "
+                         f"left as it was ({entry.source}){hint}", logging.ERROR)
+            return False
+        info = sriov.read_pf(self.host, due.pf)
+        created = info.vfs if info else ()
+        made = replace(made, vfs=created)
+        held = [created[i] for i in due.hold if i < len(created)]
+        selection = recheck()
+        refused = [p for p in selection.problems if (p.file, p.line) == (entry.file, entry.line)]
+        if refused or any(vf not in selection.chosen for vf in held):
+            self._undo_vfs(due, records)
+            why = refused[0].message if refused else "its VFs were not selected"
+            hint = f" (hint: {refused[0].hint})" if refused and refused[0].hint else ""
+            self._report(pf_step, Action.FAIL, f"{what}: VFs not held, so not kept: {why}; "
+                         f"removed the {len(created)} VFs it had created ({entry.source})"
+                         f"{hint}", logging.ERROR)
+            return False
+        steps = [Step(vf, str(selection.chosen[vf].device.id), Action.BIND, None, vfs.driver,
+                      selection.chosen[vf].device.group, entry.source,
+                      selection.chosen[vf].entry.name, selects=entry.selects,
+                      forced=selection.chosen[vf].forced,
+                      warning=selection.chosen[vf].warning) for vf in held]
+        try:
+            sriov.save(self.host, {**records, due.pf: made})
+            self.state.put(*(Record(bdf=s.bdf, id=s.id, original_driver=None,
+                                    original_override=None, original_module=None,
+                                    target=vfs.driver, entry=entry.source, forced=s.forced,
+                                    on_stop=entry.on_stop)
+                             for s in steps))
+            self.ensure_driver(vfs.driver)
+            for s in steps:
+                self._set_override(s.bdf, vfs.driver)
+            for s in steps:
+                self._probe(s.bdf)
+                if (now := self._driver(s.bdf)) != vfs.driver:
+                    raise StepFailed(f"the kernel bound {s.bdf} to {now or 'no driver'}, not to "
+                                     f"{vfs.driver} (see `dmesg` for the probe error)")
+            if due.autoprobe != "0":
+                self._write(sysfs + "sriov_drivers_autoprobe", due.autoprobe)
+            for vf in created:  # the others: to the host's VF driver, as the kernel would
+                if vf not in held:
+                    self._probe(vf)
+        except (StepFailed, StateError, KernelError) as e:
+            text = e.message if isinstance(e, (StateError, KernelError)) else str(e)
+            self._undo_vfs(due, records)
+            self._forgotten.extend(steps)
+            self._report(pf_step, Action.FAIL, f"{what}: VFs not held: {text}; removed the "
+                         f"{len(created)} VFs it had created ({entry.source})", logging.ERROR)
+            return False
+        log.info("%s: created %d VFs (%s) with sriov_drivers_autoprobe 0: no host VF driver "
+                 "probed them; holding %d on %s%s", what, len(created), " ".join(created),
+                 len(held), vfs.driver, pf_step.source,
+                 extra={"journal": {"PCIPASS_DEVICE": due.pf, "PCIPASS_ID": due.id,
+                                    "PCIPASS_VFS": " ".join(created),
+                                    **({"PCIPASS_ENTRY": entry.source} if entry.source else {})}})
+        for s in steps:
+            self.done.add(s.bdf)
+            self._report(s, Action.BIND, s.summary)
+        return True
+
+    def _undo_vfs(self, due: Due, records: Mapping[str, Created], created: bool = True) -> None:
+        """Back to what the PF had: no VFs (removing them unbinds them), autoprobe as it was;
+        its record dropped. Errors are logged: the PF is still whole."""
+        from pcipassd import sriov  # noqa: PLC0415
+
+        sysfs = f"/sys/bus/pci/devices/{due.pf}/"
+        for path, data, needed in ((sysfs + "sriov_numvfs", "0", created),
+                                   (sysfs + "sriov_drivers_autoprobe", due.autoprobe,
+                                    due.autoprobe != "0")):
+            if needed:
+                try:
+                    self._write(path, data)
+                except StepFailed as e:
+                    log.error("%s: %s", due.pf, e)
+        try:
+            sriov.save(self.host, {k: v for k, v in records.items() if k != due.pf})
+        except StateError as e:
+            log.warning("%s: %s (hint: %s)", due.pf, e.message, e.hint)
+
+    def remove_vfs(self, pfs: Sequence[str]) -> None:
+        """Give-back: remove the VFs pcipassd created on these PFs (sriov_numvfs back to what it
+        was), once every VF it held is back (a VF a VM has open keeps its record: then its PF's
+        VF count is left alone too, and that is said)."""
+        from pcipassd import sriov  # noqa: PLC0415
+
+        records = sriov.load(self.host)
+        for pf in pfs:
+            made = records.get(pf)
+            if made is None:
+                continue
+            left = [vf for vf in made.vfs if vf in self.state.records]
+            kept = [vf for vf in left if self.state.records[vf].on_stop == KEEP_ON_STOP]
+            if kept:  # on_stop: keep: its VFs stay, so does the PF's VF count
+                log.info("%s: its %d VFs stay (on_stop: keep: %s held); the VF count is left "
+                         "alone; `pcipassd restore %s` gives them back and removes them", pf,
+                         len(made.vfs), " ".join(kept), pf,
+                         extra={"journal": {"PCIPASS_DEVICE": pf,
+                                            "PCIPASS_ON_STOP": KEEP_ON_STOP}})
+                continue
+            if left:
+                log.warning("%s: its %d VFs stay: %s still held (see above); the VF count is "
+                            "left alone until it is given back", pf, len(made.vfs),
+                            " ".join(left), extra={"journal": {"PCIPASS_DEVICE": pf}})
+                continue
+            try:
+                self._write(f"/sys/bus/pci/devices/{pf}/sriov_numvfs", str(made.original_numvfs))
+            except StepFailed as e:
+                self.outcome.counts["fail"] += 1
+                log.error("%s: VFs not removed: %s", pf, e,
+                          extra={"journal": {"PCIPASS_DEVICE": pf,
+                                             "PCIPASS_ACTION": str(Action.FAIL)}})
+                continue
+            records.pop(pf)
+            try:
+                sriov.save(self.host, records)
+            except StateError as e:
+                log.warning("%s: %s (hint: %s)", pf, e.message, e.hint)
+            log.info("%s [%s]: removed the %d VFs pcipassd created (sriov_numvfs %d) (%s)", pf,
+                     made.id, len(made.vfs), made.original_numvfs, made.entry,
+                     extra={"journal": {"PCIPASS_DEVICE": pf, "PCIPASS_ID": made.id,
+                                        "PCIPASS_ACTION": str(Action.RESTORE)}})
 
     def _reset_given_back(self, step: Step, record: Record) -> None:
         """Its entry no longer sets `reset_method:` and the original was written back: the
@@ -464,8 +640,9 @@ class Applier:
             for step in plan.steps:
                 if self.stopping:
                     break
-                if step.bdf in untouchable:
-                    continue  # said above
+                if step.bdf in untouchable or (step.bdf in self.done
+                                               and step.action is Action.UNCHANGED):
+                    continue  # said above (or by create_vfs)
                 try:
                     self._step(step, missing)
                 except DeviceGone:

@@ -25,7 +25,7 @@ from pcipassd.host import Host
 from pcipassd.model import FORCE_TRUE, KINDS, ON_STOP, RESET_METHODS, RESTORE_ON_STOP, STUB_DRIVERS
 from pcipassd.printable import printable, short
 from pcipassd.strictmodes import untrusted_dirs
-from pcipassd.value import frozen
+from pcipassd.value import frozen, replace
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class Entry:
     # the kernel's reset methods to write to each selected device's sysfs `reset_method`, in
     # order; None: leave it as the kernel has it
     reset_method: tuple[str, ...] | None = None
+    vfs: Vfs | None = None  # `vfs:`: SR-IOV VFs to create on the one PF it selects
     # what the unit's stop does to the devices it selects: restore (give back) or keep (ON_STOP)
     on_stop: str = RESTORE_ON_STOP
 
@@ -81,6 +82,16 @@ class Entry:
     def label(self) -> str:
         what = str(self.address) if self.address else f"id {self.id}"
         return f"{what} ({self.name})" if self.name else what
+
+
+@frozen
+class Vfs:
+    """An entry's `vfs:`: SR-IOV virtual functions to create on the PF it selects (sriov.py)."""
+
+    count: int
+    driver: str  # the target of the VFs it holds
+    hold: tuple[int, ...] | None  # the indexes held (virtfnN); None: all of them
+    move_pf: bool  # the entry says `driver:`, which moves the PF; else it stays on its driver
 
 
 @frozen
@@ -392,7 +403,17 @@ def _is_reset_method(value: object) -> bool:
             and all(isinstance(k, str) and k in RESET_METHODS for k in value))
 
 
-_ENTRY_CHECKS = (("force", _is_force), ("count", _is_count),
+def _is_vfs(value: object) -> bool:
+    if not isinstance(value, dict) or not _is_count(value.get("count")):
+        return False
+    hold = value.get("hold", [0])
+    return (set(value) <= {"count", "driver", "hold"}
+            and value.get("driver", STUB_DRIVERS[0]) in STUB_DRIVERS
+            and isinstance(hold, list) and bool(hold)
+            and all(type(i) is int and i >= 0 for i in hold))
+
+
+_ENTRY_CHECKS = (("force", _is_force), ("count", _is_count), ("vfs", _is_vfs),
                  ("reset_method", _is_reset_method), ("on_stop", ON_STOP.__contains__),
                  ("driver", STUB_DRIVERS.__contains__), ("group", GROUPS.__contains__),
                  ("name", lambda v: isinstance(v, str) and v != ""),
@@ -505,6 +526,8 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
         group = data.get("group", main.get("group", DEFAULT_GROUP))
         for n, item in enumerate(data.get("devices", [])):
             entry, found = _entry(doc, ("devices", n), item, driver, group)
+            if "vfs" in item and entry is not None:
+                entry, found = _vfs(doc, ("devices", n), item, entry, driver)
             problems += found
             if entry:
                 entries.append(entry)
@@ -517,6 +540,29 @@ def _build(docs: list[Document | None], main_file: str) -> tuple[Config, list[Pr
     config = Config(tuple(d.file for d in docs if d), iommu, tuple(entries),
                     main.get("node_labels", False) is True)
     return config, problems
+
+
+def _vfs(doc: Document, path: JsonPath, item: dict[str, Any], entry: Entry, driver: str
+         ) -> tuple[Entry | None, list[Problem]]:
+    """The entry with its valid `vfs:` (sriov.py does the rest, against the host)."""
+    value = item["vfs"]
+    count, hold = int(value["count"]), value.get("hold")
+    problems = []
+    if entry.address is not None and entry.address.function is None:
+        problems.append(doc.problem((*path, "vfs"), f"vfs: needs one PF, and {entry.address} "
+                                    "selects every function of the slot",
+                                    "give the PF's address with its function, e.g. .0"))
+    for i, index in enumerate(hold or ()):
+        if index >= count:
+            problems.append(doc.problem((*path, "vfs", "hold", i), f"VF index {index} is not "
+                                        f"below count {count} (VFs are numbered from 0)",
+                                        f"hold indexes 0 to {count - 1}"))
+        elif index in hold[:i]:
+            problems.append(doc.problem((*path, "vfs", "hold", i), f"{index} is listed twice",
+                                        "name it once"))
+    vfs = Vfs(count, value.get("driver", driver), None if hold is None else tuple(hold),
+              "driver" in item)
+    return (None, problems) if problems else (replace(entry, vfs=vfs), [])
 
 
 def _reset_methods(value: str | list[str] | None) -> tuple[str, ...] | None:
@@ -544,6 +590,8 @@ def _conflicts(entries: list[Entry]) -> list[Problem]:
             if entry.address is None or other.address is None or (
                     entry.driver == other.driver and entry.on_stop == other.on_stop):
                 continue
+            if any(e.vfs is not None and not e.vfs.move_pf for e in (entry, other)):
+                continue  # it leaves the PF on its driver
             shared = _overlap(entry.address, other.address)
             if shared is not None and entry.driver != other.driver:
                 problems.append(entry.problem(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pcipassd.plan import Plan
     from pcipassd.preflight import Preflight
     from pcipassd.selection import Selection
+    from pcipassd.sriov import Due
     from pcipassd.state import State
     from pcipassd.survey import Group
 
@@ -40,6 +41,7 @@ class Context:
         self._judgment: Judgment | None = None
         self.selected: Selection | None = None  # what the config selects, before the guard
         self.inventory: Inventory | None = None  # the last scan selection() made
+        self.vfs_due: list[Due] = []  # the PFs whose `vfs:` apply is to create (sriov.py)
         self.out: dict[str, Any] = {}  # with --json: what the verb found (see _envelope)
 
     @property
@@ -105,6 +107,11 @@ class Context:
                 self.kernel.settle()
                 inventory = scan(self.host)
                 self.selected = select(config, inventory)
+        if any(e.vfs is not None for e in config.entries):
+            from pcipassd import sriov  # noqa: PLC0415 - only for an entry with `vfs:`
+
+            self.selected, self.vfs_due = sriov.expand(self.host, config, self.selected,
+                                                       inventory, sriov.load(self.host))
         critical = self.judgment(inventory).critical
         self.inventory = inventory
         selection = enforce(self.selected, inventory, critical)

@@ -87,8 +87,8 @@ def device_dict(step: Step, record: Record | None, device: Device | None, *,
 
 
 def document(*, converged: bool, error: tuple[str, str] | None,
-             actions: Sequence[NodeAction], devices: Sequence[dict[str, Any]]
-             ) -> dict[str, Any]:
+             actions: Sequence[NodeAction], devices: Sequence[dict[str, Any]],
+             sriov: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The node document's own keys (the JSON envelope carries `format`, `verb` and the rest)."""
     return {
         "converged": converged,
@@ -96,6 +96,7 @@ def document(*, converged: bool, error: tuple[str, str] | None,
         "actions": [a.as_dict() for a in actions],
         "reboot_required": reboot_required(actions),
         "devices": list(devices),
+        "sriov": list(sriov),  # each PF with VFs (sriov.pfs)
     }
 
 

@@ -35,7 +35,7 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
     "check": {"passthrough_possible": None, "findings": [], "preflight": None},
     "plan": {"steps": [], "groups": []},
     "status": {"converged": None, "last_error": None, "actions": [], "reboot_required": None,
-               "devices": [], "groups": [], "preflight": None},
+               "devices": [], "sriov": [], "groups": [], "preflight": None},
     "list": {"names": None, "groups": [], "preflight": None},
 }
 

@@ -10,11 +10,27 @@ from pcipassd.output import log, log_problems
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pcipassd.address import Address
+    from pcipassd.apply import Applier
+    from pcipassd.config import Config
     from pcipassd.context import Context
     from pcipassd.inventory import Inventory
     from pcipassd.model import Record
     from pcipassd.plan import Plan
+    from pcipassd.selection import Selection
+    from pcipassd.sriov import Created
     from pcipassd.state import State
+
+
+def sriov_records(ctx: Context) -> dict[str, Created]:
+    """The VFs pcipassd created (sriov.json), read first: a damaged or unreadable file is a
+    StateError before any device is touched, as state.json is (else the VFs it created would
+    be left with nothing to remove them)."""
+    from pcipassd import sriov  # noqa: PLC0415
+
+    return sriov.load(ctx.host)
 
 
 def apply(ctx: Context) -> int:
@@ -29,6 +45,7 @@ def apply(ctx: Context) -> int:
     with State(ctx.host).locked() as state:
         applier = Applier(ctx.host, ctx.kernel, state)
         with on_sigterm(applier.stop):
+            created = sriov_records(ctx)  # before any device is touched, as state.json
             early.adopt(ctx.host, state)
             try:
                 config = ctx.load_config()
@@ -50,11 +67,22 @@ def apply(ctx: Context) -> int:
                         converged=False, error=(e.message, e.hint), labels=None)
                 raise
             inventory, selection = ctx.selection(config, settle=True, records=state.records)
+            if ctx.vfs_due:
+                inventory, selection = _create_vfs(ctx, config, applier, state, inventory)
             _remember(ctx, inventory)
             plan = make_plan(selection, inventory, state.records)
             log_problems(plan.problems, "refused")
             outcome = applier.run(plan)
-            if early.sync(ctx.host, early.render(plan, selection)) and (
+            if any(d.entry.vfs and d.entry.vfs.move_pf for d in ctx.vfs_due):
+                # the PF is on the entry's driver now: its VFs can be created
+                inventory, selection = ctx.selection(config, records=state.records)
+                if ctx.vfs_due:
+                    inventory, selection = _create_vfs(ctx, config, applier, state, inventory)
+                    plan = make_plan(selection, inventory, state.records)
+            hold_plan = plan
+            if created or any(e.vfs is not None for e in config.entries):
+                hold_plan = _vfs_given_back(ctx, applier, plan, selection)
+            if early.sync(ctx.host, early.render(hold_plan, selection)) and (
                     stale := initramfs.stale(ctx.host)):
                 log().warning("%s", stale)
             _say_reboot(ctx, plan, state)
@@ -83,6 +111,47 @@ def apply(ctx: Context) -> int:
         return EXIT_OK
     return EXIT_PARTIAL if held else EXIT_FAIL
 
+
+
+def _create_vfs(ctx: Context, config: Config, applier: Applier, state: State,
+                inventory: Inventory) -> tuple[Inventory, Selection]:
+    """Create the VFs of the `vfs:` entries that have none yet (sriov.py), then select again.
+    On a host-critical PF (the uplink) creating VFs drops its link: only at boot, before the
+    network is up (the guard's run is not live), or with the entry's `force:` of that kind."""
+    from pcipassd.guard import describe  # noqa: PLC0415
+    from pcipassd.model import KINDS  # noqa: PLC0415
+    from pcipassd.value import replace  # noqa: PLC0415
+
+    judgment = ctx.judgment(inventory)
+    for todo in list(ctx.vfs_due):
+        due, vfs = todo, todo.entry.vfs
+        if vfs is not None and vfs.move_pf and due.driver != due.entry.driver:
+            continue  # its entry moves the PF first (the plan): then its VFs are created
+        reasons = [r for r in judgment.critical.get(due.pf, ()) if r.kind not in due.entry.force]
+        if reasons and judgment.live:
+            kinds = ", ".join(k for k in KINDS if k in {r.kind for r in reasons})
+            due = replace(due, refusal=(
+                f"it {describe(reasons)}: creating VFs re-initialises it and drops its link; "
+                f"pcipassd does it only at boot, before the network is up, or with "
+                f"`force: [{kinds}]` in the entry"))
+        elif reasons:
+            log().warning("%s: creating VFs on it before the network is up (it %s): its link "
+                          "is re-initialised now, not later", due.pf, describe(reasons))
+        applier.create_vfs(due, lambda: ctx.selection(config, records=state.records)[1])
+    return ctx.selection(config, records=state.records)
+
+
+def _vfs_given_back(ctx: Context, applier: Applier, plan: Plan, selection: Selection) -> Plan:
+    """Remove the VFs pcipassd created on PFs no entry asks VFs of any more (their VFs were
+    given back by the plan); and the plan without VFs, for the hold list (the early stages
+    cannot hold a device that does not exist before its PF's driver creates it)."""
+    from pcipassd import sriov  # noqa: PLC0415
+    from pcipassd.value import replace  # noqa: PLC0415
+
+    wanted = set(selection.chosen) | selection.kept
+    applier.remove_vfs([pf for pf, made in sriov.load(ctx.host).items()
+                        if not any(vf in wanted for vf in made.vfs)])
+    return replace(plan, steps=tuple(s for s in plan.steps if not sriov.is_vf(ctx.host, s.bdf)))
 
 
 def release(ctx: Context, state: State) -> None:
@@ -156,10 +225,13 @@ def publish(ctx: Context, verb: str, state: State, planned: tuple[Plan, Inventor
 
     devices = node.describe(ctx.host, planned[0].steps, state.records,
                             planned[1].devices) if planned else []
+    from pcipassd.sriov import pfs  # noqa: PLC0415
+
     doc = {"format": JSON_FORMAT, "verb": verb,
            **node.document(converged=converged, error=error,
                            actions=node.needed_actions(ctx.host, state.records),
-                           devices=devices)}
+                           devices=devices,
+                           sriov=pfs(ctx.host, planned[1]) if planned else [])}
     if why := node.write(ctx.host, doc):
         log().warning("%s", why)
     if labels is None:
@@ -194,11 +266,17 @@ def restore(ctx: Context, state: State, verb: str = "restore", *, keep: str | No
     from pcipassd.plan import restore_plan  # noqa: PLC0415
 
     early.adopt(ctx.host, state)
+    created = sriov_records(ctx)  # read before any device is touched (damaged: StateError)
+    early.adopt(ctx.host, state)
     records = state.records
     if only:
-        records = _addressed(ctx, records, only)
+        records = _addressed(ctx, records, only, created)
     plan = restore_plan(scan(ctx.host), records, keep=keep)
-    outcome = Applier(ctx.host, ctx.kernel, state).run(plan)
+    applier = Applier(ctx.host, ctx.kernel, state)
+    outcome = applier.run(plan)
+    if created:  # the VFs pcipassd created, once none is held (kept, or open in a VM)
+        applier.remove_vfs([pf for pf, made in created.items() if not only
+                            or any(a.matches(b) for a in _parsed(only) for b in (pf, *made.vfs))])
     early.arm(ctx.host, bool(only) and bool(state.records))
     inventory = scan(ctx.host)  # what is left held (a device a VM has open), for the document
     publish(ctx, verb, state, (restore_plan(inventory, state.records, keep=keep), inventory),
@@ -208,21 +286,29 @@ def restore(ctx: Context, state: State, verb: str = "restore", *, keep: str | No
     return EXIT_OK if not outcome.failed and not outcome.in_use else EXIT_FAIL
 
 
-def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, ...]
-               ) -> dict[str, Record]:
-    """The records of the devices at `addresses` (`0000:41:00.0`, `41:00.*`); PcipassError,
-    nothing touched, when one is not an address or pcipassd holds nothing there."""
+def _parsed(addresses: tuple[str, ...]) -> list[Address]:
+    """The addresses `restore ADDRESS` was given; PcipassError when one is not an address."""
     from pcipassd.address import Address, AddressError  # noqa: PLC0415
     from pcipassd.errors import PcipassError  # noqa: PLC0415
 
+    try:
+        return [Address.parse(text) for text in addresses]
+    except AddressError as e:
+        raise PcipassError(str(e), "write it like 0000:41:00.0") from None
+
+
+def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, ...],
+               created: Mapping[str, Created]) -> dict[str, Record]:
+    """The records of the devices at `addresses` (`0000:41:00.0`, `41:00.*`); the address of a
+    PF pcipassd created VFs on stands for its VFs too. PcipassError, nothing touched, when one
+    is not an address or pcipassd holds nothing there."""
+    from pcipassd.errors import PcipassError  # noqa: PLC0415
+
     chosen: dict[str, Record] = {}
-    for text in addresses:
-        try:
-            address = Address.parse(text)
-        except AddressError as e:
-            raise PcipassError(str(e), "write it like 0000:41:00.0") from None
-        found = {bdf: r for bdf, r in records.items() if address.matches(bdf)}
-        if not found:
+    for address in _parsed(addresses):
+        vfs = {vf for pf, made in created.items() if address.matches(pf) for vf in made.vfs}
+        found = {bdf: r for bdf, r in records.items() if address.matches(bdf) or bdf in vfs}
+        if not found and not any(address.matches(pf) for pf in created):
             raise PcipassError(f"pcipassd holds no device at {address}: nothing was given back",
                                "`pcipassd status` shows the devices it holds")
         chosen.update(found)

@@ -78,6 +78,21 @@ class _Driver:
     needs_iommu: bool
     dynamic_ids: list[tuple[int, int]] = field(default_factory=list)
     device_errors: dict[str, int] = field(default_factory=dict)
+    # has a sriov_configure callback (igb does; pci-stub never; vfio-pci only with its module
+    # parameter enable_sriov=1, see SimKernel.vfio_enable_sriov)
+    sriov: bool = False
+
+
+@dataclass
+class _Sriov:
+    """A PF's SR-IOV capability (drivers/pci/iov.c): TotalVFs, the VF device ID, First VF
+    Offset and VF Stride (routing-ID arithmetic), and where its VFs' IOMMU groups come from:
+    None = the PF's group (no ACS), else each VF gets a group of its own from this number up."""
+    total: int
+    vf_device: int
+    offset: int
+    stride: int
+    own_groups: int | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,8 @@ class SimKernel:
         # running); `settle` handles them, loading each one's module as udev would.
         self.udev_queue: list[str] = []
         self.settles = 0  # how many times pcipassd waited for udev
+        self._sriov: dict[str, _Sriov] = {}  # PFs with an SR-IOV capability, by BDF
+        self.vfio_enable_sriov = False  # vfio-pci's module parameter enable_sriov
         # Who reads: root (True) sees all of `config` and /proc/iomem's addresses; a user
         # (as_user()) the first 64 bytes of `config` and every iomem address as zero.
         self.privileged = True
@@ -149,6 +166,7 @@ class SimKernel:
         builtin: bool = False,
         probe_error: int | None = None,
         needs_iommu: bool = False,
+        sriov: bool = False,
     ) -> None:
         """Declare a PCI driver. Built in or loaded: registered now, which (like
         pci_register_driver) probes every unbound device it matches. Otherwise it is only a
@@ -156,7 +174,7 @@ class SimKernel:
         if name in self._drivers:
             raise ValueError(f"driver {name} already declared")
         mod = (module or name).replace("-", "_")
-        drv = _Driver(name, mod, list(ids), builtin, probe_error, needs_iommu)
+        drv = _Driver(name, mod, list(ids), builtin, probe_error, needs_iommu, sriov=sriov)
         self._drivers[name] = drv
         for vendor, device in drv.ids:  # as depmod writes it from the MODULE_DEVICE_TABLE
             self._list_module("modules.alias",
@@ -193,6 +211,7 @@ class SimKernel:
         multifunction: bool = False,
         physfn: str | None = None,
         reset_methods: Iterable[str] | None = None,
+        _base: Path | None = None,
         flr: bool | None = None,
         d3cold_allowed: bool | None = None,
         bars: Iterable[tuple[int, int]] = (),
@@ -215,6 +234,7 @@ class SimKernel:
         if boot_vga is not None and cls >> 8 != 0x0300:
             raise ValueError("boot_vga exists only for VGA-class (0x0300xx) devices")
         base = self.sys / "devices" / f"pci{bdf[:7]}" if parent is None else self.device_dir(parent)
+        base = _base or base  # a VF sits beside its PF
         path = base / bdf
         path.mkdir(parents=True)
         sv, sd = subsystem or (vendor, device)
@@ -269,6 +289,38 @@ class SimKernel:
                 raise ValueError(f"driver {driver} is not registered")
             self._attach(self._drivers[driver], bdf)
         return path
+
+    def add_sriov(self, pf: str, total: int, vf_device: int, *, offset: int = 0x80,
+                  stride: int = 2, own_groups: int | None = None) -> None:
+        """Give a present device an SR-IOV capability: the PF files of drivers/pci/iov.c
+        (sriov_totalvfs, sriov_numvfs 0, sriov_drivers_autoprobe 1, sriov_offset, sriov_stride,
+        sriov_vf_device: hex without 0x). `own_groups`: the VFs get IOMMU groups of their own
+        from that number up (ACS on the way); None: they join the PF's group (no ACS)."""
+        self._sriov[pf] = _Sriov(total, vf_device, offset, stride, own_groups)
+        d = self.device_dir(pf)
+        for name, text in (("sriov_totalvfs", f"{total}\n"), ("sriov_numvfs", "0\n"),
+                           ("sriov_drivers_autoprobe", "1\n"), ("sriov_offset", f"{offset}\n"),
+                           ("sriov_stride", f"{stride}\n"),
+                           ("sriov_vf_device", f"{vf_device:x}\n")):
+            (d / name).write_text(text)
+
+    def numvfs(self, pf: str) -> int:
+        return int((self.device_dir(pf) / "sriov_numvfs").read_text())
+
+    def vfs_of(self, pf: str) -> list[str]:
+        """The PF's VFs by index (its virtfnN links)."""
+        d = self.device_dir(pf)
+        return [Path(os.readlink(d / f"virtfn{i}")).name for i in range(self.numvfs(pf))]
+
+    def autoprobe(self, pf: str) -> str:
+        return (self.device_dir(pf) / "sriov_drivers_autoprobe").read_text().strip()
+
+    def vf_bdf(self, pf: str, n: int) -> str:
+        """pci_iov_virtfn_bus/_devfn: (bus << 8 | devfn) + offset + n * stride."""
+        cap = self._sriov[pf]
+        bus, devfn = int(pf[5:7], 16), int(pf[8:10], 16) << 3 | int(pf[11])
+        rid = (bus << 8 | devfn) + cap.offset + n * cap.stride
+        return f"{pf[:4]}:{rid >> 8:02x}:{(rid & 0xFF) >> 3:02x}.{rid & 7}"
 
     def add_framebuffer(self, start: int, size: int, *claims: str) -> None:
         """A boot framebuffer in /proc/iomem, nested as Linux nests it under the BAR that holds
@@ -384,6 +436,13 @@ class SimKernel:
             return self._set_override(dev.bdf, data)
         if dev and real.name == "reset_method" and self._realdir(dev) == real.parent:
             return self._set_reset_method(dev.bdf, real, data)
+        if dev and dev.bdf in self._sriov and self._realdir(dev) == real.parent:
+            if real.name == "sriov_numvfs":
+                return self._set_numvfs(dev.bdf, data)
+            if real.name == "sriov_drivers_autoprobe":
+                return self._set_autoprobe(real, data)
+            if real.name.startswith("sriov_"):  # read-only attributes (0444)
+                raise _oserror(errno.EACCES)
         real.write_text(data)  # any other attribute: stored as is
         return None
 
@@ -456,8 +515,19 @@ class SimKernel:
         override = self.override_of(bdf)
         if override is not None:
             return override == drv.name
+        if not self._can_probe(bdf):
+            return False
         dev = self._devices[bdf]
         return (dev.vendor, dev.device) in drv.dynamic_ids + drv.ids
+
+    def _can_probe(self, bdf: str) -> bool:
+        """pci_device_can_probe: a VF without driver_override probes only while its PF's
+        sriov_drivers_autoprobe is 1 (checked at probe time, by every probe path)."""
+        physfn = self.device_dir(bdf) / "physfn"
+        if not physfn.is_symlink():
+            return True
+        pf = Path(os.readlink(physfn)).name
+        return pf not in self._sriov or self.autoprobe(pf) == "1"
 
     def _probe(self, drv: _Driver, bdf: str) -> int | None:
         """The driver's probe(): binds, or returns an errno and leaves the device unbound.
@@ -556,6 +626,69 @@ class SimKernel:
         path = self.device_dir(bdf) / "reset_method"
         return path.read_text() if path.exists() else None
 
+    def _set_autoprobe(self, path: Path, data: str) -> None:
+        """sriov_drivers_autoprobe: kstrtobool (1/0, y/n, on/off), else EINVAL."""
+        word = data.strip().lower()
+        if word in ("1", "y", "yes", "on", "true"):
+            path.write_text("1\n")
+        elif word in ("0", "n", "no", "off", "false"):
+            path.write_text("0\n")
+        else:
+            raise _oserror(errno.EINVAL)
+
+    def _set_numvfs(self, pf: str, data: str) -> None:
+        """sriov_numvfs_store (drivers/pci/iov.c): a number, else EINVAL; above TotalVFs
+        ERANGE; the same value: nothing; PF without a driver, or its driver without
+        sriov_configure, ENOENT; non-zero to another non-zero EBUSY; 0 removes the VFs."""
+        try:
+            want = int(data.strip(), 10)
+        except ValueError:
+            raise _oserror(errno.EINVAL) from None
+        cap = self._sriov[pf]
+        if want < 0 or want > cap.total:
+            raise _oserror(errno.ERANGE)
+        now = self.numvfs(pf)
+        if want == now:
+            return
+        driver = self.driver_of(pf)
+        drv = self._drivers.get(driver) if driver else None
+        capable = drv is not None and (drv.sriov or (drv.name == "vfio-pci"
+                                                     and self.vfio_enable_sriov))
+        if not capable:
+            raise _oserror(errno.ENOENT)  # "Driver does not support SRIOV configuration"
+        if want == 0:
+            self._remove_vfs(pf)
+            return
+        if now:
+            raise _oserror(errno.EBUSY)  # "%d VFs already enabled. Disable before enabling"
+        self._add_vfs(pf, want)
+
+    def _add_vfs(self, pf: str, n: int) -> None:
+        """sriov_enable: per VF, the device is added, linked (virtfnN, physfn) and probed at
+        once, in the writer's context (unless autoprobe is 0: then only a driver_override could
+        let it probe, and a new device has none); udev hears of it only afterwards."""
+        cap, parent = self._sriov[pf], self._devices[pf]
+        pf_dir = self.device_dir(pf)
+        (pf_dir / "sriov_numvfs").write_text(f"{n}\n")
+        for i in range(n):
+            bdf = self.vf_bdf(pf, i)
+            group = parent.iommu_group if cap.own_groups is None else cap.own_groups + i
+            base = Path(os.path.realpath(pf_dir)).parent
+            path = base / bdf
+            self.add_device(bdf, parent.vendor, cap.vf_device, driver=None, iommu_group=group,
+                            parent=None, physfn=pf, _base=path.parent)
+            self._device_attach(bdf)
+            self.udev_queue.append(bdf)
+
+    def _remove_vfs(self, pf: str) -> None:
+        """sriov_disable: every VF is unbound and removed, then NumVFs is 0."""
+        for i, vf in enumerate(self.vfs_of(pf)):
+            self.remove_device(vf)
+            (self.device_dir(pf) / f"virtfn{i}").unlink()
+            if vf in self.udev_queue:
+                self.udev_queue.remove(vf)
+        (self.device_dir(pf) / "sriov_numvfs").write_text("0\n")
+
     def _set_override(self, bdf: str, data: str) -> None:
         """driver_override: cut at the first newline; empty clears (reads back "(null)"). Only
         recorded: it takes effect at the next probe and unbinds nothing."""
@@ -588,6 +721,8 @@ class SimKernel:
         dev = self._devices[bdf]
         driver = self.driver_of(bdf)
         assert driver is not None
+        if bdf in self._sriov and self.numvfs(bdf):  # the PF driver's remove: pci_disable_sriov
+            self._remove_vfs(bdf)
         (self.driver_dir(driver) / bdf).unlink()
         (dev.path / "driver").unlink()
         (dev.path / "enable").write_text("0\n")

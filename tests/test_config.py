@@ -264,7 +264,7 @@ def test_every_verb_validates_first_and_changes_nothing(cli: Cli, verb: str) -> 
     ('version: 1\ndevices:\n  - address: "00:02.0"\n    label: nic\n',
      [f"{MAIN}:4:5: devices[0].label: unknown key 'label'",
       "    hint: expected one of: address, count, driver, expect, force, group, id, name, "
-      "on_stop, reset_method"]),
+      "on_stop, reset_method, vfs"]),
 ], ids=["devics", "iommmu", "Driver", "colour", "dirver", "ID", "label"])
 def test_unknown_keys_are_errors_with_did_you_mean(
     cli: Cli, text: str, expected: list[str]

@@ -18,8 +18,8 @@ OWN = {
     "validate": ["valid"],
     "check": ["passthrough_possible", "findings", "preflight"],
     "plan": ["steps", "groups"],
-    "status": ["converged", "last_error", "actions", "reboot_required", "devices", "groups",
-               "preflight"],
+    "status": ["converged", "last_error", "actions", "reboot_required", "devices", "sriov",
+               "groups", "preflight"],
     "list": ["names", "groups", "preflight"],
 }
 PROBLEM = ["file", "line", "column", "path", "message", "hint"]

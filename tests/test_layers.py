@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("plan", ("plan", "preflight")),
     # acting and recording: apply (the only writer of /sys), the state file, the guard's
     # memory, the early hold list and what a reboot would change
-    ("act", ("apply", "state", "memory", "early", "reboot")),
+    ("act", ("apply", "state", "memory", "early", "reboot", "sriov")),
     # running it: the apply/restore sequence, the context a verb runs in, its output, systemd
     ("run", ("sequence", "context", "output", "node", "service", "engines")),
     ("verbs", ("verbs", "verbs.check", "verbs.list", "verbs.plan", "verbs.schema",

@@ -58,6 +58,10 @@ def run(ctx: Context) -> int:
             print(f"    {name if len(name) <= 96 else name[:95] + '…'}")
     if not groups:
         print("no device matches")
+    from pcipassd import sriov  # noqa: PLC0415
+
+    if pfs := sriov.lines(ctx.host, inventory):
+        print("\n".join(pfs))
     if note:
         print(note)
     if ahead is not None:

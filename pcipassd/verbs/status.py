@@ -48,14 +48,16 @@ def run(ctx: Context) -> int:
         return record.stage if record else None
 
     if ctx.args.json:
-        from pcipassd import node  # noqa: PLC0415
+        from pcipassd import node, sriov  # noqa: PLC0415
 
         models = {r.device.bdf: r.name for g in groups for r in g.rows if r.name}
         devices = node.describe(ctx.host, plan.steps, records,
                                 ctx.inventory.devices if ctx.inventory else {}, models)
         ctx.out.update({**node.document(converged=converged, error=node.last_error(ctx.host),
                                         actions=node.needed_actions(ctx.host, records),
-                                        devices=devices),
+                                        devices=devices,
+                                        sriov=sriov.pfs(ctx.host, ctx.inventory)
+                                        if ctx.inventory else []),
                         "groups": groups_json(groups),
                         "problems": [p.as_dict() for p in plan.problems],
                         "warnings": [message(w, h) for w, h in warnings]})
@@ -78,6 +80,8 @@ def run(ctx: Context) -> int:
                 row.insert(6, _reset_column(s))
         print("\n".join(table(rows, header)))
         print("\n".join(groups_text(groups)))
+        if ctx.inventory is not None and (pfs := _sriov_lines(ctx)):
+            print("\n".join(pfs))
         if users:
             print("\n".join(["", *(f"in use: {bdf} is open in {', '.join(who)}"
                                     for bdf, who in users.items())]))
@@ -99,6 +103,14 @@ def run(ctx: Context) -> int:
             verdict = "not converged: run `systemctl reload pcipassd`"
         print(f"\n{verdict}")
     return EXIT_OK if converged else EXIT_FAIL
+
+
+def _sriov_lines(ctx: Context) -> list[str]:
+    """`SR-IOV:`, each PF with VFs and its VFs by index (sriov.py)."""
+    from pcipassd import sriov  # noqa: PLC0415
+
+    assert ctx.inventory is not None
+    return sriov.lines(ctx.host, ctx.inventory)
 
 
 def _reset_column(step: Step) -> str:
