@@ -265,13 +265,13 @@ def restore(ctx: Context, state: State, verb: str = "restore", *, keep: str | No
     from pcipassd.inventory import scan  # noqa: PLC0415
     from pcipassd.plan import restore_plan  # noqa: PLC0415
 
-    early.adopt(ctx.host, state)
     created = sriov_records(ctx)  # read before any device is touched (damaged: StateError)
     early.adopt(ctx.host, state)
     records = state.records
+    inventory = scan(ctx.host)
     if only:
-        records = _addressed(ctx, records, only, created)
-    plan = restore_plan(scan(ctx.host), records, keep=keep)
+        records = _addressed(records, only, created, inventory)
+    plan = restore_plan(inventory, records, keep=keep)
     applier = Applier(ctx.host, ctx.kernel, state)
     outcome = applier.run(plan)
     if created:  # the VFs pcipassd created, once none is held (kept, or open in a VM)
@@ -297,8 +297,8 @@ def _parsed(addresses: tuple[str, ...]) -> list[Address]:
         raise PcipassError(str(e), "write it like 0000:41:00.0") from None
 
 
-def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, ...],
-               created: Mapping[str, Created]) -> dict[str, Record]:
+def _addressed(records: dict[str, Record], addresses: tuple[str, ...],
+               created: Mapping[str, Created], inventory: Inventory) -> dict[str, Record]:
     """The records of the devices at `addresses` (`0000:41:00.0`, `41:00.*`); the address of a
     PF pcipassd created VFs on stands for its VFs too. PcipassError, nothing touched, when one
     is not an address or pcipassd holds nothing there."""
@@ -312,9 +312,16 @@ def _addressed(ctx: Context, records: dict[str, Record], addresses: tuple[str, .
             raise PcipassError(f"pcipassd holds no device at {address}: nothing was given back",
                                "`pcipassd status` shows the devices it holds")
         chosen.update(found)
-    # A card goes back whole: the other functions pcipassd holds in a chosen device's slot too.
-    slots = {bdf.rsplit(".", 1)[0] for bdf in chosen}
-    with_card = {bdf: r for bdf, r in records.items() if bdf.rsplit(".", 1)[0] in slots}
+    # A card goes back whole: the other functions pcipassd holds in a chosen device's slot too
+    # (not a VF's: VFs share slots, but they are no card).
+    def card_function(bdf: str) -> bool:
+        device = inventory.devices.get(bdf)
+        return (device is None or device.physfn is None) and not any(
+            bdf in made.vfs for made in created.values())
+
+    slots = {bdf.rsplit(".", 1)[0] for bdf in chosen if card_function(bdf)}
+    with_card = {bdf: r for bdf, r in records.items()
+                 if bdf in chosen or (bdf.rsplit(".", 1)[0] in slots and card_function(bdf))}
     for bdf in sorted(with_card.keys() - chosen.keys()):
         log().info("%s: given back with its card %s, which goes back as one unit", bdf,
                    bdf.rsplit(".", 1)[0])

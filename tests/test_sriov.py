@@ -498,3 +498,14 @@ def test_another_count_for_vfs_pcipassd_created_says_the_command(sr: Machine) ->
     assert sr.sim.numvfs(PF) == 4
     assert sr.run("restore", PF).rc == 0 and sr.sim.numvfs(PF) == 0
     assert sr.run("apply").rc == 0 and sr.sim.numvfs(PF) == 2
+
+
+def test_restore_of_one_vf_leaves_the_other_vfs_in_its_slot(sr: Machine) -> None:
+    """VFs share a slot (05:10.0, 05:10.2, ...) but are no card: `restore VF` is that VF only."""
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    r = sr.run("restore", VFS[0])
+    assert r.rc == 0, r.err
+    assert sr.driver(VFS[0]) != "vfio-pci"
+    assert [sr.driver(v) for v in VFS[1:]] == ["vfio-pci"] * 3
+    assert "given back with its card" not in r.err
