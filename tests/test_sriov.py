@@ -509,3 +509,20 @@ def test_restore_of_one_vf_leaves_the_other_vfs_in_its_slot(sr: Machine) -> None
     assert sr.driver(VFS[0]) != "vfio-pci"
     assert [sr.driver(v) for v in VFS[1:]] == ["vfio-pci"] * 3
     assert "given back with its card" not in r.err
+
+
+def test_at_boot_apply_waits_for_the_pfs_driver_then_creates_the_vfs(m: Machine) -> None:
+    """udev's coldplug triggered, igb not loaded yet: VFs exist only once the PF has its
+    driver, so apply waits for udev before it creates them."""
+    m.sim.add_driver("igb", [(0x8086, 0x10C9)], sriov=True, loaded=False)
+    m.sim.add_driver("igbvf", [(0x8086, 0x10CA)])
+    m.sim.add_device(PF, 0x8086, 0x10C9, iommu_group=9)
+    m.sim.add_sriov(PF, 7, 0x10CA, own_groups=20)
+    m.sim.udev_queue[:] = [PF]
+    assert m.driver(PF) is None
+    vfs_config(m)
+    r = m.run("apply")
+    assert r.rc == 0, r.err
+    assert m.sim.settles == 1
+    assert m.driver(PF) == "igb" and m.sim.numvfs(PF) == 4
+    assert [m.driver(v) for v in VFS] == ["vfio-pci"] * 4

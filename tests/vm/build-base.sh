@@ -40,7 +40,7 @@ echo "== kernel $kver"
 
 echo "== prune kernel modules not needed by a headless q35 guest"
 moddir="$root/lib/modules/$kver/kernel"
-keep_drivers=" base block char cpufreq crypto dca dma firmware gpu hid input net pci pps ptp scsi tty uio vfio vhost video virt virtio "
+keep_drivers=" base block char cpufreq crypto dca dma firmware gpu hid i2c input net pci pps ptp scsi tty uio vfio vhost video virt virtio "
 for d in "$moddir"/drivers/*/; do
     d=${d%/}
     case "$keep_drivers" in *" ${d##*/} "*) ;; *) rm -rf "$d" ;; esac
@@ -52,6 +52,8 @@ find "$moddir/drivers/gpu/drm" -mindepth 1 -maxdepth 1 -type d ! -name tiny ! -n
     -exec rm -rf {} +
 find "$moddir/drivers/gpu/drm/tiny" -type f ! -name 'bochs.ko*' -delete
 find "$moddir/drivers/video/fbdev" -mindepth 1 -maxdepth 1 ! -name core -exec rm -rf {} +
+# igb (the SR-IOV PF of tests/vm/test_sriov.py) needs i2c-algo-bit; no other I2C driver.
+find "$moddir/drivers/i2c" -mindepth 1 -maxdepth 1 ! -name algos -exec rm -rf {} +
 if [ -d "$moddir/sound" ]; then
     find "$moddir/sound" -mindepth 1 -maxdepth 1 ! -name core ! -name hda ! -name pci \
         ! -name 'soundcore.ko*' -exec rm -rf {} +
