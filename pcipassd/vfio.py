@@ -9,6 +9,7 @@ pcipassd looks for a process that has the device's group (/dev/vfio/N) or its cd
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from pcipassd.errors import PcipassError
 from pcipassd.host import Host
@@ -74,11 +75,12 @@ def _slot(bdf: str) -> str:
     return bdf.rsplit(".", 1)[0]
 
 
-def _by_slot(bdfs: list[str]) -> list[list[str]]:
-    """The functions of each slot together (a card, or a single function), in BDF order."""
+def _by_slot(bdfs: list[str], vfs: Collection[str] = ()) -> list[list[str]]:
+    """The functions of each slot together (a card, or a single function), in BDF order; each
+    of `vfs` (SR-IOV VFs: they share slots, but are no card) alone."""
     slots: dict[str, list[str]] = {}
     for bdf in sorted(bdfs):
-        slots.setdefault(_slot(bdf), []).append(bdf)
+        slots.setdefault(bdf if bdf in vfs else _slot(bdf), []).append(bdf)
     return list(slots.values())
 
 
@@ -90,21 +92,21 @@ def _guest_functions(functions: list[str]) -> list[int]:
     return numbers if numbers[0] == 0 else list(range(len(functions)))
 
 
-def qemu_args(bdfs: list[str]) -> list[str]:
+def qemu_args(bdfs: list[str], vfs: Collection[str] = ()) -> list[str]:
     """One line of QEMU arguments per card: the functions of a multifunction card together."""
     return [" ".join(f"-device vfio-pci,host={b}" for b in functions)
-            for functions in _by_slot(bdfs)]
+            for functions in _by_slot(bdfs, vfs)]
 
 
 MAX_CHASSIS = 255  # a pcie-root-port's chassis number is one byte
 
 
-def qemu_q35_args(bdfs: list[str], base: int) -> list[str]:
+def qemu_q35_args(bdfs: list[str], base: int, vfs: Collection[str] = ()) -> list[str]:
     """A q35 layout that keeps each card's function layout in the guest: per slot (a card, or a
     single function) one pcie-root-port, numbered from `base` (its id `pcipass-rpN`, chassis N,
     slot N), with function 0 `multifunction=on` and the others at their own function numbers
     (see _guest_functions)."""
-    slots = _by_slot(bdfs)
+    slots = _by_slot(bdfs, vfs)
     last = base + len(slots) - 1
     if last > MAX_CHASSIS:
         raise PcipassError(f"{len(slots)} root ports from {base} go past chassis {MAX_CHASSIS}",
@@ -143,12 +145,13 @@ class GuestAddress:
                 f"function='0x{self.function:x}'{multi}/>")
 
 
-def libvirt_layout(bdfs: list[str], base: int = GUEST_SLOT) -> dict[str, GuestAddress]:
+def libvirt_layout(bdfs: list[str], base: int = GUEST_SLOT, vfs: Collection[str] = ()
+                   ) -> dict[str, GuestAddress]:
     """The guest address of each function of a card (a slot with several functions in `bdfs`):
     the cards in BDF order, one guest slot each on bus 0 from `base`, function 0 with
     multifunction='on', the others at their host function numbers (see _guest_functions). A
     single function gets none: libvirt picks its address, as it always has."""
-    cards = [functions for functions in _by_slot(bdfs) if len(functions) > 1]
+    cards = [functions for functions in _by_slot(bdfs, vfs) if len(functions) > 1]
     if base + len(cards) - 1 > MAX_GUEST_SLOT:
         lower = max(1, MAX_GUEST_SLOT + 1 - len(cards))
         raise PcipassError(f"{len(cards)} cards from guest slot 0x{base:02x} go past slot "

@@ -325,13 +325,14 @@ def test_status_libvirt_puts_a_cards_functions_in_one_guest_slot(m: Machine) -> 
         "0x1a", "0x1a", "0x1b", "0x1b", None]
 
 
-def test_status_libvirt_numbers_a_card_held_without_function_0_from_0(m: Machine) -> None:
+def test_status_libvirt_gives_a_vf_no_card_layout(m: Machine) -> None:
+    """44:00.1 (a PF) and 44:00.2 (a VF of 44:00.0) share a slot, but a VF is no function of a
+    card: each is a device of its own, and only the real card gets a guest slot."""
     config(m, f'  - address: "{PF1}"\n  - address: "{VF}"\n  - address: "0000:41:00.*"\n')
     assert m.run("apply").rc == 0
     assert _hostdevs(m.run("status", "--libvirt").out) == {
         GPU: _guest("0x10", "0x0", multi=True), AUDIO: _guest("0x10", "0x1"),
-        PF1: _guest("0x11", "0x0", multi=True), VF: _guest("0x11", "0x1")}, (
-        "guests look for functions 1-7 only where function 0 is")
+        PF1: None, VF: None}
 
 
 def test_status_libvirt_leaves_a_single_function_as_it_was(m: Machine) -> None:

@@ -526,3 +526,16 @@ def test_at_boot_apply_waits_for_the_pfs_driver_then_creates_the_vfs(m: Machine)
     assert m.sim.settles == 1
     assert m.driver(PF) == "igb" and m.sim.numvfs(PF) == 4
     assert [m.driver(v) for v in VFS] == ["vfio-pci"] * 4
+
+
+def test_qemu_and_libvirt_give_each_vf_alone_not_as_a_card(sr: Machine) -> None:
+    """VFs share a slot (05:10.0, 05:10.2, ...): still one line, one root port, no guest
+    multifunction each."""
+    vfs_config(sr)
+    assert sr.run("apply").rc == 0
+    assert sr.run("status", "--qemu").out.splitlines() == [
+        f"-device vfio-pci,host={vf}" for vf in VFS]
+    q35 = [line for line in sr.run("status", "--qemu-q35", "20").out.splitlines()
+           if not line.startswith("#")]
+    assert len(q35) == 4 and not any("multifunction" in line for line in q35), q35
+    assert "multifunction" not in sr.run("status", "--libvirt").out

@@ -32,10 +32,13 @@ def run(ctx: Context) -> int:
     records = state.records
     plan, groups = planned(ctx, config, records)
     _libvirt_options(ctx, config)
+    # SR-IOV VFs share slots (01:10.0, 01:10.2, ...), but each goes to a VM alone: no card
+    vfs = frozenset(bdf for bdf, d in (ctx.inventory.devices if ctx.inventory else {}).items()
+                    if d.physfn is not None)
     if ctx.args.libvirt and ctx.args.entry is not None:
-        return _libvirt_files(plan, ctx.args.entry, ctx.args.guest_slot, ctx.args.xml_dir)
+        return _libvirt_files(plan, ctx.args.entry, ctx.args.guest_slot, ctx.args.xml_dir, vfs)
     if ctx.args.qemu or ctx.args.libvirt or ctx.args.qemu_q35 is not None:
-        return _handoff(plan, ctx.args.libvirt, ctx.args.qemu_q35, ctx.args.guest_slot)
+        return _handoff(plan, ctx.args.libvirt, ctx.args.qemu_q35, ctx.args.guest_slot, vfs)
     if ctx.args.kubevirt or ctx.args.proxmox_mapping:
         return _engine(ctx, plan)
     warnings = [*((w, "") for w in state.problems()), *_warnings(ctx, records),
@@ -140,7 +143,7 @@ def _warnings(ctx: Context, records: dict[str, Record]) -> list[tuple[str, str]]
 
 
 def _handoff(plan: Plan, libvirt: bool, q35: int | None = None,
-             guest_slot: int | None = None) -> int:
+             guest_slot: int | None = None, vfs: frozenset[str] = frozenset()) -> int:
     """`status --qemu` / `--qemu-q35 BASE` / `--libvirt [--guest-slot SLOT]`: what to give QEMU
     or libvirt for each device held on vfio-pci; for the others, why not and what to change.
     Notes are `#` lines (XML comments in libvirt's XML)."""
@@ -149,16 +152,16 @@ def _handoff(plan: Plan, libvirt: bool, q35: int | None = None,
 
     ready = held_on_vfio(plan, "libvirt" if libvirt else "QEMU")
     if libvirt:
-        layout = vfio.libvirt_layout([s.bdf for s in ready], _slot_or_default(guest_slot))
+        layout = vfio.libvirt_layout([s.bdf for s in ready], _slot_or_default(guest_slot), vfs)
         for s in ready:
             guest = layout.get(s.bdf)
             if guest is not None and guest.function == 0:
                 print(_card_note(guest))
             print(_hostdev_xml(s, guest))
     elif q35 is not None:
-        print("\n".join(vfio.qemu_q35_args([s.bdf for s in ready], q35)))
+        print("\n".join(vfio.qemu_q35_args([s.bdf for s in ready], q35, vfs)))
     else:
-        print("\n".join(vfio.qemu_args([s.bdf for s in ready])))
+        print("\n".join(vfio.qemu_args([s.bdf for s in ready], vfs)))
     return EXIT_OK if len(ready) == len(plan.steps) else EXIT_FAIL
 
 
@@ -209,7 +212,8 @@ def _libvirt_options(ctx: Context, config: Config) -> None:
         raise UsageError(f"--entry {short(args.entry)!r}: no entry has that name", known)
 
 
-def _libvirt_files(plan: Plan, entry: str, guest_slot: int | None, xml_dir: str | None) -> int:
+def _libvirt_files(plan: Plan, entry: str, guest_slot: int | None, xml_dir: str | None,
+                   vfs: frozenset[str] = frozenset()) -> int:
     """`status --libvirt --entry NAME [--xml-dir DIR]`: one file per function of the entry's
     devices held on vfio-pci, each one <hostdev> (`virsh attach-device` takes one device at a
     time), and the `virsh attach-device DOMAIN FILE --config` commands in order, function 0 of
@@ -228,7 +232,7 @@ def _libvirt_files(plan: Plan, entry: str, guest_slot: int | None, xml_dir: str 
     from pcipassd.safefile import write_atomic  # noqa: PLC0415
 
     layout = vfio.libvirt_layout([s.bdf for s in plan.steps if on_vfio(s)],
-                                 _slot_or_default(guest_slot))
+                                 _slot_or_default(guest_slot), vfs)
     steps = tuple(s for s in plan.steps if s.name == entry)
     if not steps:
         raise PcipassError(f"entry {short(entry)!r} selects no device on this host",

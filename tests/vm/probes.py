@@ -11,8 +11,10 @@ from __future__ import annotations
 from .harness import BootResult
 
 PROBE_LOG = ('dyndbg="file drivers/base/dd.c +p"', "log_buf_len=8M")
-#: The scenario's shell line that reports the probes of this boot (key `probes`).
-REPORT_PROBES = "dmesg | grep 'really_probe: probing driver' | blob probes"
+#: The scenario's shell line that reports the probes of this boot (key `probes`), and the
+#: attempts the kernel turned away before the driver's code ran (`igbvf: probe of 0000:01:10.0
+#: rejects match -19`: a VF while its PF's sriov_drivers_autoprobe is 0).
+REPORT_PROBES = "dmesg | grep -E 'really_probe: probing driver|rejects match' | blob probes"
 #: The scenario's shell function `wait_for BDF DRIVER`: up to 60 s, for the udev-triggered
 #: reload after a hot add, until the device is on DRIVER and pcipassd is active.
 WAIT_FOR = r"""wait_for() {
@@ -26,9 +28,18 @@ WAIT_FOR = r"""wait_for() {
 
 
 def probes(res: BootResult, bdf: str, driver: str = "e1000e") -> int:
-    """How many times `driver` probed the device at `bdf` in this boot."""
-    attempt = f"really_probe: probing driver {driver} with device"
-    return sum(1 for line in res["probes"].splitlines() if bdf in line and attempt in line)
+    """How many times `driver`'s probe ran on the device at `bdf` in this boot: the attempts,
+    less those the kernel rejected before calling it."""
+    attempt = f"really_probe: probing driver {driver} with device {bdf}"
+    return (sum(1 for line in res["probes"].splitlines() if line.endswith(attempt))
+            - rejected(res, bdf, driver))
+
+
+def rejected(res: BootResult, bdf: str, driver: str) -> int:
+    """How many of `driver`'s attempts on `bdf` the kernel rejected (-ENODEV) before the
+    driver's probe ran."""
+    return sum(1 for line in res["probes"].splitlines()
+               if f"{driver}: probe of {bdf} rejects match" in line)
 
 
 def probed(res: BootResult, bdf: str, driver: str = "e1000e") -> bool:
