@@ -39,8 +39,8 @@ from .image import (
 #: --durations): with two workers (--dist loadscope --no-loadscope-reorder: scopes in this
 #: order, not by their number of tests) the two longest start at once and the rest fill in,
 #: the non-VM tests first (they run while .ci/run still builds the VM images).
-LONGEST_FIRST = ("test_early", "test_fleet", "test_dracut", "test_package", "test_scenarios",
-                 "test_installed", "test_uplink", "test_handoff")
+LONGEST_FIRST = ("test_early", "test_fleet", "test_package", "test_scenarios", "test_dracut",
+                 "test_handoff", "test_sriov", "test_uplink", "test_installed")
 
 
 def _order(item: pytest.Item) -> int:
