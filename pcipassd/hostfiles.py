@@ -98,18 +98,8 @@ def host_path(host: Host, absolute: str | PurePosixPath) -> Path | None:
 
 def read(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> str | None:
     """A host file's text, or None. `optional`: a missing file is normal, not worth a log line."""
-    path = host_path(host, absolute)
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        if not optional:
-            log.debug("%s does not exist", absolute)
-        return None
-    except OSError as err:
-        log.debug("cannot read %s: %s", absolute, err.strerror or err)
-        return None
+    raw = data(host, absolute, optional=optional)
+    return None if raw is None else raw.decode("utf-8", errors="replace")
 
 
 def data(host: Host, absolute: str | PurePosixPath, *, optional: bool = False) -> bytes | None:
