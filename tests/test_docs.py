@@ -107,8 +107,8 @@ def _glossary() -> dict[str, str]:
 def test_the_glossary_has_one_line_per_word() -> None:
     assert list(_glossary()) == [
         "device", "address", "entry", "select", "hold", "held", "hold list", "target",
-        "original driver", "stage", "action", "restore", "kept", "refuse", "fail", "force",
-        "converged"]
+        "original driver", "stage", "action", "restore", "kept", "card", "PF", "VF",
+        "preflight", "refuse", "fail", "force", "converged"]
 
 
 def test_the_glossary_words_are_the_programs() -> None:
