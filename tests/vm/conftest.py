@@ -36,9 +36,10 @@ from .image import (
 )
 
 #: The VM scenarios, longest first (seconds of boots on a 2-core TCG host, from CI's
-#: --durations): with two workers (--dist loadscope --no-loadscope-reorder: scopes in this
-#: order, not by their number of tests) the two longest start at once and the rest fill in,
-#: the non-VM tests first (they run while .ci/run still builds the VM images).
+#: --durations), with two workers (--dist loadscope --no-loadscope-reorder: scopes in this
+#: order, not by their number of tests): the longest scenario first, so that one worker waits
+#: for the VM images (.ci/run builds them in the background) and boots it as soon as they are
+#: there, while the other runs the tests without VMs; then the other scenarios, longest first.
 LONGEST_FIRST = ("test_early", "test_fleet", "test_package", "test_scenarios", "test_dracut",
                  "test_handoff", "test_sriov", "test_uplink", "test_installed")
 
@@ -46,8 +47,11 @@ LONGEST_FIRST = ("test_early", "test_fleet", "test_package", "test_scenarios", "
 def _order(item: pytest.Item) -> int:
     path = Path(str(item.fspath)).resolve()
     if not path.is_relative_to(HERE):
-        return -1  # first: they run while the VM images are still being built (.ci/run)
-    return LONGEST_FIRST.index(path.stem) if path.stem in LONGEST_FIRST else len(LONGEST_FIRST)
+        return 0  # after the longest scenario, before the others
+    if path.stem not in LONGEST_FIRST:
+        return len(LONGEST_FIRST)
+    position = LONGEST_FIRST.index(path.stem)
+    return -1 if position == 0 else position
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
