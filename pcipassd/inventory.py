@@ -65,6 +65,17 @@ def _link_name(path: str | Path) -> str | None:
         return None
 
 
+def device_attr(host: Host, bdf: str, name: str) -> str | None:
+    """The device's sysfs attribute `name` (`sriov_numvfs`), stripped; None when unreadable."""
+    return read_attr(os.path.join(host.pci_devices, bdf, name))
+
+
+def device_link(host: Host, bdf: str, name: str) -> str | None:
+    """Where the device's sysfs link `name` points (`physfn`, `virtfn0`: a BDF; `driver`: a
+    driver's name); None when there is no such link."""
+    return _link_name(os.path.join(host.pci_devices, bdf, name))
+
+
 HEADER_TYPE = 0x0E  # the header type byte in config space
 MULTI_FUNCTION = 0x80  # its multi-function bit
 
@@ -186,7 +197,7 @@ class Inventory:
 
 def driver_of(host: Host, bdf: str) -> str | None:
     """The driver the device is bound to now (None: unbound, or not present)."""
-    return _link_name(os.path.join(host.pci_devices, bdf, "driver"))
+    return device_link(host, bdf, "driver")
 
 
 def scan(host: Host) -> Inventory:

@@ -18,14 +18,13 @@ of the VFs pcipassd created: /run/pcipass/sriov.json, written before the PF is t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 
 from pcipassd.address import BDF_RE, PciId
 from pcipassd.config import Config, Entry
 from pcipassd.errors import Problem, StateError
 from pcipassd.host import Host
-from pcipassd.inventory import Device, Inventory, read_attr
+from pcipassd.inventory import Device, Inventory, device_attr, device_link
 from pcipassd.printable import short
 from pcipassd.safefile import write_atomic
 from pcipassd.selection import Selected, Selection
@@ -81,15 +80,18 @@ class Due:
 
 def read_pf(host: Host, bdf: str) -> Pf | None:
     """The PF's SR-IOV files; None when it has none (no SR-IOV capability)."""
-    d = os.path.join(host.pci_devices, bdf, "")
-    total, numvfs = read_attr(d + "sriov_totalvfs"), read_attr(d + "sriov_numvfs")
+    total = device_attr(host, bdf, "sriov_totalvfs")
+    numvfs = device_attr(host, bdf, "sriov_numvfs")
     if total is None or numvfs is None:
         return None
     try:
         n = int(numvfs)
-        vfs = tuple(os.path.basename(os.readlink(d + f"virtfn{i}")) for i in range(n))
-        return Pf(bdf, int(total), n, read_attr(d + "sriov_drivers_autoprobe") or "1", vfs)
-    except (OSError, ValueError):
+        vfs = tuple(v for i in range(n) if (v := device_link(host, bdf, f"virtfn{i}")))
+        if len(vfs) != n:  # a VF went away meanwhile
+            return None
+        return Pf(bdf, int(total), n, device_attr(host, bdf, "sriov_drivers_autoprobe") or "1",
+                  vfs)
+    except ValueError:
         return None
 
 
@@ -184,10 +186,11 @@ def _future_vf(host: Host, pf: Device, index: int) -> tuple[str, PciId | None] |
     """The address and ID VF `index` of `pf` will have (the kernel's pci_iov_virtfn_bus and
     _devfn: the PF's routing ID + sriov_offset + index * sriov_stride; vendor: the PF's;
     device: sriov_vf_device); None when the PF's files do not say."""
-    d = os.path.join(host.pci_devices, pf.bdf, "")
+    def attr(name: str) -> str:
+        return device_attr(host, pf.bdf, name) or ""
+
     try:
-        offset = int(read_attr(d + "sriov_offset") or "")
-        stride = int(read_attr(d + "sriov_stride") or "")
+        offset, stride = int(attr("sriov_offset")), int(attr("sriov_stride"))
         domain, bus, devfn = pf.bdf[:4], int(pf.bdf[5:7], 16), (
             int(pf.bdf[8:10], 16) << 3 | int(pf.bdf[11]))
     except ValueError:
@@ -196,7 +199,7 @@ def _future_vf(host: Host, pf: Device, index: int) -> tuple[str, PciId | None] |
     if rid > 0xFFFF:
         return None
     try:
-        pci_id: PciId | None = PciId(pf.id.vendor, int(read_attr(d + "sriov_vf_device") or "", 16))
+        pci_id: PciId | None = PciId(pf.id.vendor, int(attr("sriov_vf_device"), 16))
     except ValueError:
         pci_id = None
     return f"{domain}:{rid >> 8:02x}:{(rid & 0xFF) >> 3:02x}.{rid & 7}", pci_id
@@ -237,7 +240,7 @@ def _check(host: Host, entry: Entry, mine: list[Selected], created: Mapping[str,
 def is_vf(host: Host, bdf: str) -> bool:
     """A VF (its `physfn` link): the early stages cannot hold it, since it does not exist
     before its PF's driver creates it."""
-    return os.path.islink(os.path.join(host.pci_devices, bdf, "physfn"))
+    return device_link(host, bdf, "physfn") is not None
 
 
 # -- the records of the VFs pcipassd created --------------------------------------------------
