@@ -29,7 +29,7 @@ import pytest
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, DISK_BDF, E1000E_ID, BootResult, PciDevice, _nic, boot
 from .image import REPO_ROOT, BaseImage, build_image, install_from_deb
-from .probes import PROBE_LOG, REPORT_PROBES, probes
+from .probes import NESTED_QEMU, PROBE_LOG, REPORT_PROBES, probes
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -75,54 +75,7 @@ PARTIAL = {  # a selection of part of the card: refused, and the rest named
     "audio": f'version: 1\ndevices:\n  - id: "{HDA_ID}"\n    driver: vfio-pci\n',
 }
 
-# A paused QEMU (-S) inside the guest: it opens the vfio group and realizes the devices.
-# `qemu_start NAME ARGS...` starts it with a monitor socket, waits until it has a vfio group open,
-# and reports NAME.running and NAME.vfio; `qemu_end NAME` stops it and captures its output.
-QEMU = r"""
-qemu_start() {
-    local name=$1; shift
-    rm -f /tmp/$name.mon
-    qemu-system-x86_64 -machine q35 -accel tcg,tb-size=64 -m 64 -nodefaults \
-        -display none -S -monitor unix:/tmp/$name.mon,server=on,wait=off -serial none \
-        "$@" </dev/null >/tmp/$name.out 2>&1 &
-    qemu=$!
-    for i in $(seq 90); do
-        ls -l /proc/$qemu/fd 2>/dev/null | grep -q ' /dev/vfio/[0-9]' && [ -S /tmp/$name.mon ] &&
-            break
-        kill -0 $qemu 2>/dev/null || break
-        sleep 1
-    done
-    result $name.running "$(kill -0 $qemu 2>/dev/null && echo yes || echo no)"
-    result $name.vfio "$(ls -l /proc/$qemu/fd 2>/dev/null | grep -c ' /dev/vfio/[0-9]')"
-}
-monitor() {  # monitor NAME COMMAND: the answer of the QEMU's human monitor
-    python3 - /tmp/$1.mon "$2" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(20)
-s.connect(sys.argv[1])
-def answer():
-    data = b""
-    while not data.endswith(b"(qemu) "):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace")
-answer()
-s.sendall(sys.argv[2].encode() + b"\n")
-print(answer())
-PY
-}
-qemu_end() {
-    kill $qemu
-    for i in $(seq 30); do kill -0 $qemu 2>/dev/null || break; sleep 1; done
-    kill -9 $qemu 2>/dev/null
-    capture $1.out cat /tmp/$1.out
-}
-"""
-
-SCRIPT = QEMU + rf"""
+SCRIPT = NESTED_QEMU + rf"""
 {REPORT_PROBES}
 pci_inventory boot
 case $PCIPASS_BOOT in

@@ -19,7 +19,7 @@ import pytest
 from .conftest import out_root
 from .harness import DEFAULT_TOPOLOGY, BootResult, _nic, boot
 from .image import REPO_ROOT, BaseImage, build_image, install_from_deb
-from .probes import PROBE_LOG, REPORT_PROBES, probes
+from .probes import NESTED_QEMU, PROBE_LOG, REPORT_PROBES, probes
 
 pytestmark = pytest.mark.skipif(
     not (REPO_ROOT / "Makefile").is_file(), reason="the project has no Makefile yet"
@@ -41,7 +41,7 @@ devices:
     vfs: {{count: 4, driver: vfio-pci}}
 """
 
-SCRIPT = rf"""
+SCRIPT = NESTED_QEMU + rf"""
 {REPORT_PROBES}
 pci_inventory boot
 result numvfs.boot "$(cat /sys/bus/pci/devices/{PF}/sriov_numvfs)"
@@ -50,25 +50,12 @@ capture status pcipassd status
 capture journal.boot journalctl -b -u pcipassd -o cat --no-pager
 if [ "$PCIPASS_BOOT" = 1 ]; then
     capture qemuargs pcipassd status --qemu
-    args=$(pcipassd status --qemu | grep -x -- '-device vfio-pci,host={VFS[0]}')
-    qemu-system-x86_64 -machine q35 -accel tcg,tb-size=64 -m 64 -nodefaults \
-        -display none -S -monitor none -serial none $args \
-        </dev/null >/tmp/qemu.out 2>&1 &
-    qemu=$!
-    for i in $(seq 90); do
-        ls -l /proc/$qemu/fd 2>/dev/null | grep -q ' /dev/vfio/[0-9]' && break
-        kill -0 $qemu 2>/dev/null || break
-        sleep 1
-    done
-    result qemu.vfio "$(ls -l /proc/$qemu/fd 2>/dev/null | grep -c ' /dev/vfio/[0-9]')"
+    qemu_start qemu $(pcipassd status --qemu | grep -x -- '-device vfio-pci,host={VFS[0]}')
     timeout 60 systemctl stop pcipassd; result stop.rc "$?"
     pci_inventory during
     result numvfs.during "$(cat /sys/bus/pci/devices/{PF}/sriov_numvfs)"
     capture journal.stop journalctl -b -u pcipassd -o cat --no-pager
-    kill $qemu
-    for i in $(seq 30); do kill -0 $qemu 2>/dev/null || break; sleep 1; done
-    kill -9 $qemu 2>/dev/null
-    capture qemu.out cat /tmp/qemu.out
+    qemu_end qemu
     capture restore pcipassd restore
     pci_inventory after
     result numvfs.after "$(cat /sys/bus/pci/devices/{PF}/sriov_numvfs)"
