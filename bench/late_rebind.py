@@ -7,7 +7,9 @@ measure is repeated (`--rounds`, default 3, the variants taking turns) and the m
 - raw: per device driver_override + unbind + drivers_probe, then back (empty override, unbind
   from pci-stub, drivers_probe), for the 16 NICs and for one;
 - pcipassd: `pcipassd apply` (a config naming them by address) + `pcipassd restore`, same
-  devices; with `--before REF`, also the pcipassd of that commit, installed beside it;
+  devices; with `--before REF`, also the pcipassd of that commit, installed beside it; with
+  `--stderr`, also this tree's with its log lines going to a file instead of journald (what
+  journald's handling of them costs);
 - start-up: `python3 -c pass`, `pcipassd --version` and a converged (no-op) `pcipassd apply`.
 
 Each timed window ends with `udevadm settle`, so that each variant pays for the udev work its
@@ -104,10 +106,15 @@ raw() {
         echo $d > /sys/bus/pci/drivers_probe
     done
 }
-# pcipassd VERSION ARGS...: the installed pcipassd ("after") or the one beside it ("before")
+# pcipassd VERSION ARGS...: the installed pcipassd ("after"), the same logging to stderr instead
+# of journald ("stderr"), or the one beside it ("before")
 run() {
     local v=$1; shift
-    if [ "$v" = after ]; then pcipassd "$@"; else pcipassd-before "$@"; fi
+    case $v in
+    after) pcipassd "$@" ;;
+    stderr) env -u JOURNAL_STREAM -u INVOCATION_ID pcipassd "$@" ;;
+    *) pcipassd-before "$@" ;;
+    esac
 }
 cycle() {  # VERSION CONFIG: apply, then restore (whatever apply did)
     local a=0 r=0
@@ -173,10 +180,13 @@ def before_installer(ref: str) -> Callable[[Path], None]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--before", metavar="REF", help="also time the pcipassd of this commit")
+    ap.add_argument("--stderr", action="store_true",
+                    help="also time this tree logging to stderr (a file) instead of journald")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=1500, help="seconds for the boot")
     args = ap.parse_args()
-    versions = ["after", "before"] if args.before else ["after"]
+    versions = ["after", *(["stderr"] if args.stderr else []),
+                *(["before"] if args.before else [])]
     script = (SCRIPT.replace("@ALL@", ALL).replace("@ONE@", ONE)
               .replace("@VERSIONS@", " ".join(versions)).replace("@ROUNDS@", str(args.rounds)))
     extra = {"/etc/pcipass-one.yaml": config([ONE])}
@@ -216,7 +226,8 @@ def main() -> int:
     print(f"NIC drivers at start: {res['drivers.start']}; at the end: {res['drivers.end']}")
     if rcs:
         print(f"non-zero exit codes: {rcs}\n{res.get('err.after', '')}")
-    names = {"after": "pcipassd (this tree)", "before": f"pcipassd ({args.before})"}
+    names = {"after": "pcipassd (this tree)", "stderr": "pcipassd, logging to stderr",
+             "before": f"pcipassd ({args.before})"}
     for n in (16, 1):
         print(f"\n{n} device{'s' if n > 1 else ''} to pci-stub and back")
         rows = [("raw sysfs loop", f"raw.{n}")]

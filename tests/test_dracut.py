@@ -15,6 +15,9 @@ from machine import Machine
 from simkernel import NIC_A, NIC_B, set_unit_state
 from test_early import SCRIPT, SHELLS, WHY, early, hold_list, kernel_probes
 
+# the dracut module's shell code: the same on every Python and library version
+pytestmark = pytest.mark.same_everywhere
+
 MODULE = Path(__file__).resolve().parent.parent / "early" / "dracut" / "90pcipassd"
 HOLD = MODULE / "pcipassd-hold.sh"
 RELEASE = MODULE / "pcipassd-release.sh"

@@ -41,6 +41,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("cli", "cmdline", "__main__")),
 )
 
+# the import graph, read from the source: the same on every Python and library version
+pytestmark = pytest.mark.same_everywhere
+
 #: Deferred imports allowed to go upward, {(importer, imported): why}. None today: every
 #: function-level import already points down the pipeline.
 DEFERRED_UPWARD: dict[tuple[str, str], str] = {}

@@ -27,6 +27,9 @@ from pkgbuild import (
 )
 from simkernel import NIC_A, NIC_B, SimKernel
 
+# the packages, built once by the system's tools: the same on every Python and library version
+pytestmark = pytest.mark.same_everywhere
+
 #: Files of the .deb that `make install` does not install: Debian's own.
 DEBIAN_ONLY = {
     "/usr/share/doc/pcipassd/README.Debian",

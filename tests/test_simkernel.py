@@ -28,6 +28,9 @@ from simkernel import (
 from pcipassd.errors import KernelError
 from pcipassd.host import Host
 
+# the simulated kernel the other tests stand on: the same on every Python and library version
+pytestmark = pytest.mark.same_everywhere
+
 if TYPE_CHECKING:
     from conftest import SysGuard
 
@@ -446,6 +449,7 @@ def test_guard_blocks_modprobe(sys_guard: SysGuard) -> None:
 def test_guard_fails_a_test_that_swallows_the_error(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     tests_dir = Path(__file__).parent
     pytester.makeconftest((tests_dir / "conftest.py").read_text())
     pytester.makepyfile(
