@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     # yamldoc (PyYAML) is imported when a file is read: restore needs neither
+    from pcipassd.parsecache import Cache
     from pcipassd.yamldoc import Document, JsonPath
 
 NOTHING_CONFIGURED = "no devices are configured"
@@ -122,7 +123,7 @@ def config_files(host: Host, main: Path | None = None) -> list[Path]:
 
 
 def load_config(host: Host, files: list[Path] | None = None, *, full: bool = True,
-                candidate: Path | None = None) -> Config:
+                candidate: Path | None = None, cache: Cache | None = None) -> Config:
     """Read and validate every file; raise InvalidConfig listing every problem.
 
     `candidate` (`--main FILE`): the main file about to be installed, checked in place of
@@ -133,7 +134,10 @@ def load_config(host: Host, files: list[Path] | None = None, *, full: bool = Tru
     `full` False (every verb but validate): a file that passes pcipassd's own strict check of
     the schema (`conforms`, microseconds) is not checked again by jsonschema, whose import is
     the slowest part of a boot-time apply; any other file is, for the exact messages. So a
-    file the schema rejects is never used, whatever `full` says."""
+    file the schema rejects is never used, whatever `full` says.
+
+    `cache` (not with `full` or `candidate`): the files parsed before are not parsed again
+    (parsecache.py); the checks above and below run on their data all the same."""
     from pcipassd import yamldoc  # noqa: PLC0415 - see the imports above
 
     paths = files or config_files(host)
@@ -143,7 +147,8 @@ def load_config(host: Host, files: list[Path] | None = None, *, full: bool = Tru
     docs: list[Document | None] = []  # None: the file is unusable (its problems are listed)
     problems = _untrusted_dirs(host, [p for p in paths if p != candidate])
     for path, name in zip(paths, shown):
-        doc, found = yamldoc.load(path, name, candidate=path == candidate)
+        doc, found = yamldoc.load(path, name, candidate=path == candidate,
+                                  cache=None if full or candidate else cache)
         if doc is not None and (full or not conforms(doc.data)):
             found = _check_schema(doc)
         problems += found

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pcipassd.kernel import Kernel
     from pcipassd.memory import Judgment
     from pcipassd.model import Record
+    from pcipassd.parsecache import Cache
     from pcipassd.plan import Plan
     from pcipassd.preflight import Preflight
     from pcipassd.selection import Selection
@@ -43,6 +44,7 @@ class Context:
         self.inventory: Inventory | None = None  # the last scan selection() made
         self.vfs_due: list[Due] = []  # the PFs whose `vfs:` apply is to create (sriov.py)
         self.out: dict[str, Any] = {}  # with --json: what the verb found (see _envelope)
+        self.parsed: Cache | None = None  # the files' parses, for apply to keep (parsecache.py)
 
     @property
     def kernel(self) -> Kernel:
@@ -74,7 +76,12 @@ class Context:
             config = Path(self.args.config) if self.args.config else None
             return load_config(self.host, config_files(self.host, config), full=full,
                                candidate=Path(main))
-        return load_config(self.host, self.config_paths(), full=full)
+        if full:
+            return load_config(self.host, self.config_paths(), full=True)
+        from pcipassd.parsecache import Cache  # noqa: PLC0415
+
+        self.parsed = Cache(self.host)
+        return load_config(self.host, self.config_paths(), full=False, cache=self.parsed)
 
     def judgment(self, inventory: Inventory) -> Judgment:
         """The host-critical devices, with what the guard remembers at boot (once per run: its

@@ -49,6 +49,7 @@ def apply(ctx: Context) -> int:
             early.adopt(ctx.host, state)
             try:
                 config = ctx.load_config()
+                _keep_parsed(ctx)
                 require_iommu(ctx, config.iommu)
             except NothingConfigured as e:  # installed and enabled, not configured yet
                 log().warning("%s: holding nothing (hint: %s)", e.message, e.hint)
@@ -152,6 +153,13 @@ def _vfs_given_back(ctx: Context, applier: Applier, plan: Plan, selection: Selec
     applier.remove_vfs([pf for pf, made in sriov.load(ctx.host).items()
                         if not any(vf in wanted for vf in made.vfs)])
     return replace(plan, steps=tuple(s for s in plan.steps if not sriov.is_vf(ctx.host, s.bdf)))
+
+
+def _keep_parsed(ctx: Context) -> None:
+    """A configuration without problems: keep its files' parses for the next run (only a
+    quicker start is lost when they cannot be kept)."""
+    if ctx.parsed is not None and (why := ctx.parsed.save()):
+        log().debug("%s; the next run parses the configuration again", why)
 
 
 def release(ctx: Context, state: State) -> None:

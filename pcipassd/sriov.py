@@ -21,7 +21,6 @@ import json
 from collections.abc import Mapping
 
 from pcipassd.address import BDF_RE, PciId
-from pcipassd.config import Config, Entry
 from pcipassd.errors import Problem, StateError
 from pcipassd.host import Host
 from pcipassd.inventory import Device, Inventory, device_attr, device_link
@@ -29,6 +28,10 @@ from pcipassd.printable import short
 from pcipassd.safefile import write_atomic
 from pcipassd.selection import Selected, Selection
 from pcipassd.value import frozen, replace
+
+TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipassd.config import Config, Entry
 
 FILE = "sriov.json"  # in the state directory, next to state.json
 FORMAT = 1

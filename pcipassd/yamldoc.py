@@ -17,8 +17,6 @@ import re
 import stat
 from pathlib import Path
 
-import yaml
-
 from pcipassd.errors import Problem
 from pcipassd.printable import printable, short
 from pcipassd.safefile import Refused, read_untrusted
@@ -27,6 +25,10 @@ from pcipassd.strictmodes import untrusted
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any, Union
+
+    import yaml
+
+    from pcipassd.parsecache import Cache
 
     JsonPath = tuple[Union[str, int], ...]  # a runtime "|" needs Python 3.10
     _Node = Union["_Scalar", "_Collection"]
@@ -46,10 +48,20 @@ _WHAT = {"int": "a whole number", "float": "a number", "bool": "true or false",
          "null": "an empty value"}
 _NOT_PLAIN = "pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"
 
-try:  # the C parser is faster where libyaml is present; both give marks
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+
+
+def _yaml() -> Any:
+    """PyYAML, imported only to parse: a file the parse cache has needs none (parsecache.py)."""
+    import yaml  # noqa: PLC0415
+
+    return yaml
+
+
+def _loader() -> type[yaml.SafeLoader]:
+    """The C parser where libyaml is present (faster); both give marks."""
+    module = _yaml()
+    loader: type[yaml.SafeLoader] = getattr(module, "CSafeLoader", module.SafeLoader)
+    return loader
 
 
 class Document:
@@ -123,7 +135,7 @@ class _Stop(Exception):
 
 def _resolve(resolver: yaml.resolver.Resolver, value: str, implicit: tuple[bool, bool]) -> str:
     """The tag YAML gives an untagged scalar (plain: by its form; quoted: always text)."""
-    tag: str = resolver.resolve(yaml.ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
+    tag: str = resolver.resolve(_yaml().ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
     return tag
 
 
@@ -138,6 +150,7 @@ def _too_deep(mark: Mark | None = None) -> _Stop:
 
 def _compose(text: str) -> _Node | None:
     """The one document of `text` as a node tree; aliases are shared nodes. Never recurses."""
+    yaml = _yaml()
     resolver = yaml.resolver.Resolver()
     anchors: dict[str, _Node] = {}
     opening: dict[str, _Collection] = {}  # anchors of the collections still open
@@ -152,7 +165,7 @@ def _compose(text: str) -> _Node | None:
         else:
             root = node
 
-    for event in yaml.parse(text, Loader=_Loader):
+    for event in yaml.parse(text, Loader=_loader()):
         if isinstance(event, yaml.ScalarEvent):
             explicit = event.tag not in (None, "!")
             tag = (event.tag if explicit and event.tag
@@ -202,7 +215,7 @@ class _Builder:
         self.nodes = 0
         self.open: list[_Collection] = []  # the collections being built, outermost first
         self.problems: list[Problem] = []
-        self.resolver = yaml.resolver.Resolver()
+        self.resolver = _yaml().resolver.Resolver()
 
     def problem(self, mark: Mark, path: JsonPath, message: str, hint: str = "") -> None:
         line, col = mark
@@ -372,10 +385,11 @@ def _read(path: Path, shown: str, *, candidate: bool = False) -> bytes | Problem
     return raw
 
 
-def load(path: Path, shown: str, *, candidate: bool = False
+def load(path: Path, shown: str, *, candidate: bool = False, cache: Cache | None = None
          ) -> tuple[Document | None, list[Problem]]:
     """Read `path` (named `shown` in messages; a `candidate`: see _read). Returns the document,
-    or None and why not."""
+    or None and why not. With `cache`, a file whose text was parsed before is not parsed again
+    (see parsecache.py), and a new parse without problems is kept in it."""
 
     def whole(message: str, hint: str = "") -> tuple[None, list[Problem]]:
         return None, [Problem(shown, 0, 0, "", message, hint)]
@@ -389,6 +403,9 @@ def load(path: Path, shown: str, *, candidate: bool = False
         return whole(f"is not UTF-8 text (byte {e.start})", "is this the right file?")
     if not text.strip():
         return whole("is empty", "a config needs at least `version: 1` and `devices:`")
+    if cache is not None and (known := cache.lookup(shown, text)) is not None:
+        return known, []
+    yaml = _yaml()
     doc = Document(shown, None)
     builder = _Builder(doc)
     try:
@@ -412,7 +429,11 @@ def load(path: Path, shown: str, *, candidate: bool = False
         return whole(short(" ".join(f"YAML syntax: {e}".split()), 200))
     except RecursionError:  # pragma: no cover - nothing here recurses deeper than MAX_DEPTH
         return None, [Problem(shown, 0, 0, "", _too_deep().message, _too_deep().hint)]
-    return (None if builder.problems else doc), builder.problems
+    if builder.problems:
+        return None, builder.problems
+    if cache is not None:
+        cache.parsed(doc, text)
+    return doc, []
 
 
 def _marked(

@@ -46,7 +46,7 @@ def test_a_valid_config_is_applied_without_jsonschema(
     assert m.run("status").rc == 0
     assert calls == []
     assert m.driver(NIC_A) == "pci-stub"
-    assert not (m.root / "var/cache/pcipassd").exists(), "nothing is cached any more"
+    assert not (m.root / "var/cache/pcipassd/validated").exists(), "no validation cache"
 
 
 def test_converged_apply_does_not_import_jsonschema(m: Machine) -> None:

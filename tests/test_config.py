@@ -912,7 +912,7 @@ def test_both_yaml_loaders_fail_cleanly(
 ) -> None:
     if loader is None:
         pytest.skip("PyYAML was built without libyaml")
-    monkeypatch.setattr(yamldoc, "_Loader", loader)
+    monkeypatch.setattr(yamldoc, "_loader", lambda: loader)
     cli.write(content)
     result = cli.validate()
     assert result.rc == 2

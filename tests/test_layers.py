@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("host", ("kernel", "inventory", "hostfiles", "storage", "netconfig", "iommu", "modules",
               "names", "vfio", "survey", "initramfs", "resetbugs")),
     # reading the configuration
-    ("config", ("yamldoc", "config")),
+    ("config", ("yamldoc", "parsecache", "config")),
     # deciding what may be held: the selection, the guard, the policy that joins them
     ("decide", ("selection", "settle", "guard", "card", "policy")),
     # what apply would do, decided without touching anything

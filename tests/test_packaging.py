@@ -301,6 +301,9 @@ def _rpm_query(rpm: Path, fmt: str) -> str:
                           check=True).stdout
 
 
+PARSED = "/var/cache/pcipassd/parsed.json"  # written by apply (parsecache.py)
+
+
 def test_rpm_ships_what_make_install_installs(rpm: Path, make_installed: dict[str, int]) -> None:
     files: dict[str, int] = {}
     flags: dict[str, str] = {}
@@ -314,11 +317,13 @@ def test_rpm_ships_what_make_install_installs(rpm: Path, make_installed: dict[st
     compiled = {p for p in files if "/__pycache__/" in p}  # Fedora byte-compiles at build time
     shipped = {p: m for p, m in files.items() if p not in compiled}
     assert shipped.pop("/etc/pcipass.early", None) is not None, "the hold list is owned (ghost)"
+    assert shipped.pop(PARSED, None) is not None, "the parse cache is owned (ghost)"
     assert sorted(shipped.keys() - wanted.keys()) == [], "only in the RPM"
     assert sorted(wanted.keys() - shipped.keys()) == [], "missing from the RPM"
     assert shipped == wanted, "same permissions"
     assert flags["/etc/pcipass.yaml"] == "cn"  # %config(noreplace)
     assert flags["/etc/pcipass.early"] == "g"  # %ghost: removed with the package
+    assert flags[PARSED] == "g"
 
 
 def _perm_bits(perms: str) -> int:
