@@ -58,6 +58,7 @@ case $PCIPASS_BOOT in
 2)
     pci_inventory configured
     result configured.active "$(systemctl is-active pcipassd.service)"
+    result configured.parsed "$(stat -c '%U %a' /var/cache/pcipassd/parsed.json 2>&1)"
     invocation=$(systemctl show -p InvocationID --value pcipassd.service)
     since=$(date +%s); sleep 1
     capture upgrade apt-get install -y /root/pcipassd_{NEWER}_all.deb
@@ -75,7 +76,8 @@ case $PCIPASS_BOOT in
     result purged.status "$(dpkg-query -W -f='${{db:Status-Abbrev}}' pcipassd 2>&1)"
     result purged.active "$(systemctl is-active pcipassd.service)"
     for f in /etc/pcipass.yaml /etc/pcipass.early /etc/pcipass.d /usr/lib/pcipassd \
-             /usr/sbin/pcipassd /etc/systemd/system/sysinit.target.wants/pcipassd.service \
+             /usr/sbin/pcipassd /var/cache/pcipassd \
+             /etc/systemd/system/sysinit.target.wants/pcipassd.service \
              /etc/systemd/system/sysinit.target.wants/pcipassd-early.service; do
         result "purged$f" "$(exists "$f")"
     done
@@ -126,6 +128,8 @@ def test_the_enabled_unit_holds_the_configured_device_at_boot(
     assert res["configured.active"] == "active", res.where()
     assert res.driver(E1000E_B, "configured") == "pci-stub", res.where()
     assert res.driver(E1000E_A, "configured") == "e1000e", res.where()
+    # the unit, hardened as it is, kept the configuration's parse for the next run
+    assert res["configured.parsed"] == "root 600", res.where()
 
 
 def test_upgrade_keeps_the_device_held_and_reloads(
@@ -156,7 +160,8 @@ def test_purge_gives_the_device_back_and_deletes_everything(
     assert res["purged.active"] == "inactive", where
     assert not res["purged.status"].startswith("ii"), where
     for path in ("/etc/pcipass.yaml", "/etc/pcipass.early", "/etc/pcipass.d", "/usr/lib/pcipassd",
-                 "/usr/sbin/pcipassd", "/etc/systemd/system/sysinit.target.wants/pcipassd.service",
+                 "/usr/sbin/pcipassd", "/var/cache/pcipassd",
+                 "/etc/systemd/system/sysinit.target.wants/pcipassd.service",
                  "/etc/systemd/system/sysinit.target.wants/pcipassd-early.service"):
         assert res[f"purged{path}"] == "absent", (path, where)
     assert res["purged.run"] == "", where
