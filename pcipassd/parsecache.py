@@ -8,8 +8,9 @@ conflicts) run on its data as after a parse. A file's parse is used only when th
 the name it is shown by, and the parser (pcipassd's version, yamldoc.py itself) are exactly
 those it was made from; anything else (no cache, a damaged or foreign one, another format)
 means a parse, silently. `apply` writes it, after a configuration without problems (a file with
-problems is parsed, and its problems said, at every run): /var/cache/pcipassd/parsed.json,
-root's only. `validate` and `--main` always parse.
+problems is parsed, and its problems said, at every run), keeping the last 32 files' parses
+(`--config` names other files): /var/cache/pcipassd/parsed.json, root's only. `validate` and
+`--main` always parse.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 FILE = "/var/cache/pcipassd/parsed.json"
 FORMAT = 1
 LIMIT = 4 << 20  # bytes; a larger cache is not written (its files are parsed every time)
+NAMES = 32  # files kept, the most recently used
 _TEMP_PREFIX = ".parsed.json."
 
 
@@ -94,11 +96,18 @@ class Cache:
             self._changed = True
 
     def save(self) -> str:
-        """Keep this run's parses (those of its files, nothing else), when they differ from the
-        cache's; one line saying why not when it cannot be written ("" otherwise)."""
-        if not self._changed and self._used.keys() == self._entries().keys():
+        """Keep this run's new parses, with those of the other files the cache has (another
+        `--config`, a drop-in since removed: harmless, since a parse is used only for exactly
+        its text), the last NAMES files' in all; one line saying why not when it cannot be
+        written ("" otherwise)."""
+        if not self._changed:
             return ""
-        body = json.dumps({"format": FORMAT, "parser": _parser(), "files": self._used},
+        others = {name: entry for name, entry in self._entries().items()
+                  if name not in self._used}
+        kept = dict(list(others.items())[-(NAMES - len(self._used)):]
+                    if len(self._used) < NAMES else [])
+        files = {**kept, **self._used}  # this run's last: the most recent
+        body = json.dumps({"format": FORMAT, "parser": _parser(), "files": files},
                           separators=(",", ":")).encode()
         if len(body) > LIMIT:
             return ""
@@ -109,6 +118,6 @@ class Cache:
             write_atomic(path, body, _TEMP_PREFIX, durable=False)
         except OSError as e:
             return f"cannot save {self.host.display(path)}: {e.strerror or e}"
-        self._known = self._used
+        self._known = files
         self._changed = False
         return ""

@@ -113,3 +113,15 @@ def test_validate_always_parses(applied: Machine, monkeypatch: pytest.MonkeyPatc
 
 def test_the_cache_is_root_s_alone(applied: Machine) -> None:
     assert os.stat(applied.root / CACHE).st_mode & 0o077 == 0
+
+
+def test_another_config_file_keeps_its_own_parse(applied: Machine,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    other = applied.config(stub_entry("vfio-pci"), "other.yaml")
+    assert applied.run("--config", str(other), "apply").rc == 0
+    assert applied.driver(NIC_A) == "vfio-pci"
+    without_parser(monkeypatch)
+    assert applied.run("apply").rc == 0  # /etc/pcipass.yaml's parse is still kept
+    assert applied.driver(NIC_A) == "pci-stub"
+    assert applied.run("--config", str(other), "apply").rc == 0
+    assert applied.driver(NIC_A) == "vfio-pci"
