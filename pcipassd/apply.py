@@ -23,7 +23,6 @@ and the other devices are still handled; the outcome counts each of them as fail
 from __future__ import annotations
 
 import errno
-import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
@@ -39,7 +38,7 @@ from pcipassd.inventory import (
     read_reset_method,
 )
 from pcipassd.kernel import Kernel
-from pcipassd.log import MESSAGE_IDS, event
+from pcipassd.log import ERROR, INFO, MESSAGE_IDS, WARNING, event, get_logger
 from pcipassd.model import KEEP_ON_STOP, VFIO_PCI, Action, Record
 from pcipassd.plan import Plan, Step
 from pcipassd.state import State
@@ -50,7 +49,7 @@ if TYPE_CHECKING:
     from pcipassd.selection import Selection
     from pcipassd.sriov import Created, Due
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class StepFailed(Exception):
@@ -165,7 +164,7 @@ class Applier:
     def _gone(self, step: Step) -> None:
         """The device vanished: nothing is left to undo; forget it, in one line."""
         self._report(replace(step, target=None, original=None), Action.FAIL,
-                     f"{step.bdf} [{step.id}] {GONE}{step.source}", logging.ERROR)
+                     f"{step.bdf} [{step.id}] {GONE}{step.source}", ERROR)
         self._forget(step)
 
     def _forget(self, step: Step) -> None:
@@ -219,7 +218,7 @@ class Applier:
         who = ", ".join(str(u) for u in users)
         self._report(replace(step, driver=dev.driver), Action.KEEP,
                      f"{who} has {dev.bdf} open: stop the VM first; left on {dev.driver}"
-                     f"{step.source}", logging.WARNING, kind="in use")
+                     f"{step.source}", WARNING, kind="in use")
         return True
 
     def _new_record(self, step: Step, dev: Device) -> Record:
@@ -269,7 +268,7 @@ class Applier:
                 self.state.put(record)
             except StateError as e:
                 self._report(step, Action.FAIL, f"{step.summary}: not touched: {e.message} "
-                             f"(hint: {e.hint})", logging.ERROR)
+                             f"(hint: {e.hint})", ERROR)
                 return
         if dev.driver is not None and dev.driver != step.target:
             self._warn_vf(step, dev)
@@ -292,7 +291,7 @@ class Applier:
             if self._vanished(step.bdf):
                 self._gone(step)
                 return
-            self._report(step, Action.FAIL, f"{step.summary}: {e}", logging.ERROR)
+            self._report(step, Action.FAIL, f"{step.summary}: {e}", ERROR)
             self._rollback(step, record)
             return
         self._reset_given_back(step, record)
@@ -325,7 +324,7 @@ class Applier:
         what = f"{due.pf} [{due.id}] {due.driver or '(none)'}"
         if due.refusal:
             self._report(pf_step, Action.FAIL, f"{what}: refusing to create {vfs.count} VFs: "
-                         f"{due.refusal}{entry.source and f' ({entry.source})'}", logging.ERROR)
+                         f"{due.refusal}{entry.source and f' ({entry.source})'}", ERROR)
             return False
         records = sriov.load(self.host)
         made = sriov.Created(due.pf, due.id, entry.source, 0, due.autoprobe)
@@ -333,7 +332,7 @@ class Applier:
             sriov.save(self.host, {**records, due.pf: made})
         except StateError as e:
             self._report(pf_step, Action.FAIL, f"{what}: no VFs created, not touched: "
-                         f"{e.message} (hint: {e.hint})", logging.ERROR)
+                         f"{e.message} (hint: {e.hint})", ERROR)
             return False
         sysfs = f"/sys/bus/pci/devices/{due.pf}/"
         try:
@@ -344,7 +343,7 @@ class Applier:
             self._undo_vfs(due, records, created=False)
             hint = f" (hint: {sriov.ENOENT_HINT})" if "ENOENT" in str(e) else ""
             self._report(pf_step, Action.FAIL, f"{what}: cannot create {vfs.count} VFs: {e}; "
-                         f"left as it was ({entry.source}){hint}", logging.ERROR)
+                         f"left as it was ({entry.source}){hint}", ERROR)
             return False
         info = sriov.read_pf(self.host, due.pf)
         created = info.vfs if info else ()
@@ -358,7 +357,7 @@ class Applier:
             hint = f" (hint: {refused[0].hint})" if refused and refused[0].hint else ""
             self._report(pf_step, Action.FAIL, f"{what}: VFs not held, so not kept: {why}; "
                          f"removed the {len(created)} VFs it had created ({entry.source})"
-                         f"{hint}", logging.ERROR)
+                         f"{hint}", ERROR)
             return False
         steps = [Step(vf, str(selection.chosen[vf].device.id), Action.BIND, None, vfs.driver,
                       selection.chosen[vf].device.group, entry.source,
@@ -390,7 +389,7 @@ class Applier:
             self._undo_vfs(due, records)
             self._forgotten.extend(steps)
             self._report(pf_step, Action.FAIL, f"{what}: VFs not held: {text}; removed the "
-                         f"{len(created)} VFs it had created ({entry.source})", logging.ERROR)
+                         f"{len(created)} VFs it had created ({entry.source})", ERROR)
             return False
         log.info("%s: created %d VFs (%s) with sriov_drivers_autoprobe 0: no host VF driver "
                  "probed them; holding %d on %s%s", what, len(created), " ".join(created),
@@ -485,7 +484,7 @@ class Applier:
         if record is None:
             self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] reset_method not written: "
                          f"pcipassd has no record of it to keep the original in{step.source}",
-                         logging.ERROR)
+                         ERROR)
             return False
         if step.reset_method is not None and record.original_reset_method is None:
             original = read_reset_method(self.host, step.bdf)
@@ -494,14 +493,14 @@ class Applier:
             except StateError as e:
                 self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] reset_method not "
                              f"written: {e.message} (hint: {e.hint}){step.source}",
-                             logging.ERROR)
+                             ERROR)
                 return False
             record = self.state.records.get(step.bdf, record)
         try:
             self._set_reset_method(step.bdf, step.reset_to or "")
         except StepFailed as e:
             self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] on {step.target}, "
-                         f"reset_method not changed: {e}{step.source}", logging.ERROR)
+                         f"reset_method not changed: {e}{step.source}", ERROR)
             return False
         log.info("%s [%s] on %s%s%s", step.bdf, step.id, step.target, _reset_done(step),
                  step.source, extra={"journal": step.journal_fields})
@@ -589,7 +588,7 @@ class Applier:
                 self._gone(step)
                 return
             self._report(step, Action.FAIL, f"{step.summary}: restore failed: {e}",
-                         logging.ERROR)
+                         ERROR)
             return
         done = replace(step, original=now)
         note = ""
@@ -601,7 +600,7 @@ class Applier:
         self._forget(step)
 
     def _report(self, step: Step, action: Action, message: str,
-                level: int = logging.INFO, kind: str | None = None) -> None:
+                level: int = INFO, kind: str | None = None) -> None:
         kind = kind or str(action)
         self.outcome.counts[kind] += 1
         fields = replace(step, action=action).journal_fields
@@ -654,7 +653,7 @@ class Applier:
     def _step(self, step: Step, missing: dict[str, str]) -> None:
         if step.action is Action.BIND and step.target in missing:
             self._report(step, Action.FAIL, f"{step.summary}: {missing[step.target]}",
-                         logging.ERROR)
+                         ERROR)
             if (record := self.state.records.get(step.bdf)) is not None:
                 self._rollback(step, record)  # the early hold took it: give it back
         elif step.action is Action.BIND:
@@ -663,16 +662,16 @@ class Applier:
             self.restore(step)
         elif step.action is Action.FAIL:
             self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] {step.reason}",
-                         logging.ERROR)
+                         ERROR)
             if step.forget:
                 self._forget(step)
         elif step.action is Action.KEEP and step.kept:  # on_stop: keep
             # the unit's stop: as asked, said once; apply, its entry gone: a warning to act on
             self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}{step.source}",
-                         logging.WARNING if step.reason.startswith("no longer") else logging.INFO)
+                         WARNING if step.reason.startswith("no longer") else INFO)
         elif step.action is Action.KEEP:
             self._report(step, Action.KEEP, f"{step.bdf} [{step.id}] {step.reason}",
-                         logging.WARNING)
+                         WARNING)
         else:
             if step.reset_due and not self._reset_held(step):
                 return
@@ -691,7 +690,7 @@ class Applier:
             self.state.put(replace(record, on_stop=step.on_stop))
         except StateError as e:
             self._report(step, Action.FAIL, f"{step.bdf} [{step.id}] on_stop: {step.on_stop} not "
-                         f"recorded: {e.message} (hint: {e.hint}){step.source}", logging.ERROR)
+                         f"recorded: {e.message} (hint: {e.hint}){step.source}", ERROR)
 
     def _remember_forced(self, step: Step) -> None:
         """A device held by a record that does not say it was forced (written before the field

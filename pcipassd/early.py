@@ -15,13 +15,11 @@ udev rule acts only then.
 
 from __future__ import annotations
 
-import logging
-
 from pcipassd.address import BDF_RE
 from pcipassd.host import Host
 from pcipassd.initramfs import HOLD_LIST, rebuild_command
 from pcipassd.inventory import listed_modules, module_of, read_device
-from pcipassd.log import event
+from pcipassd.log import event, get_logger
 from pcipassd.model import STUB_DRIVERS, Action, Record
 from pcipassd.safefile import Refused, read_host, read_untrusted, remove_temps, write_atomic
 from pcipassd.state import DRIVER_RE, State
@@ -32,7 +30,7 @@ if TYPE_CHECKING:
     from pcipassd.plan import Plan
     from pcipassd.selection import Selection
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EARLY_LOG = "/run/pcipass/early.log"
 ARMED = "/run/pcipass/armed"

@@ -4,15 +4,15 @@ evidence" (logged at debug level), never an error."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path, PurePosixPath
 
 from pcipassd.address import BDF_RE
 from pcipassd.host import Host
+from pcipassd.log import get_logger
 
-log = logging.getLogger("pcipassd.guard")  # one logger for everything the guard skips
+log = get_logger("pcipassd.guard")  # one logger for everything the guard skips
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _MAX_SYMLINK_HOPS = 40

@@ -11,18 +11,18 @@ kernel's, so after a kernel update the command is `dracut --regenerate-all -f`).
 
 from __future__ import annotations
 
-import logging
 import re
 
 from pcipassd.host import Host
 from pcipassd.inventory import kernel_release
+from pcipassd.log import get_logger
 from pcipassd.value import frozen
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HOLD_LIST = "/etc/pcipass.early"  # early.HOLD_LIST: the list the image should carry
 EARLY_SCRIPT = "usr/lib/pcipassd/pcipassd-early"  # where both builders put the early hold

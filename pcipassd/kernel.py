@@ -6,12 +6,12 @@ the test suite passes a simulated kernel that reacts to the same writes as Linux
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from pcipassd.errors import KernelError
 from pcipassd.host import Host
+from pcipassd.log import get_logger
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 else:  # a structural type for mypy only: nothing checks it at run time
     Protocol = object
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SETTLE_TIMEOUT = 60  # seconds; the unit's TimeoutStartSec (120) bounds the whole start
 

@@ -1,22 +1,30 @@
 """Logging: to journald with structured fields under systemd, to stderr otherwise.
 
-Library code logs through `logging` only. Per-device messages carry their journal fields in
-`extra={"journal": {...}}`; `JournalHandler` sends them as PCIPASS_* fields.
+pcipassd's own small logger, not the standard library's `logging`: importing that (with
+traceback, linecache, tokenize, string and threading) was a quarter of a converged `apply` in a
+TCG guest, the run every boot makes (bench/late_rebind.py's importtime), and pcipassd needs one
+destination, five levels and %-formatting. Code logs through `get_logger(__name__)`; per-device
+messages carry their journal fields in `extra={"journal": {...}}`, sent as PCIPASS_* fields.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import Any, ClassVar
+    from types import FrameType
+    from typing import Any
 
     Sender = Callable[..., Any]
+
+DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+# syslog priorities (journald's PRIORITY, sd-daemon(3)'s <N> prefixes)
+PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3, CRITICAL: 2}
+_STDERR_PREFIX = {WARNING: "warning: ", ERROR: "error: ", CRITICAL: "error: "}
 
 IDENTIFIER = "pcipassd"
 
@@ -40,33 +48,91 @@ def event(kind: str) -> dict[str, str]:
     return {"MESSAGE_ID": MESSAGE_IDS[kind]}
 
 
-class JournalHandler(logging.Handler):
-    """Sends each record to journald: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER and the
-    record's PCIPASS_* fields. `send` is systemd.journal.send (a stand-in in tests)."""
+class Logger:
+    """A named logger (the name is the module's; all go to the one destination `setup` set)."""
 
-    _PRIORITY: ClassVar[dict[int, int]] = {
-        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-        logging.CRITICAL: 2,
-    }
+    __slots__ = ("name",)
 
-    def __init__(self, send: Sender) -> None:
-        super().__init__()
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def log(self, level: int, msg: str, *args: object,
+            extra: Mapping[str, Any] | None = None) -> None:
+        _emit(level, msg, args, extra)
+
+    def debug(self, msg: str, *args: object, extra: Mapping[str, Any] | None = None) -> None:
+        _emit(DEBUG, msg, args, extra)
+
+    def info(self, msg: str, *args: object, extra: Mapping[str, Any] | None = None) -> None:
+        _emit(INFO, msg, args, extra)
+
+    def warning(self, msg: str, *args: object, extra: Mapping[str, Any] | None = None) -> None:
+        _emit(WARNING, msg, args, extra)
+
+    def error(self, msg: str, *args: object, extra: Mapping[str, Any] | None = None) -> None:
+        _emit(ERROR, msg, args, extra)
+
+
+_loggers: dict[str, Logger] = {}
+
+
+def get_logger(name: str = IDENTIFIER) -> Logger:
+    logger = _loggers.get(name)
+    if logger is None:
+        logger = _loggers[name] = Logger(name)
+    return logger
+
+
+class Journal:
+    """Sends each message to journald: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, where in the code
+    it was logged, and its PCIPASS_* fields. `send` is systemd-python's sender (a stand-in in
+    tests)."""
+
+    def __init__(self, send: Sender, level: int) -> None:
         self.send = send
+        self.level = level
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def emit(self, level: int, text: str, fields: Mapping[str, str], frame: FrameType) -> None:
         try:
-            fields: Mapping[str, str] = getattr(record, "journal", {})
-            self.send(
-                self.format(record),
-                PRIORITY=str(self._PRIORITY.get(record.levelno, 6)),
-                SYSLOG_IDENTIFIER=IDENTIFIER,
-                CODE_FILE=record.pathname,
-                CODE_LINE=record.lineno,
-                CODE_FUNC=record.funcName,
-                **fields,
-            )
-        except Exception:  # logging must never take the service down
-            self.handleError(record)
+            self.send(text, PRIORITY=str(PRIORITY.get(level, 6)), SYSLOG_IDENTIFIER=IDENTIFIER,
+                      CODE_FILE=frame.f_code.co_filename, CODE_LINE=frame.f_lineno,
+                      CODE_FUNC=frame.f_code.co_name, **fields)
+        except Exception as e:  # logging must never take the service down: say it on stderr
+            sys.stderr.write(f"<{PRIORITY.get(level, 6)}>{text} (journald: {e})\n")
+
+
+class Stream:
+    """Writes each message to stderr (whatever sys.stderr is then) as a line: `pcipassd:
+    warning: ...` for a terminal; with `priorities` (under systemd without python3-systemd),
+    sd-daemon(3) priority prefixes, so the journal keeps each line's priority (and adds the
+    name itself)."""
+
+    def __init__(self, level: int, *, priorities: bool) -> None:
+        self.level = level
+        self.priorities = priorities
+
+    def emit(self, level: int, text: str, fields: Mapping[str, str], frame: FrameType) -> None:
+        line = (f"<{PRIORITY.get(level, 6)}>{text}" if self.priorities
+                else f"{IDENTIFIER}: {_STDERR_PREFIX.get(level, '')}{text}")
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed (`pcipassd plan | head`): nothing to say
+            pass
+
+
+# Before setup() (pcipassd used as a library): warnings and errors to stderr, as lines.
+_destination: Journal | Stream = Stream(WARNING, priorities=False)
+
+
+def _emit(level: int, msg: str, args: tuple[object, ...],
+          extra: Mapping[str, Any] | None) -> None:
+    destination = _destination
+    if level < destination.level:
+        return
+    text = msg % args if args else msg
+    fields: Mapping[str, str] = (extra or {}).get("journal", {})
+    destination.emit(level, text, fields, sys._getframe(2))  # who called debug(), info()...
 
 
 def under_systemd(environ: Mapping[str, str]) -> bool:
@@ -92,37 +158,23 @@ def _journal_send() -> Sender | None:
 
 
 def setup(debug: bool = False, environ: Mapping[str, str] | None = None,
-          send: Sender | None = None) -> logging.Handler:
-    """Route the `pcipassd` loggers to journald or stderr. Returns the handler installed."""
+          send: Sender | None = None) -> Journal | Stream:
+    """Send pcipassd's messages to journald or stderr. Returns the destination set."""
+    global _destination  # noqa: PLW0603 - the one destination of the run
     environ = os.environ if environ is None else environ
-    handler: logging.Handler
+    level = DEBUG if debug else INFO
     if send is None and under_systemd(environ):
         send = _journal_send()
-    if send is not None:
-        handler = JournalHandler(send)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        # Under systemd without python3-systemd: sd-daemon(3) priority prefixes, so the journal
-        # keeps each line's priority (and adds the name itself).
-        handler.setFormatter(_PriorityFormatter() if under_systemd(environ)
-                             else _StderrFormatter())
-    logger = logging.getLogger("pcipassd")
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
-    return handler
+    _destination = (Journal(send, level) if send is not None
+                    else Stream(level, priorities=under_systemd(environ)))
+    return _destination
 
 
-class _PriorityFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{JournalHandler._PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
+def destination() -> Journal | Stream:
+    """Where messages go now (tests restore it)."""
+    return _destination
 
 
-class _StderrFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = {logging.WARNING: "warning: ", logging.ERROR: "error: ",
-                  logging.CRITICAL: "error: "}.get(record.levelno, "")
-        return f"{IDENTIFIER}: {prefix}{record.getMessage()}"
+def restore_destination(saved: Journal | Stream) -> None:
+    global _destination  # noqa: PLW0603
+    _destination = saved

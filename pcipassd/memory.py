@@ -20,7 +20,6 @@ card, a damaged file) is judged from the network configuration that will bring i
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import stat
@@ -32,6 +31,7 @@ from pcipassd.guard import Reason, critical_devices
 from pcipassd.host import Host
 from pcipassd.hostfiles import Snapshot
 from pcipassd.inventory import Device, Inventory
+from pcipassd.log import get_logger
 from pcipassd.model import KINDS, NETWORK
 from pcipassd.netconfig import interfaces, uplinks
 from pcipassd.policy import blocking
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE", "Judgment", "Known", "Memory", "judge", "load", "remember", "save"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FILE = "/var/lib/pcipassd/guard.json"
 FORMAT = 1

@@ -4,10 +4,10 @@ programs, problems and warnings as a message with a hint. Every verb prints thro
 from __future__ import annotations
 
 from pcipassd.exits import EXIT_OK
+from pcipassd.log import Logger, get_logger
 
 TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    import logging
     from collections.abc import Sequence
     from typing import Any
 
@@ -40,11 +40,9 @@ JSON_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
-def log() -> logging.Logger:
-    """The `pcipassd` logger (logging is imported only once a verb runs)."""
-    import logging  # noqa: PLC0415
-
-    return logging.getLogger("pcipassd")
+def log() -> Logger:
+    """The `pcipassd` logger."""
+    return get_logger()
 
 
 def envelope(verb: str | None, rc: int, out: dict[str, Any],

@@ -4,7 +4,6 @@ fails any test touching this machine's real /sys or running modprobe/rmmod/insmo
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import pathlib
 import sys
@@ -237,13 +236,12 @@ def sys_guard() -> SysGuard:
 
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
-    """main() points the `pcipassd` logger at this test's stderr; undo that afterwards."""
-    logger = logging.getLogger("pcipassd")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+    """main() points pcipassd's messages at this test's stderr; undo that afterwards."""
+    from pcipassd import log as logsetup  # noqa: PLC0415
+
+    saved = logsetup.destination()
     yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
+    logsetup.restore_destination(saved)
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import struct
 from pathlib import Path
 
 import pytest
 from hosttree import FakeHost
+from machine import FakeJournal
 
+from pcipassd import log as logsetup
 from pcipassd.config import schema_text
 from pcipassd.guard import Reason, critical_devices, describe, read_con2fbmap
 from pcipassd.host import Host
@@ -732,18 +733,18 @@ def test_describe() -> None:
     )
 
 
-def test_what_is_skipped_is_logged_at_debug_level(
-    fake: FakeHost, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_what_is_skipped_is_logged_at_debug_level(fake: FakeHost) -> None:
     fake.netdev("tun0", None)  # no device, no lower interface: a tunnel
     fake.routes(DEFAULT_V4.format("tun0"))
+    journal = FakeJournal()
+    logsetup.setup(debug=True, send=journal.send)
 
-    with caplog.at_level(logging.DEBUG, logger="pcipassd.guard"):
-        assert critical_devices(fake.host) == {}
+    assert critical_devices(fake.host) == {}
 
-    assert "/proc/self/mountinfo does not exist" in caplog.text
-    assert "interface tun0 rests on no PCI device" in caplog.text
-    assert all(record.levelno == logging.DEBUG for record in caplog.records)
+    messages = [e["MESSAGE"] for e in journal.entries]
+    assert any("/proc/self/mountinfo does not exist" in m for m in messages), messages
+    assert any("interface tun0 rests on no PCI device" in m for m in messages), messages
+    assert {e["PRIORITY"] for e in journal.entries} == {"7"}  # debug
 
 
 def test_the_schema_lets_force_name_exactly_the_kinds_of_reasons() -> None:

@@ -145,7 +145,7 @@ def test_without_a_plain_verb_every_verb_is_built(argv: list[str]) -> None:
 NOT_ON_BOOT = ("typing", "shutil", "argparse", "locale", "pcipassd.cmdline", "pcipassd.iommu",
                "pcipassd.modules", "pcipassd.vfio", "pcipassd.reboot", "pcipassd.survey",
                "pcipassd.names", "pcipassd.preflight", "pcipassd.resetbugs",
-               "jsonschema", "dataclasses", "inspect", "yaml")
+               "jsonschema", "dataclasses", "inspect", "yaml", "logging", "traceback")
 
 
 def test_a_converged_apply_imports_nothing_it_does_not_need(m: Machine) -> None:
