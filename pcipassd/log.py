@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
     Sender = Callable[..., Any]
 
-DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 # syslog priorities (journald's PRIORITY, sd-daemon(3)'s <N> prefixes)
-PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3, CRITICAL: 2}
-_STDERR_PREFIX = {WARNING: "warning: ", ERROR: "error: ", CRITICAL: "error: "}
+PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3}
+_STDERR_PREFIX = {WARNING: "warning: ", ERROR: "error: "}
 
 IDENTIFIER = "pcipassd"
 

@@ -49,7 +49,6 @@ _WHAT = {"int": "a whole number", "float": "a number", "bool": "true or false",
 _NOT_PLAIN = "pcipassd reads plain YAML: no tags (!x) or merge keys (<<)"
 
 
-
 def _yaml() -> Any:
     """PyYAML, imported only to parse: a file the parse cache has needs none (parsecache.py)."""
     import yaml  # noqa: PLC0415
@@ -135,7 +134,8 @@ class _Stop(Exception):
 
 def _resolve(resolver: yaml.resolver.Resolver, value: str, implicit: tuple[bool, bool]) -> str:
     """The tag YAML gives an untagged scalar (plain: by its form; quoted: always text)."""
-    tag: str = resolver.resolve(_yaml().ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
+    node = _yaml().ScalarNode
+    tag: str = resolver.resolve(node, value, implicit)  # type: ignore[no-untyped-call]
     return tag
 
 
