@@ -83,6 +83,7 @@ def test_without_pyyaml_restore_still_gives_the_devices_back(
     assert (r.rc, r.err.splitlines()[-1]) == (0, "pcipassd: 1 restored, 0 failed")
     assert m.driver("0000:00:02.0") == "e1000e"
     assert "yaml" not in sys.modules
+    assert "pcipassd.config" not in sys.modules  # nor the configuration's code at all
 
 
 def test_without_jsonschema_validate_names_the_package(m: Machine) -> None:
