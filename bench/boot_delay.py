@@ -136,6 +136,11 @@ def main() -> int:
             print(f"    pcipassd.service     active at {median['pcipassd.service']:.2f}, "
                   f"{median['unit']:.2f} s from its start")
         print(f"    udev coldplug        {median['coldplug']:.2f} s")
+    print("each boot (sysinit.target / multi-user.target), in the order they ran:")
+    for variant, times in seconds.items():
+        print(f"  {variant + ':':<20}", "  ".join(
+            f"{a:.2f}/{b:.2f}" for a, b in zip(times["sysinit.target"],
+                                                times["multi-user.target"])))
     return 0
 
 
