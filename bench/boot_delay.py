@@ -5,9 +5,10 @@ disabled, `--boots` times each (default 3), the two taking turns.
 From systemd's own monotonic timestamps (`systemctl show -p ActiveEnterTimestampMonotonic`), for
 each boot: when sysinit.target and multi-user.target were reached, when pcipassd.service became
 active, and how long udev's coldplug trigger took (systemd-udev-trigger.service, from its start
-to active). Prints the medians and the delay of each target against the disabled boots of the
-same run. The disabled image is the same package with both units disabled, as `systemctl
-disable pcipassd` leaves them. Each image boots once first, not counted (the hold list is
+to active), and the CPU time pcipassd's two units took (systemd's CPUUsageNSec). Prints the
+medians and the delay of each target against the disabled boots of the same run. The disabled
+image is the same package with both units disabled, as `systemctl disable pcipassd` leaves
+them. Each image boots once first, not counted (the hold list is
 written then; later boots hold the device before udev's coldplug, as a host's do). With
 `--before REF`, the package of that commit is booted too, in the same rounds.
 
@@ -60,6 +61,10 @@ for unit in sysinit.target multi-user.target pcipassd.service systemd-udev-trigg
     result "s.$unit" "$(systemctl show -p InactiveExitTimestampMonotonic --value "$unit")"
 done
 result held "$(basename "$(readlink /sys/bus/pci/devices/""" + HELD + r"""/driver)")"
+# the CPU time the units took (systemd's accounting; "[not set]" without it)
+for unit in pcipassd.service pcipassd-early.service; do
+    result "cpu.$unit" "$(systemctl show -p CPUUsageNSec --value "$unit")"
+done
 """
 
 
@@ -120,6 +125,10 @@ def main() -> int:
                 started = int(res.get("s.pcipassd.service") or 0) / 1e6
                 times.setdefault("unit", []).append(
                     times["pcipassd.service"][-1] - started if on else 0.0)
+                for unit in ("pcipassd.service", "pcipassd-early.service"):
+                    used = res.get(f"cpu.{unit}") or ""
+                    times.setdefault(f"cpu.{unit}", []).append(
+                        int(used) / 1e9 if used.isdigit() and on else 0.0)
         if args.before:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
                             str(tmp / "before-tree")], check=False)
@@ -134,7 +143,9 @@ def main() -> int:
             print(f"    {unit:<20} {median[unit]:6.2f}{delay}")
         if variant != "disabled":
             print(f"    pcipassd.service     active at {median['pcipassd.service']:.2f}, "
-                  f"{median['unit']:.2f} s from its start")
+                  f"{median['unit']:.2f} s from its start, "
+                  f"{median['cpu.pcipassd.service']:.2f} s CPU "
+                  f"(pcipassd-early.service {median['cpu.pcipassd-early.service']:.2f} s)")
         print(f"    udev coldplug        {median['coldplug']:.2f} s")
     print("each boot (sysinit.target / multi-user.target), in the order they ran:")
     for variant, times in seconds.items():
