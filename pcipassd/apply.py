@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from pcipassd.selection import Selection
     from pcipassd.sriov import Created, Due
 
-log = get_logger(__name__)
+log = get_logger()
 
 
 class StepFailed(Exception):

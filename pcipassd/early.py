@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pcipassd.plan import Plan
     from pcipassd.selection import Selection
 
-log = get_logger(__name__)
+log = get_logger()
 
 EARLY_LOG = "/run/pcipass/early.log"
 ARMED = "/run/pcipass/armed"

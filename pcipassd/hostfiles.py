@@ -12,7 +12,7 @@ from pcipassd.address import BDF_RE
 from pcipassd.host import Host
 from pcipassd.log import get_logger
 
-log = get_logger("pcipassd.guard")  # one logger for everything the guard skips
+log = get_logger()  # what the guard skips is logged at debug level
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _MAX_SYMLINK_HOPS = 40

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # as typing's, without importing typing (mypy knows the n
 if TYPE_CHECKING:
     from pathlib import Path
 
-log = get_logger(__name__)
+log = get_logger()
 
 HOLD_LIST = "/etc/pcipass.early"  # early.HOLD_LIST: the list the image should carry
 EARLY_SCRIPT = "usr/lib/pcipassd/pcipassd-early"  # where both builders put the early hold

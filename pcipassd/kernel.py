@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 else:  # a structural type for mypy only: nothing checks it at run time
     Protocol = object
 
-log = get_logger(__name__)
+log = get_logger()
 
 SETTLE_TIMEOUT = 60  # seconds; the unit's TimeoutStartSec (120) bounds the whole start
 

@@ -3,8 +3,8 @@
 pcipassd's own small logger, not the standard library's `logging`: importing that (with
 traceback, linecache, tokenize, string and threading) was a quarter of a converged `apply` in a
 TCG guest, the run every boot makes (bench/late_rebind.py's importtime), and pcipassd needs one
-destination, five levels and %-formatting. Code logs through `get_logger(__name__)`; per-device
-messages carry their journal fields in `extra={"journal": {...}}`, sent as PCIPASS_* fields.
+destination, four levels and %-formatting. Code logs through `get_logger()`; per-device messages
+carry their journal fields in `extra={"journal": {...}}`, sent as PCIPASS_* fields.
 """
 
 from __future__ import annotations
@@ -49,12 +49,9 @@ def event(kind: str) -> dict[str, str]:
 
 
 class Logger:
-    """A named logger (the name is the module's; all go to the one destination `setup` set)."""
+    """pcipassd's logger: every message goes to the one destination `setup` set."""
 
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+    __slots__ = ()
 
     def log(self, level: int, msg: str, *args: object,
             extra: Mapping[str, Any] | None = None) -> None:
@@ -73,14 +70,11 @@ class Logger:
         _emit(ERROR, msg, args, extra)
 
 
-_loggers: dict[str, Logger] = {}
+_LOGGER = Logger()
 
 
-def get_logger(name: str = IDENTIFIER) -> Logger:
-    logger = _loggers.get(name)
-    if logger is None:
-        logger = _loggers[name] = Logger(name)
-    return logger
+def get_logger() -> Logger:
+    return _LOGGER
 
 
 class Journal:

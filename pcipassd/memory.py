@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE", "Judgment", "Known", "Memory", "judge", "load", "remember", "save"]
 
-log = get_logger(__name__)
+log = get_logger()
 
 FILE = "/var/lib/pcipassd/guard.json"
 FORMAT = 1

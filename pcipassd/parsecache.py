@@ -102,11 +102,11 @@ class Cache:
         written ("" otherwise)."""
         if not self._changed:
             return ""
-        others = {name: entry for name, entry in self._entries().items()
-                  if name not in self._used}
-        kept = dict(list(others.items())[-(NAMES - len(self._used)):]
-                    if len(self._used) < NAMES else [])
-        files = {**kept, **self._used}  # this run's last: the most recent
+        older = [(name, entry) for name, entry in self._entries().items()
+                 if name not in self._used]
+        room = max(NAMES - len(self._used), 0)
+        files = {**dict(older[len(older) - min(room, len(older)):]),
+                 **self._used}  # this run's last: the most recent
         body = json.dumps({"format": FORMAT, "parser": _parser(), "files": files},
                           separators=(",", ":")).encode()
         if len(body) > LIMIT:
