@@ -125,3 +125,16 @@ def test_another_config_file_keeps_its_own_parse(applied: Machine,
     assert applied.driver(NIC_A) == "pci-stub"
     assert applied.run("--config", str(other), "apply").rc == 0
     assert applied.driver(NIC_A) == "vfio-pci"
+
+
+def test_a_candidate_main_file_is_always_parsed(applied: Machine,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    candidate = applied.root / "tmp/candidate.yaml"
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    candidate.write_text(stub_entry())
+    assert applied.run("--config", str(candidate), "apply").rc == 0  # its parse is kept
+    without_parser(monkeypatch)
+    assert applied.run("--config", str(candidate), "plan").rc == 0  # and used
+    r = applied.run("plan", "--main", str(candidate))
+    assert r.rc == 1
+    assert "needs the Python module yaml" in r.err
